@@ -1,0 +1,1 @@
+"""MoPE-CLIP Explorer's Gradio app: a thin shell over the `mope` library."""

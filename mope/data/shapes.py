@@ -1,0 +1,153 @@
+"""The shapes world: seeded, vectorized images of coloured shapes with natural captions.
+
+Every image has five attributes (colour, shape, size, position, background). Rendering is pure
+torch on a batch at once, so a training stream of thousands of images per second costs little.
+The same (seed, n) always gives the same images, captions and labels.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+COLOURS = {
+    "red": (215, 35, 35), "orange": (245, 135, 20), "yellow": (235, 215, 30), "green": (40, 170, 60),
+    "cyan": (40, 200, 220), "blue": (40, 70, 220), "purple": (140, 50, 190), "pink": (245, 140, 200),
+}
+SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross", "ring", "hexagon")
+SIZES = {"small": 0.15, "medium": 0.22, "large": 0.29}
+POSITIONS = {"center": (0.5, 0.5), "top left": (0.3, 0.3), "top right": (0.7, 0.3),
+             "bottom left": (0.3, 0.7), "bottom right": (0.7, 0.7)}
+BACKGROUNDS = {"black": (20, 20, 20), "gray": (115, 115, 115), "white": (240, 240, 240)}
+ATTRIBUTES = ("colour", "shape", "size", "position", "background")
+IMAGE_SIZE = 64
+
+
+@dataclass
+class ShapesBatch:
+    """Images as uint8 (N, H, W, 3), attribute labels as int64 columns, captions per image."""
+
+    images: torch.Tensor
+    labels: dict[str, torch.Tensor]
+    captions: list[list[str]]
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def names(self, attribute: str) -> list[str]:
+        vocab = attribute_names(attribute)
+        return [vocab[i] for i in self.labels[attribute].tolist()]
+
+
+def attribute_names(attribute: str) -> list[str]:
+    return list({"colour": COLOURS, "shape": SHAPES, "size": SIZES,
+                 "position": POSITIONS, "background": BACKGROUNDS}[attribute])
+
+
+def sample(n: int, seed: int = 0, image_size: int = IMAGE_SIZE, captions_per_image: int = 5,
+           detail: str = "mixed") -> ShapesBatch:
+    """Draw n images of the world with a given seed (deterministic)."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = {a: torch.randint(len(attribute_names(a)), (n,), generator=gen) for a in ATTRIBUTES}
+    images = render(labels, gen, image_size)
+    rng = random.Random(seed)
+    captions = [[caption(_attrs(labels, i), rng, detail) for _ in range(captions_per_image)]
+                for i in range(n)]
+    return ShapesBatch(images, labels, captions)
+
+
+def _attrs(labels: dict[str, torch.Tensor], i: int) -> dict[str, str]:
+    return {a: attribute_names(a)[int(labels[a][i])] for a in ATTRIBUTES}
+
+
+def _shape_masks(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """All shapes' masks on normalized coordinates (radius 1, y pointing down): (8, N, H, W)."""
+    r = torch.sqrt(u * u + v * v)
+    theta = torch.atan2(v, u)
+    au, av = u.abs(), v.abs()
+    return torch.stack([
+        r <= 1.0,                                                        # circle
+        torch.maximum(au, av) <= 0.8,                                    # square
+        (v <= 0.7) & (au <= (v + 1.0) * 0.6),                            # triangle
+        au + av <= 1.0,                                                  # diamond
+        r <= 0.45 + 0.55 * torch.cos(2.5 * (theta + torch.pi / 2)).abs() ** 3,  # star
+        ((au <= 0.3) & (av <= 0.95)) | ((av <= 0.3) & (au <= 0.95)),   # cross
+        (r <= 1.0) & (r >= 0.55),                                        # ring
+        torch.maximum(av, au * 0.866 + av * 0.5) <= 0.9,                 # hexagon
+    ])
+
+
+def render(labels: dict[str, torch.Tensor], gen: torch.Generator, image_size: int) -> torch.Tensor:
+    """Vectorized rendering with colour jitter, size/position jitter and pixel noise."""
+    n = labels["colour"].shape[0]
+    s = image_size
+
+    def jitter(scale: float, *shape: int) -> torch.Tensor:
+        return (torch.rand(n, *shape, generator=gen) * 2 - 1) * scale
+
+    colour = torch.tensor(list(COLOURS.values()), dtype=torch.float32)[labels["colour"]] + jitter(18, 3)
+    background = torch.tensor(list(BACKGROUNDS.values()), dtype=torch.float32)[labels["background"]] + jitter(12, 3)
+    radius = torch.tensor(list(SIZES.values()))[labels["size"]] * (1 + jitter(0.08)) * s
+    centre = torch.tensor(list(POSITIONS.values()))[labels["position"]] * s + jitter(0.04, 2) * s
+    grid = torch.arange(s, dtype=torch.float32) + 0.5
+    u = (grid.view(1, 1, s) - centre[:, 0].view(n, 1, 1)) / radius.view(n, 1, 1)
+    v = (grid.view(1, s, 1) - centre[:, 1].view(n, 1, 1)) / radius.view(n, 1, 1)
+    masks = _shape_masks(u.expand(n, s, s), v.expand(n, s, s))
+    mask = masks[labels["shape"], torch.arange(n)].unsqueeze(-1).float()
+    image = mask * colour.view(n, 1, 1, 3) + (1 - mask) * background.view(n, 1, 1, 3)
+    image = image + torch.randn(image.shape, generator=gen) * 8.0
+    return image.clamp(0, 255).round().to(torch.uint8)
+
+
+_PHRASES = {
+    "position": {"center": "in the center", "top left": "in the top left corner",
+                 "top right": "in the top right corner", "bottom left": "in the bottom left corner",
+                 "bottom right": "in the bottom right corner"},
+}
+_OPENERS = ("a", "a photo of a", "an image of a", "a picture of a", "there is a", "a drawing of a")
+
+
+def caption(attrs: dict[str, str], rng: random.Random, detail: str = "mixed") -> str:
+    """One natural caption naming a random subset of the attributes.
+
+    detail: "mixed" (any subset that names the colour or the shape), "full" (colour, shape and at
+    least two of size / position / background), "class" (colour and shape only).
+    """
+    if detail == "class":
+        extras: list[str] = []
+        named = {"colour", "shape"}
+    else:
+        extras = [a for a in ("size", "position", "background") if rng.random() < 0.5]
+        if detail == "full":
+            while len(extras) < 2:
+                extras = sorted(set(extras) | {rng.choice(("size", "position", "background"))})
+            named = {"colour", "shape"}
+        else:
+            named = rng.choice(({"colour", "shape"},) * 4 + ({"colour"}, {"shape"}))
+    noun = attrs["shape"] if "shape" in named else "shape"
+    adjectives = ([attrs["size"]] if "size" in extras else []) + ([attrs["colour"]] if "colour" in named else [])
+    text = f"{rng.choice(_OPENERS)} {' '.join(adjectives + [noun])}"
+    tails = []
+    if "position" in extras:
+        tails.append(_PHRASES["position"][attrs["position"]])
+    if "background" in extras:
+        tails.append(f"on a {attrs['background']} background")
+    rng.shuffle(tails)
+    text = " ".join([text] + tails)
+    return text.replace("a orange", "an orange")
+
+
+def stream(batch_size: int, seed: int = 0, start: int = 0, image_size: int = IMAGE_SIZE):
+    """Endless (images uint8, one caption per image) batches; batch i is a function of (seed, i)."""
+    step = start
+    while True:
+        batch = sample(batch_size, seed=_stream_seed(seed, step), image_size=image_size,
+                       captions_per_image=1)
+        yield step, batch.images, [c[0] for c in batch.captions]
+        step += 1
+
+
+def _stream_seed(seed: int, step: int) -> int:
+    return int(np.random.SeedSequence([seed, step, 7919]).generate_state(1)[0])

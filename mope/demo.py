@@ -1,0 +1,105 @@
+"""The shipped demo CLIP: its config and the recipe that trains it on the shapes world."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import open_clip
+import torch
+from safetensors.torch import load_file, save_file
+
+from .data import shapes
+from .io import atomic_write_json, atomic_save_safetensors
+
+DEMO_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo-clip"
+
+DEMO_CONFIG = {
+    "embed_dim": 128,
+    "vision_cfg": {"image_size": 64, "layers": 6, "width": 160, "patch_size": 8, "head_width": 32, "mlp_ratio": 4},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 4},
+}
+MEAN = open_clip.OPENAI_DATASET_MEAN
+STD = open_clip.OPENAI_DATASET_STD
+
+
+def images_to_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W, 3) at the model's resolution → normalized float (N, 3, H, W).
+
+    Equal to the model's open_clip preprocess for images already at its size (tested).
+    """
+    x = images.permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    return 0.5 * lr * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
+def train_demo(out: Path = DEMO_DIR, steps: int = 1500, batch_size: int = 128, lr: float = 1e-3,
+               seed: int = 0, eval_every: int = 250, log=print, resume: bool = False) -> dict:
+    """Train the demo CLIP from scratch; checkpoint at every evaluation; return final metrics."""
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**DEMO_CONFIG)
+    tokenizer = open_clip.SimpleTokenizer(context_length=DEMO_CONFIG["text_cfg"]["context_length"])
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.98), eps=1e-6)
+    start = 0
+    state_path = out / "train_state.pt"
+    if resume and state_path.exists():
+        state = torch.load(state_path, weights_only=True)
+        model.load_state_dict(load_file(out / "open_clip_model.safetensors"))
+        opt.load_state_dict(state["optimizer"])
+        start = int(state["step"])
+    loss_fn = open_clip.ClipLoss()
+    model.train()
+    t0 = time.time()
+    for step, images, captions in shapes.stream(batch_size, seed=seed, start=start):
+        if step >= steps:
+            break
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, lr, warmup=100)
+        image_f, text_f, scale = model(images_to_input(images), tokenizer(captions))
+        loss = loss_fn(image_f, text_f, scale)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        if step % 25 == 0:
+            log(f"step {step}/{steps} loss {loss.item():.4f} {(step - start + 1) * batch_size / (time.time() - t0):.1f} pairs/s "
+                f"elapsed {time.time() - t0:.0f}s")
+        if (step + 1) % eval_every == 0 or step + 1 == steps:
+            save_demo(model, out)
+            torch.save({"optimizer": opt.state_dict(), "step": step + 1}, state_path)
+            log(f"step {step + 1}: held-out colour×shape acc1 {quick_acc1(model, tokenizer):.4f}")
+            model.train()
+    log(f"trained {steps - start} steps in {time.time() - t0:.0f}s")
+    return {"seconds": time.time() - t0}
+
+
+@torch.inference_mode()
+def quick_acc1(model, tokenizer, n: int = 512, seed: int = 10_000) -> float:
+    """64-way colour×shape zero-shot accuracy on held-out images (one prompt), for training logs."""
+    model.eval()
+    batch = shapes.sample(n, seed=seed, captions_per_image=1)
+    classes = [f"{c} {s}" for c in shapes.COLOURS for s in shapes.SHAPES]
+    text = model.encode_text(tokenizer([f"a photo of a {c}" for c in classes]), normalize=True)
+    image = model.encode_image(images_to_input(batch.images), normalize=True)
+    target = batch.labels["colour"] * len(shapes.SHAPES) + batch.labels["shape"]
+    return (image @ text.T).argmax(1).eq(target).float().mean().item()
+
+
+def save_demo(model: torch.nn.Module, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "open_clip_config.json", {
+        "model_cfg": DEMO_CONFIG,
+        "preprocess_cfg": {"mean": list(MEAN), "std": list(STD), "interpolation": "bicubic", "resize_mode": "shortest"},
+    })
+    atomic_save_safetensors({k: v.detach().contiguous() for k, v in model.state_dict().items()},
+                            out / "open_clip_model.safetensors")

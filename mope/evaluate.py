@@ -1,0 +1,135 @@
+"""Zero-shot evaluation with CLIP_benchmark metric names."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .data.tasks import Task, image_batches
+from .errors import MopeError
+from .models import Clip
+
+RECALL_KS = (1, 5, 10)
+
+
+@torch.inference_mode()
+def image_embeddings(clip: Clip, task: Task, batch_size: int = 64) -> torch.Tensor:
+    """L2-normalized image embeddings of the task's images, (N, D) float32 on the CPU."""
+    out = [clip.model.encode_image(x.to(clip.device), normalize=True).float().cpu()
+           for x in image_batches(task, clip.preprocess, batch_size)]
+    return torch.cat(out)
+
+
+@torch.inference_mode()
+def text_embeddings(clip: Clip, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    """L2-normalized text embeddings, (T, D) float32 on the CPU."""
+    out = [clip.model.encode_text(clip.tokenizer(list(texts[i:i + batch_size])).to(clip.device), normalize=True).float().cpu()
+           for i in range(0, len(texts), batch_size)]
+    return torch.cat(out)
+
+
+def classifier(clip: Clip, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+    """Template ensembling: mean of normalized prompt embeddings per class, renormalized. (C, D)."""
+    prompts = [t.format(c) for c in classnames for t in templates]
+    return ensemble(text_embeddings(clip, prompts), len(classnames))
+
+
+def ensemble(prompt_emb: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """(C·T, D) normalized prompt embeddings, class-major → (C, D) renormalized class means."""
+    emb = prompt_emb.view(n_classes, -1, prompt_emb.shape[-1]).mean(1)
+    return emb / emb.norm(dim=-1, keepdim=True)
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """acc1, acc5 (top-min(5, C)) and mean per-class recall over the classes present in labels."""
+    k = min(5, logits.shape[1])
+    top = logits.topk(k, dim=1).indices
+    hit1 = top[:, 0].eq(labels)
+    hit5 = top.eq(labels.unsqueeze(1)).any(1)
+    recalls = [hit1[labels == c].float().mean() for c in labels.unique()]
+    return {"acc1": hit1.float().mean().item(), "acc5": hit5.float().mean().item(),
+            "mean_per_class_recall": torch.stack(recalls).mean().item()}
+
+
+def retrieval_metrics(similarity: torch.Tensor, text_to_image: torch.Tensor,
+                      ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
+    """Recall@k both ways from an (images, texts) similarity; a query hits when any positive is in its top k."""
+    n_images, n_texts = similarity.shape
+    positive = torch.zeros(n_images, n_texts, dtype=torch.bool)
+    positive[text_to_image, torch.arange(n_texts)] = True
+    out = {}
+    for k in ks:
+        top_images = similarity.T.topk(min(k, n_images), dim=1).indices          # text query → images
+        out[f"image_retrieval_recall@{k}"] = positive.T.gather(1, top_images).any(1).float().mean().item()
+        top_texts = similarity.topk(min(k, n_texts), dim=1).indices              # image query → texts
+        out[f"text_retrieval_recall@{k}"] = positive.gather(1, top_texts).any(1).float().mean().item()
+    return out
+
+
+def task_metrics(task: Task, image_emb: torch.Tensor, text_emb: torch.Tensor) -> dict[str, float]:
+    """Metrics from embeddings: text_emb is the class classifier (zeroshot) or the captions (retrieval)."""
+    sim = image_emb @ text_emb.T
+    if task.kind == "zeroshot":
+        return classification_metrics(sim, task.labels)
+    return retrieval_metrics(sim, task.text_to_image)
+
+
+def metric_names(task: Task) -> list[str]:
+    """Metrics a task can be scored by: its own, plus 'loss' (continuous) and, for retrieval, 'recall_mean'."""
+    if task.kind == "zeroshot":
+        return ["acc1", "acc5", "mean_per_class_recall", "loss"]
+    return [f"{d}_retrieval_recall@{k}" for d in ("image", "text") for k in RECALL_KS] + ["recall_mean", "loss"]
+
+
+def default_metric(task: Task) -> str:
+    """The paper's choices: top-1 accuracy for classification, mean retrieval recall for retrieval."""
+    return "acc1" if task.kind == "zeroshot" else "recall_mean"
+
+
+def higher_is_better(metric: str) -> bool:
+    return metric != "loss"
+
+
+def check_metric(task: Task, metric: str) -> None:
+    if metric not in metric_names(task):
+        raise MopeError(f"a {task.kind} task has no metric '{metric}'; use one of {', '.join(metric_names(task))}")
+
+
+def metric_value(metric: str, task: Task, image_emb: torch.Tensor, text_emb: torch.Tensor,
+                 logit_scale: float) -> float:
+    """One metric from normalized embeddings (text_emb: the class classifier or the captions)."""
+    if metric == "loss":
+        return contrastive_loss(task, image_emb, text_emb, logit_scale).item()
+    values = task_metrics(task, image_emb, text_emb)
+    if metric == "recall_mean":
+        return sum(values.values()) / len(values)
+    return values[metric]
+
+
+def contrastive_loss(task: Task, image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale) -> torch.Tensor:
+    """Zero-shot cross-entropy (classification) or the symmetric contrastive loss with several
+    positives per image (retrieval): a continuous metric that still ranks where accuracy ties."""
+    logits = logit_scale * image_emb @ text_emb.T
+    if task.kind == "zeroshot":
+        return F.cross_entropy(logits, task.labels.to(logits.device))
+    owner = task.text_to_image.to(logits.device)
+    text_to_image = F.cross_entropy(logits.T, owner)
+    positive = torch.zeros_like(logits, dtype=torch.bool)
+    positive[owner, torch.arange(len(owner), device=logits.device)] = True
+    log_p = logits.log_softmax(dim=1)
+    image_to_text = -torch.logsumexp(log_p.masked_fill(~positive, float("-inf")), dim=1).mean()
+    return (text_to_image + image_to_text) / 2
+
+
+def task_text_embeddings(clip: Clip, task: Task) -> torch.Tensor:
+    if task.kind == "zeroshot":
+        return classifier(clip, task.classnames, task.templates)
+    return text_embeddings(clip, task.texts)
+
+
+def evaluate(clip: Clip, task: Task, batch_size: int = 64) -> dict[str, float]:
+    """CLIP_benchmark-named metrics of `clip` on `task`."""
+    if len(task) == 0:
+        raise MopeError(f"task {task.name} has no images")
+    return task_metrics(task, image_embeddings(clip, task, batch_size), task_text_embeddings(clip, task))

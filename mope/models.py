@@ -1,0 +1,127 @@
+"""Loading a CLIP from a spec: the demo model, an open_clip tag, a checkpoint file, the hub, a folder."""
+from __future__ import annotations
+
+import difflib
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import open_clip
+import torch
+
+from .errors import MopeError
+
+DEMO_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo-clip"
+SPEC_HELP = ("use 'demo', 'NAME:TAG' (e.g. ViT-B-32:laion2b_s34b_b79k), 'NAME:/path/ckpt.pt|.safetensors', "
+             "'hf-hub:org/repo', or 'local-dir:/path' / a folder path")
+
+
+@dataclass
+class Clip:
+    """A loaded CLIP: the open_clip module (eval mode) with its tokenizer and image preprocess."""
+
+    model: torch.nn.Module
+    tokenizer: Callable
+    preprocess: Callable
+    name: str
+    spec: str
+    device: torch.device
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def default_device(device: str | torch.device | None = None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_model(spec: str, device: str | torch.device | None = None) -> Clip:
+    """Load a CLIP described by `spec` (see SPEC_HELP) in eval mode on `device` (CUDA if present)."""
+    spec = spec.strip()
+    dev = default_device(device)
+    if spec == "demo":
+        if not (DEMO_DIR / "open_clip_model.safetensors").is_file():
+            raise MopeError(f"the demo model is missing from {DEMO_DIR}; reinstall, or train it with "
+                            "'python -m mope train-demo'")
+        return _load_local_dir(DEMO_DIR, spec, dev, name="demo (shapes CLIP)")
+    if spec.startswith("local-dir:"):
+        return _load_local_dir(Path(spec[len("local-dir:"):]), spec, dev)
+    if spec.startswith("hf-hub:"):
+        _require_network(spec)
+        return _create(spec, None, spec, dev, name=spec)
+    if Path(spec).expanduser().is_dir() or (":" not in spec and _looks_like_path(spec)):
+        return _load_local_dir(Path(spec), spec, dev)
+    name, sep, source = spec.partition(":")
+    if name not in open_clip.list_models():
+        close = difflib.get_close_matches(name, open_clip.list_models(), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise MopeError(f"unknown model '{name}' in spec '{spec}'.{hint} {SPEC_HELP}")
+    if not sep or not source:
+        raise MopeError(f"'{spec}' names no weights: add a pretrained tag or a checkpoint path, "
+                        f"e.g. {name}:{(open_clip.list_pretrained_tags_by_model(name) or ['/path/ckpt.pt'])[0]}")
+    if _looks_like_path(source):
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise MopeError(f"checkpoint file not found: {path}. Check the path.")
+        return _create(name, str(path), spec, dev, name=f"{name} ({path.name})")
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if source not in tags:
+        raise MopeError(f"unknown pretrained tag '{source}' for {name}; known tags: {', '.join(tags) or 'none'}")
+    _require_network(spec)
+    quick = bool(open_clip.get_pretrained_cfg(name, source).get("quick_gelu", False))
+    return _create(name, source, spec, dev, name=spec, force_quick_gelu=quick)
+
+
+def _looks_like_path(source: str) -> bool:
+    return "/" in source or os.sep in source or source.endswith((".pt", ".pth", ".bin", ".safetensors"))
+
+
+def _require_network(spec: str) -> None:
+    """Fail at once when the hub cannot be reached instead of waiting on retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        raise MopeError(f"'{spec}' must be downloaded, but HF_HUB_OFFLINE is set. Unset it on a machine with a "
+                        "network, or download the checkpoint and load it as NAME:/path/to/file.")
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+    except OSError:
+        raise MopeError(f"'{spec}' must be downloaded, but huggingface.co cannot be reached. Connect to the "
+                        "network, or download the checkpoint elsewhere and load it as NAME:/path/to/file.") from None
+
+
+def _load_local_dir(path: Path, spec: str, dev: torch.device, name: str | None = None) -> Clip:
+    path = path.expanduser()
+    if not path.is_dir():
+        raise MopeError(f"model folder not found: {path}")
+    if not (path / "open_clip_config.json").is_file():
+        raise MopeError(f"{path} is not a model folder: it has no open_clip_config.json "
+                        "(an open_clip local-dir holds open_clip_config.json and open_clip_model.safetensors)")
+    if not any((path / f).is_file() for f in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")):
+        raise MopeError(f"{path} has a config but no weights (open_clip_model.safetensors)")
+    return _create(f"local-dir:{path}", None, spec, dev, name=name or path.name)
+
+
+def _create(model_name: str, pretrained: str | None, spec: str, dev: torch.device, name: str, **kw) -> Clip:
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            model_name, pretrained=pretrained, device=dev, **kw)
+        tokenizer = open_clip.get_tokenizer(model_name)
+    except MopeError:
+        raise
+    except Exception as e:  # open_clip raises RuntimeError/ValueError/OSError/... for every failure
+        raise MopeError(f"could not load '{spec}': {_first_line(e)}. {_hint(e)}") from e
+    model.eval()
+    return Clip(model=model, tokenizer=tokenizer, preprocess=preprocess, name=name, spec=spec, device=dev)
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:300]
+
+
+def _hint(e: Exception) -> str:
+    text = str(e)
+    if "size mismatch" in text or "Missing key" in text or "Unexpected key" in text:
+        return "The checkpoint belongs to another architecture: pick the model name it was trained with."
+    return "Check that the file is a complete CLIP checkpoint (safetensors or a torch state dict)."

@@ -1,0 +1,305 @@
+"""MoPE scoring: the drop in a zero-shot metric when one unit is removed, for every unit.
+
+`MoPE(θ) = Z[f] − Z[f without θ]` (for a loss: the increase). The fast path computes the same
+numbers as the naive one (a full re-evaluation per unit, kept as the reference) by
+- embedding the other tower once (its output does not change when this tower loses a unit),
+- caching the hidden state entering every layer, so ablating a unit of layer l re-runs only l..L,
+- running several ablations of one layer as one batched forward pass (per-sample masks).
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from contextlib import nullcontext
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from .ablation import MaskedBlock, ablated, starting_at
+from .cache import key_of, model_fingerprint, open_cache
+from .data.tasks import Task, image_batches
+from .errors import MopeError
+from .evaluate import (check_metric, contrastive_loss, default_metric, ensemble, higher_is_better, image_embeddings,
+                       metric_value, task_text_embeddings)
+from .models import Clip
+from .units import (KINDS, TOWERS, Unit, check_group_size, enumerate_units, tower_blocks, unit_flops,
+                    unit_params)
+
+BASELINES = ("magnitude", "random", "taylor")
+TOKEN_BUDGET = 2**17  # tokens per batched ablation pass; bounds memory, not results
+
+Progress = Callable[[int, int, float | None, list[dict]], None]
+
+
+class Cancelled(MopeError):
+    """Raised when should_stop() says so; `rows` holds the units scored so far."""
+
+    def __init__(self, rows: list[dict]):
+        super().__init__(f"cancelled after {len(rows)} units")
+        self.rows = rows
+
+
+def score(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequence[str] = KINDS,
+          metric: str | None = None, impl: str = "fast", group_size: int | None = None,
+          baselines: Sequence[str] = BASELINES, seed: int = 0, precision: str = "fp32", cache: bool = True,
+          progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
+          shard: tuple[int, int] | None = None) -> pd.DataFrame:
+    """One row per unit: tower, kind, layer, index, unit, mope, base, ablated, params, flops, baselines.
+
+    shard=(rank, world) scores units[rank::world] only (for torchrun); rows keep the global order.
+    """
+    metric = metric or default_metric(task)
+    group_sizes = _validate(clip, task, towers, units, metric, impl, baselines, precision, group_size)
+    all_units = enumerate_units(clip.model, towers, units, group_sizes)
+    todo = all_units if shard is None else all_units[shard[0]::shard[1]]
+    settings = dict(towers=list(towers), units=list(units), metric=metric, impl=impl, group_sizes=group_sizes,
+                    baselines=list(baselines), seed=seed, precision=precision, shard=shard)
+    key = key_of(model=model_fingerprint(clip.model), task=task.fingerprint(), **settings)
+    if cache:
+        with open_cache("scores") as store:
+            hit = store.get(key)
+        if hit is not None:
+            return _frame(hit, key)
+    scorer = FastScorer if impl == "fast" else NaiveScorer
+    rows = scorer(clip, task, metric, group_sizes, precision).run(todo, progress, should_stop)
+    for row, unit in zip(rows, todo):
+        row.update(params=unit_params(clip.model, unit, group_sizes[unit.tower]),
+                   flops=unit_flops(clip.model, unit, group_sizes[unit.tower]))
+    _add_baselines(rows, todo, clip, task, group_sizes, baselines, seed)
+    if cache:
+        with open_cache("scores") as store:
+            store.set(key, rows)
+    return _frame(rows, key)
+
+
+def _frame(rows: list[dict], key: str) -> pd.DataFrame:
+    df = pd.DataFrame(rows)
+    df.attrs["fingerprint"] = key
+    return df
+
+
+def _validate(clip, task, towers, units, metric, impl, baselines, precision, group_size) -> dict[str, int]:
+    """Every check that can fail, before any work starts."""
+    if len(task) == 0:
+        raise MopeError(f"task {task.name} has no images")
+    for t in towers:
+        if t not in TOWERS:
+            raise MopeError(f"unknown tower '{t}'; use vision and/or text")
+    for k in units:
+        if k not in KINDS:
+            raise MopeError(f"unknown unit kind '{k}'; use head, neurons and/or layer")
+    if impl not in ("fast", "naive"):
+        raise MopeError(f"unknown impl '{impl}'; use fast or naive")
+    for b in baselines:
+        if b not in BASELINES:
+            raise MopeError(f"unknown baseline '{b}'; use {', '.join(BASELINES)}")
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise MopeError(f"unknown precision '{precision}'; use fp32, bf16 or fp16")
+    if precision != "fp32" and clip.device.type != "cuda":
+        raise MopeError(f"{precision} autocast is for GPUs; on {clip.device.type} use fp32")
+    check_metric(task, metric)
+    return check_group_size(clip.model, towers, group_size)
+
+
+class _Scorer:
+    """Shared state: the metric, the base value, the mixed-precision context."""
+
+    def __init__(self, clip: Clip, task: Task, metric: str, group_sizes: dict[str, int], precision: str):
+        self.clip, self.task, self.metric, self.group_sizes = clip, task, metric, group_sizes
+        self.sign = 1.0 if higher_is_better(metric) else -1.0
+        self.scale = clip.model.logit_scale.exp().item()
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.autocast = (lambda: torch.autocast("cuda", dtype=dtype)) if dtype else nullcontext
+
+    def value(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> float:
+        return metric_value(self.metric, self.task, image_emb, text_emb, self.scale)
+
+    def row(self, unit: Unit, base: float, ablated_value: float) -> dict:
+        return {"tower": unit.tower, "kind": unit.kind, "layer": unit.layer, "index": unit.index,
+                "unit": unit.name, "mope": self.sign * (base - ablated_value), "base": base,
+                "ablated": ablated_value}
+
+    def run(self, units: list[Unit], progress: Progress | None, should_stop) -> list[dict]:
+        rows: list[dict] = []
+        start = time.time()
+        with torch.inference_mode(), self.autocast():
+            for chunk in self.chunks(units):
+                if should_stop and should_stop():
+                    raise Cancelled(rows)
+                rows += self.score_chunk(chunk)
+                if progress:
+                    done = len(rows)
+                    eta = (time.time() - start) / done * (len(units) - done)
+                    progress(done, len(units), eta, rows)
+        return rows
+
+
+class NaiveScorer(_Scorer):
+    """The reference: a full evaluation of the model with each unit ablated in its weights."""
+
+    def chunks(self, units):
+        if units:
+            self.base = self.value(*self.embed())
+        return [[u] for u in units]
+
+    def embed(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return image_embeddings(self.clip, self.task), task_text_embeddings(self.clip, self.task)
+
+    def score_chunk(self, chunk: list[Unit]) -> list[dict]:
+        with ablated(self.clip.model, chunk, self.group_sizes):
+            return [self.row(chunk[0], self.base, self.value(*self.embed()))]
+
+
+class FastScorer(_Scorer):
+    """Other tower once, cached layer inputs, batched ablations of one layer."""
+
+    def chunks(self, units):
+        self.state: dict[str, dict] = {}
+        out = []
+        for (tower, layer), group in itertools.groupby(units, key=lambda u: (u.tower, u.layer)):
+            group = list(group)
+            inputs = self.tower_state(tower)["inputs"]
+            tokens_per_ablation = inputs.shape[0] * self.tower_state(tower)["hidden"][0].shape[1]
+            k = max(1, TOKEN_BUDGET // tokens_per_ablation)
+            out += [group[i:i + k] for i in range(0, len(group), k)]
+        return out
+
+    def tower_state(self, tower: str) -> dict:
+        """Inputs, the hidden state entering each layer, the other tower's embeddings, the base value."""
+        if tower in self.state:
+            return self.state[tower]
+        clip, task = self.clip, self.task
+        if tower == "vision":
+            inputs = torch.cat(list(image_batches(task, clip.preprocess))).to(clip.device)
+            other = task_text_embeddings(clip, task)
+        else:
+            texts = ([t.format(c) for c in task.classnames for t in task.templates] if task.kind == "zeroshot"
+                     else task.texts)
+            inputs = clip.tokenizer(texts).to(clip.device)
+            other = image_embeddings(clip, task)
+        hidden: list[torch.Tensor] = []
+        hooks = [b.register_forward_pre_hook(lambda m, args: hidden.append(args[0]))
+                 for b in tower_blocks(clip.model, tower)]
+        try:
+            own = self.encode(tower, inputs)
+        finally:
+            for h in hooks:
+                h.remove()
+        state = {"inputs": inputs, "hidden": hidden, "other": other}
+        state["base"] = self.tower_value(tower, state, own)
+        self.state[tower] = state
+        return state
+
+    def encode(self, tower: str, inputs: torch.Tensor) -> torch.Tensor:
+        model = self.clip.model
+        emb = model.encode_image(inputs, normalize=True) if tower == "vision" else model.encode_text(inputs, normalize=True)
+        return emb.float().cpu()
+
+    def tower_value(self, tower: str, state: dict, own: torch.Tensor) -> float:
+        if tower == "vision":
+            return self.value(own, state["other"])
+        if self.task.kind == "zeroshot":
+            own = ensemble(own, len(self.task.classnames))
+        return self.value(state["other"], own)
+
+    def score_chunk(self, chunk: list[Unit]) -> list[dict]:
+        tower, layer = chunk[0].tower, chunk[0].layer
+        state = self.tower_state(tower)
+        block = tower_blocks(self.clip.model, tower)[layer]
+        x = state["hidden"][layer]
+        m, k = x.shape[0], len(chunk)
+        head_mask = torch.ones(k, block.attn.num_heads, device=x.device)
+        neuron_mask = torch.ones(k, block.mlp.c_fc.out_features, device=x.device)
+        skip = torch.zeros(k, dtype=torch.bool, device=x.device)
+        for i, unit in enumerate(chunk):
+            if unit.kind == "head":
+                head_mask[i, unit.index] = 0
+            elif unit.kind == "neurons":
+                g = self.group_sizes[tower]
+                neuron_mask[i, unit.index * g:(unit.index + 1) * g] = 0
+            else:
+                skip[i] = True
+        first = MaskedBlock(block, x.repeat(k, 1, 1), head_mask.repeat_interleave(m, 0),
+                            neuron_mask.repeat_interleave(m, 0), skip.repeat_interleave(m, 0))
+        inputs = state["inputs"] if tower == "vision" else state["inputs"].repeat(k, 1)
+        with starting_at(self.clip.model, tower, first, layer):
+            emb = self.encode(tower, inputs)
+        return [self.row(unit, state["base"], self.tower_value(tower, state, emb[i * m:(i + 1) * m]))
+                for i, unit in enumerate(chunk)]
+
+
+# --- baselines ------------------------------------------------------------------------------------------
+
+def unit_weights(model: torch.nn.Module, unit: Unit, group_size: int) -> list[tuple[torch.nn.Parameter, tuple]]:
+    """(parameter, index) pairs of the weights a unit owns: what magnitude and Taylor sum over."""
+    block = tower_blocks(model, unit.tower)[unit.layer]
+    if unit.kind == "layer":
+        return [(p, (...,)) for p in block.parameters()]
+    if unit.kind == "head":
+        attn, hd = block.attn, block.attn.head_dim
+        d = attn.embed_dim
+        rows = torch.cat([torch.arange(j * d + unit.index * hd, j * d + (unit.index + 1) * hd) for j in range(3)])
+        return [(attn.in_proj_weight, (rows,)), (attn.out_proj.weight, (slice(None), slice(unit.index * hd, (unit.index + 1) * hd)))]
+    cols = slice(unit.index * group_size, (unit.index + 1) * group_size)
+    return [(block.mlp.c_fc.weight, (cols,)), (block.mlp.c_proj.weight, (slice(None), cols))]
+
+
+def _add_baselines(rows, units, clip, task, group_sizes, baselines, seed) -> None:
+    model = clip.model
+    if "magnitude" in baselines:
+        for row, u in zip(rows, units):
+            row["magnitude"] = float(torch.sqrt(sum((p.detach()[i].float() ** 2).sum() for p, i in
+                                                    unit_weights(model, u, group_sizes[u.tower]))))
+    if "random" in baselines:
+        values = np.random.default_rng(seed).random(len(rows))
+        for row, v in zip(rows, values):
+            row["random"] = float(v)
+    if "taylor" in baselines:
+        grads = _loss_gradients(clip, task)
+        for row, u in zip(rows, units):
+            row["taylor"] = float(sum((p.detach()[i] * grads[p][i]).abs().sum() for p, i in
+                                      unit_weights(model, u, group_sizes[u.tower])))
+
+
+def _loss_gradients(clip: Clip, task: Task, batch_size: int = 64) -> dict:
+    """Gradients of the task's contrastive loss (see evaluate.contrastive_loss) for every parameter."""
+    model = clip.model
+    params = [p for p in model.parameters()]
+    grads = {p: torch.zeros_like(p) for p in params}
+    scale = model.logit_scale.exp().detach()
+    texts = ([t.format(c) for c in task.classnames for t in task.templates] if task.kind == "zeroshot" else task.texts)
+    tokens = clip.tokenizer(texts).to(clip.device)
+    batches = list(image_batches(task, clip.preprocess, batch_size if task.kind == "zeroshot" else len(task)))
+    start = 0
+    for x in batches:
+        with torch.enable_grad():
+            text = model.encode_text(tokens, normalize=True)
+            if task.kind == "zeroshot":
+                text = ensemble(text, len(task.classnames))
+            image = model.encode_image(x.to(clip.device), normalize=True)
+            if task.kind == "zeroshot":
+                labels = task.labels[start:start + len(x)].to(clip.device)
+                loss = F.cross_entropy(scale * image @ text.T, labels, reduction="sum") / len(task)
+            else:
+                loss = contrastive_loss(task, image, text, scale)
+            g = torch.autograd.grad(loss, params, allow_unused=True)
+        for p, gi in zip(params, g):
+            if gi is not None:
+                grads[p] += gi
+        start += len(x)
+    return grads
+
+
+def baseline_correlations(df: pd.DataFrame) -> pd.DataFrame:
+    """Spearman rank correlation between MoPE and each baseline, per tower and unit kind."""
+    present = [b for b in BASELINES if b in df.columns]
+    out = []
+    for (tower, kind), g in df.groupby(["tower", "kind"], sort=False):
+        row = {"tower": tower, "kind": kind, "units": len(g)}
+        for b in present:
+            row[b] = g["mope"].rank().corr(g[b].rank()) if len(g) > 1 else float("nan")
+        out.append(row)
+    return pd.DataFrame(out)

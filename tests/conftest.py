@@ -1,0 +1,50 @@
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import open_clip  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from mope.io import atomic_save_safetensors, atomic_write_json  # noqa: E402
+
+TINY = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 16, "mlp_ratio": 2},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+def tiny_config(**vision) -> dict:
+    cfg = json.loads(json.dumps(TINY))
+    cfg["vision_cfg"].update(vision)
+    return cfg
+
+
+def save_local_dir(model: torch.nn.Module, cfg: dict, folder) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / "open_clip_config.json", {"model_cfg": cfg, "preprocess_cfg": {}})
+    atomic_save_safetensors({k: v.contiguous() for k, v in model.state_dict().items()},
+                            folder / "open_clip_model.safetensors")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A random-init tiny CLIP saved as an open_clip local-dir folder."""
+    torch.manual_seed(0)
+    model = open_clip.CLIP(**TINY)
+    folder = tmp_path_factory.mktemp("tiny") / "tiny-clip"
+    save_local_dir(model, TINY, folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_registered(tmp_path_factory):
+    """Registers 'mope-tiny' (and 'mope-tiny-wide') as open_clip model names for NAME:/ckpt specs."""
+    folder = tmp_path_factory.mktemp("configs")
+    (folder / "mope-tiny.json").write_text(json.dumps(TINY))
+    (folder / "mope-tiny-wide.json").write_text(json.dumps(tiny_config(width=96, head_width=16)))
+    open_clip.add_model_config(folder)
+    return "mope-tiny"

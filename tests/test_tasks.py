@@ -1,0 +1,90 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import mope
+from mope.data.tasks import SHAPES_HELD_OUT_SEED
+
+
+def _png(path, colour=(255, 0, 0)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((20, 20, 3), colour, dtype=np.uint8)).save(path)
+
+
+def test_shapes_tasks():
+    t = mope.load_task("shapes", n=100)
+    assert t.kind == "zeroshot" and len(t.classnames) == 64 and len(t) == 100 and t.labels.max() < 64
+    assert len(mope.load_task("shapes:target=colour", n=10).classnames) == 8
+    assert mope.load_task("shapes:target=shape,seed=7", n=10).name.endswith("seed=7)")
+    r = mope.load_task("shapes", kind="retrieval", n=30)
+    assert r.kind == "retrieval" and len(r.texts) == 150 and r.text_to_image.tolist()[:6] == [0, 0, 0, 0, 0, 1]
+    assert f"seed={SHAPES_HELD_OUT_SEED}" in t.name
+    with pytest.raises(mope.MopeError, match="unknown shapes option"):
+        mope.load_task("shapes:colour")
+
+
+def test_folder_task_skips_and_counts_corrupt_images(tmp_path):
+    _png(tmp_path / "cat" / "a.png")
+    _png(tmp_path / "cat" / "b.png")
+    _png(tmp_path / "hot_dog" / "c.png", (0, 255, 0))
+    (tmp_path / "hot_dog" / "broken.jpg").write_bytes(b"not an image")
+    t = mope.load_task(f"folder:{tmp_path}")
+    assert t.classnames == ["cat", "hot dog"] and t.labels.tolist() == [0, 0, 1] and t.skipped == 1
+
+
+def test_empty_and_missing_folders_are_clear_errors(tmp_path):
+    with pytest.raises(mope.MopeError, match="no class sub-folders"):
+        mope.load_task(f"folder:{tmp_path}")
+    (tmp_path / "cls").mkdir()
+    (tmp_path / "cls" / "x.png").write_bytes(b"junk")
+    with pytest.raises(mope.MopeError, match="no readable images"):
+        mope.load_task(f"folder:{tmp_path}")
+    with pytest.raises(mope.MopeError, match="not found"):
+        mope.load_task(f"folder:{tmp_path / 'nope'}")
+
+
+def test_pairs_csv_and_jsonl(tmp_path):
+    _png(tmp_path / "img" / "a.png")
+    _png(tmp_path / "img" / "b.png")
+    (tmp_path / "pairs.csv").write_text("image,caption\nimg/a.png,a red square\nimg/b.png,another\n"
+                                        "img/a.png,red again\nimg/missing.png,gone\n")
+    t = mope.load_task(f"pairs:{tmp_path / 'pairs.csv'}")
+    assert t.kind == "retrieval" and len(t) == 2 and t.skipped == 1
+    assert t.texts == ["a red square", "another", "red again"] and t.text_to_image.tolist() == [0, 1, 0]
+    rows = [{"image": "a.png", "caption": "x"}, {"image": "b.png", "caption": "y"}]
+    (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    j = mope.load_task(f"pairs:{tmp_path / 'p.jsonl'}", image_root=str(tmp_path / "img"))
+    assert j.texts == ["x", "y"]
+
+
+def test_pairs_without_needed_columns(tmp_path):
+    (tmp_path / "bad.csv").write_text("path,text\na.png,hi\n")
+    with pytest.raises(mope.MopeError, match="columns 'image' and 'caption'"):
+        mope.load_task(f"pairs:{tmp_path / 'bad.csv'}")
+    (tmp_path / "bad.jsonl").write_text('{"img": 1}\n')
+    with pytest.raises(mope.MopeError, match="line 1"):
+        mope.load_task(f"pairs:{tmp_path / 'bad.jsonl'}")
+
+
+def test_cifar_offline_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOPE_HOME", str(tmp_path))
+    with pytest.raises(mope.MopeError, match="could not be downloaded"):
+        mope.load_task("cifar10")
+
+
+def test_subset_keeps_captions_with_their_images():
+    r = mope.load_task("shapes", kind="retrieval", n=20).subset(5)
+    assert len(r) == 5 and len(r.texts) == 25
+    assert sorted(set(r.text_to_image.tolist())) == [0, 1, 2, 3, 4]
+    full = mope.load_task("shapes", kind="retrieval", n=20)
+    idx = torch.randperm(20, generator=torch.Generator().manual_seed(0))[:5].sort().values
+    assert torch.equal(r.images[0], full.images[idx[0]])
+    assert r.texts[:5] == full.texts[5 * idx[0]: 5 * idx[0] + 5]
+
+
+def test_unknown_data_spec():
+    with pytest.raises(mope.MopeError, match="unknown data spec"):
+        mope.load_task("imagenet")
