@@ -24,6 +24,56 @@ def _eval(args) -> None:
         print(f"  {name:<28} {value:.4f}")
 
 
+def _csv_list(text: str, aliases: dict[str, str] | None = None) -> list[str]:
+    aliases = aliases or {}
+    return [aliases.get(x.strip(), x.strip()) for x in text.split(",") if x.strip()]
+
+
+def _score(args) -> None:
+    from . import load_model, load_task
+    from .scoring import baseline_correlations, save_scores, score_distributed
+
+    clip = load_model(args.model, device=args.device)
+    task = load_task(args.data, kind=args.task, n=args.n, seed=args.seed, image_root=args.image_root)
+    with _progress_bar("scoring", args.quiet) as progress:
+        df = score_distributed(clip, task, towers=_csv_list(args.towers),
+                               units=_csv_list(args.units, {"heads": "head", "layers": "layer"}),
+                               metric=args.metric, impl=args.impl, group_size=args.group_size,
+                               baselines=_csv_list(args.baselines), precision=args.precision,
+                               cache=not args.no_cache, progress=progress)
+    if df is None:  # a torchrun rank other than 0
+        return
+    save_scores(df, Path(args.out))
+    print(f"{len(df)} units scored on {task.name} ({df['base'].iloc[0]:.4f} {args.metric or 'default metric'} "
+          f"unablated) -> {args.out}")
+    if any(b in df.columns for b in ("magnitude", "random", "taylor")):
+        print("Spearman rank correlation of MoPE with each baseline:")
+        print(baseline_correlations(df).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+class _progress_bar:
+    """A tqdm bar fed by the library's progress callback (done, total, eta, rows)."""
+
+    def __init__(self, desc: str, quiet: bool = False):
+        self.desc, self.quiet, self.bar = desc, quiet, None
+
+    def __enter__(self):
+        return self.update
+
+    def update(self, done: int, total: int, eta, rows) -> None:
+        from tqdm import tqdm
+
+        if self.quiet:
+            return
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=self.desc, unit="unit")
+        self.bar.update(done - self.bar.n)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+
+
 def _train_demo(args) -> None:
     import torch
 
@@ -49,6 +99,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("score", help="MoPE score of every unit (one row per unit, CSV)")
+    p.add_argument("--model", default="demo")
+    p.add_argument("--data", default="shapes")
+    p.add_argument("--task", choices=["zeroshot", "retrieval"], default=None)
+    p.add_argument("--n", type=int, default=256, help="calibration images")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--image-root", default=None)
+    p.add_argument("--towers", default="vision,text")
+    p.add_argument("--units", default="heads,neurons,layers")
+    p.add_argument("--metric", default=None, help="acc1 (zeroshot default), recall_mean (retrieval default), loss, …")
+    p.add_argument("--impl", choices=["fast", "naive"], default="fast")
+    p.add_argument("--group-size", type=int, default=None, help="FFN neurons per group (default: 64 or a divisor)")
+    p.add_argument("--baselines", default="magnitude,random,taylor", help="comma list, or '' for none")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast on GPU")
+    p.add_argument("--no-cache", action="store_true", help="recompute even when cached scores exist")
+    p.add_argument("--device", default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--out", default="scores.csv")
+    p.set_defaults(func=_score)
 
     p = sub.add_parser("train-demo", help="train the demo CLIP on the shapes world (seeded)")
     p.add_argument("--out", default="assets/demo-clip")

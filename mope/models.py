@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import socket
 from dataclasses import dataclass, field
@@ -99,6 +100,10 @@ def _load_local_dir(path: Path, spec: str, dev: torch.device, name: str | None =
                         "(an open_clip local-dir holds open_clip_config.json and open_clip_model.safetensors)")
     if not any((path / f).is_file() for f in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")):
         raise MopeError(f"{path} has a config but no weights (open_clip_model.safetensors)")
+    if (path / "pruning.json").is_file():
+        from .pruned import load_pruned
+
+        return load_pruned(path, spec, dev, name)
     return _create(f"local-dir:{path}", None, spec, dev, name=name or path.name)
 
 
@@ -112,7 +117,20 @@ def _create(model_name: str, pretrained: str | None, spec: str, dev: torch.devic
     except Exception as e:  # open_clip raises RuntimeError/ValueError/OSError/... for every failure
         raise MopeError(f"could not load '{spec}': {_first_line(e)}. {_hint(e)}") from e
     model.eval()
-    return Clip(model=model, tokenizer=tokenizer, preprocess=preprocess, name=name, spec=spec, device=dev)
+    info = {"model_cfg": source_config(model_name, kw.get("force_quick_gelu", False))}
+    return Clip(model=model, tokenizer=tokenizer, preprocess=preprocess, name=name, spec=spec, device=dev, info=info)
+
+
+def source_config(model_name: str, quick_gelu: bool = False) -> dict:
+    """The open_clip model config a model was built from (to save pruned models beside it)."""
+    if model_name.startswith("local-dir:"):
+        return json.loads((Path(model_name[len("local-dir:"):]) / "open_clip_config.json").read_text())["model_cfg"]
+    if model_name.startswith("hf-hub:"):
+        from open_clip.factory import _get_hf_config
+
+        return _get_hf_config(model_name[len("hf-hub:"):])["model_cfg"]
+    cfg = open_clip.get_model_config(model_name)
+    return {**cfg, "quick_gelu": True} if quick_gelu else cfg
 
 
 def _first_line(e: Exception) -> str:

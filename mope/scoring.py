@@ -9,6 +9,8 @@ numbers as the naive one (a full re-evaluation per unit, kept as the reference) 
 from __future__ import annotations
 
 import itertools
+import json
+import zlib
 import time
 from contextlib import nullcontext
 from typing import Callable, Sequence
@@ -56,28 +58,29 @@ def score(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequenc
     all_units = enumerate_units(clip.model, towers, units, group_sizes)
     todo = all_units if shard is None else all_units[shard[0]::shard[1]]
     settings = dict(towers=list(towers), units=list(units), metric=metric, impl=impl, group_sizes=group_sizes,
-                    baselines=list(baselines), seed=seed, precision=precision, shard=shard)
-    key = key_of(model=model_fingerprint(clip.model), task=task.fingerprint(), **settings)
+                    baselines=list(baselines), seed=seed, precision=precision)
+    model_fp = model_fingerprint(clip.model)
+    fingerprint = key_of(model=model_fp, task=task.fingerprint(), **settings)
+    key = f"{fingerprint}/{shard}"
     if cache:
         with open_cache("scores") as store:
             hit = store.get(key)
         if hit is not None:
-            return _frame(hit, key)
+            return _frame(hit, fingerprint, model_fp, metric, group_sizes)
     scorer = FastScorer if impl == "fast" else NaiveScorer
     rows = scorer(clip, task, metric, group_sizes, precision).run(todo, progress, should_stop)
-    for row, unit in zip(rows, todo):
-        row.update(params=unit_params(clip.model, unit, group_sizes[unit.tower]),
-                   flops=unit_flops(clip.model, unit, group_sizes[unit.tower]))
-    _add_baselines(rows, todo, clip, task, group_sizes, baselines, seed)
+    for row, extra in zip(rows, unit_rows(clip, task, todo, group_sizes, baselines, seed)):
+        row.update(extra)
     if cache:
         with open_cache("scores") as store:
             store.set(key, rows)
-    return _frame(rows, key)
+    return _frame(rows, fingerprint, model_fp, metric, group_sizes)
 
 
-def _frame(rows: list[dict], key: str) -> pd.DataFrame:
+def _frame(rows: list[dict], fingerprint: str, model_fp: str, metric: str, group_sizes: dict) -> pd.DataFrame:
+    """The table; attrs carry the fingerprints of the scores and the model, the metric, the group sizes."""
     df = pd.DataFrame(rows)
-    df.attrs["fingerprint"] = key
+    df.attrs.update(fingerprint=fingerprint, model=model_fp, metric=metric, group_sizes=group_sizes)
     return df
 
 
@@ -247,21 +250,41 @@ def unit_weights(model: torch.nn.Module, unit: Unit, group_size: int) -> list[tu
     return [(block.mlp.c_fc.weight, (cols,)), (block.mlp.c_proj.weight, (slice(None), cols))]
 
 
-def _add_baselines(rows, units, clip, task, group_sizes, baselines, seed) -> None:
+def unit_table(clip: Clip, towers: Sequence[str] = TOWERS, units: Sequence[str] = KINDS,
+               group_size: int | None = None, baselines: Sequence[str] = ("magnitude", "random"),
+               task: Task | None = None, seed: int = 0) -> pd.DataFrame:
+    """The units with their sizes and baseline scores, without MoPE (cheap; Taylor needs a task)."""
+    group_sizes = check_group_size(clip.model, towers, group_size)
+    todo = enumerate_units(clip.model, towers, units, group_sizes)
+    rows = [{"tower": u.tower, "kind": u.kind, "layer": u.layer, "index": u.index, "unit": u.name} for u in todo]
+    for row, extra in zip(rows, unit_rows(clip, task, todo, group_sizes, baselines, seed)):
+        row.update(extra)
+    df = pd.DataFrame(rows)
+    df.attrs.update(model=model_fingerprint(clip.model), group_sizes=group_sizes)
+    return df
+
+
+def unit_rows(clip: Clip, task: Task | None, units: list[Unit], group_sizes: dict[str, int],
+              baselines: Sequence[str], seed: int) -> list[dict]:
+    """Per unit: params, flops and the requested baseline scores."""
     model = clip.model
+    rows = [{"params": unit_params(model, u, group_sizes[u.tower]), "flops": unit_flops(model, u, group_sizes[u.tower])}
+            for u in units]
     if "magnitude" in baselines:
         for row, u in zip(rows, units):
             row["magnitude"] = float(torch.sqrt(sum((p.detach()[i].float() ** 2).sum() for p, i in
                                                     unit_weights(model, u, group_sizes[u.tower]))))
     if "random" in baselines:
-        values = np.random.default_rng(seed).random(len(rows))
-        for row, v in zip(rows, values):
-            row["random"] = float(v)
+        for row, u in zip(rows, units):  # seeded per unit, so a shard draws what one process draws
+            row["random"] = float(np.random.default_rng([seed, zlib.crc32(u.name.encode())]).random())
     if "taylor" in baselines:
+        if task is None:
+            raise MopeError("the Taylor baseline needs a task (its loss gives the gradients)")
         grads = _loss_gradients(clip, task)
         for row, u in zip(rows, units):
             row["taylor"] = float(sum((p.detach()[i] * grads[p][i]).abs().sum() for p, i in
                                       unit_weights(model, u, group_sizes[u.tower])))
+    return rows
 
 
 def _loss_gradients(clip: Clip, task: Task, batch_size: int = 64) -> dict:
@@ -303,3 +326,75 @@ def baseline_correlations(df: pd.DataFrame) -> pd.DataFrame:
             row[b] = g["mope"].rank().corr(g[b].rank()) if len(g) > 1 else float("nan")
         out.append(row)
     return pd.DataFrame(out)
+
+
+# --- files and many processes ----------------------------------------------------------------------------
+
+def save_scores(df: pd.DataFrame, path) -> None:
+    """CSV with the fingerprint as a leading comment line; written atomically."""
+    from .io import atomic_write_text
+
+    header = "".join(f"# {k}: {json.dumps(v)}\n" for k, v in sorted(df.attrs.items()))
+    atomic_write_text(path, header + df.to_csv(index=False))
+
+
+def load_scores(path) -> pd.DataFrame:
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise MopeError(f"scores file not found: {path}")
+    attrs = {}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if not line.startswith("# "):
+                break
+            key, _, value = line[2:].partition(":")
+            try:
+                attrs[key.strip()] = json.loads(value)
+            except json.JSONDecodeError:
+                raise MopeError(f"{path}: unreadable header line {line.strip()!r}") from None
+    try:
+        df = pd.read_csv(path, comment="#")
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
+        raise MopeError(f"{path} is not a scores CSV ({e})") from None
+    missing = {"tower", "kind", "layer", "index", "unit", "mope"} - set(df.columns)
+    if missing:
+        raise MopeError(f"{path} is not a scores CSV: missing columns {sorted(missing)}")
+    df.attrs.update(attrs)
+    return df
+
+
+def score_distributed(clip: Clip, task: Task, **kw) -> pd.DataFrame | None:
+    """score() across torchrun processes: each rank scores units[rank::world], rank 0 gathers.
+
+    Without torchrun (WORLD_SIZE unset or 1) this is score(). Other ranks return None.
+    """
+    import os
+
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return score(clip, task, **kw)
+    own_group = not dist.is_initialized()
+    if own_group:
+        dist.init_process_group("nccl" if clip.device.type == "cuda" else "gloo")
+    rank = dist.get_rank()
+    if rank != 0:
+        kw["progress"] = None
+    try:
+        part = score(clip, task, shard=(rank, world), **kw)
+        parts = [None] * world if rank == 0 else None
+        dist.gather_object(part.to_dict("records"), parts, dst=0)
+    finally:
+        if own_group:
+            dist.destroy_process_group()
+    if rank != 0:
+        return None
+    rows = [None] * sum(len(p) for p in parts)
+    for r, p in enumerate(parts):
+        rows[r::world] = p
+    full = pd.DataFrame(rows)
+    full.attrs.update(part.attrs)
+    return full

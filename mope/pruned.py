@@ -1,0 +1,113 @@
+"""The pruned-model folder: open_clip_config.json + open_clip_model.safetensors + pruning.json.
+
+pruning.json records what was kept (layers, heads, neurons per tower, in the source model's indices),
+the source model spec and config, the plan and the scores' fingerprint. Where the pruned shape fits a
+stock open_clip config (no head removed, one FFN width per tower), open_clip_config.json describes the
+pruned model and the folder also loads with plain open_clip `local-dir:`; otherwise it holds the source
+config and loading rebuilds the shapes from pruning.json before reading the weights.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from contextlib import contextmanager
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import open_clip
+import torch
+from open_clip.transform import PreprocessCfg, image_transform_v2
+from safetensors.torch import load_file
+
+from .errors import MopeError
+from .io import atomic_save_safetensors, atomic_write_json
+from .models import Clip
+from .surgery import apply_structure
+from .units import tower_blocks
+
+FORMAT = 1
+
+
+def stock_config(clip: Clip) -> dict | None:
+    """An open_clip config describing the pruned model exactly, or None when none can."""
+    cfg = copy.deepcopy(clip.info["model_cfg"])
+    for tower, key in (("vision", "vision_cfg"), ("text", "text_cfg")):
+        blocks = tower_blocks(clip.model, tower)
+        width = blocks[0].attn.embed_dim
+        if any(type(b.attn) is not torch.nn.MultiheadAttention for b in blocks):
+            return None
+        ffn = {b.mlp.c_fc.out_features for b in blocks}
+        if len(ffn) != 1:
+            return None
+        ratio = ffn.pop() / width
+        if int(width * ratio) != blocks[0].mlp.c_fc.out_features:
+            return None
+        cfg[key] = {**cfg[key], "layers": len(blocks), "mlp_ratio": ratio}
+    return cfg
+
+
+def save_pruned(clip: Clip, folder: str | Path, extra: dict | None = None) -> Path:
+    """Write the pruned model to a new folder, atomically (a temporary folder renamed at the end)."""
+    folder = Path(folder).expanduser()
+    if folder.exists():
+        raise MopeError(f"{folder} already exists: choose a new output folder (nothing was written)")
+    if "structure" not in clip.info or "model_cfg" not in clip.info:
+        raise MopeError("this model was not pruned by mope: nothing to save as a pruned model")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        stock = stock_config(clip)
+        preprocess_cfg = dict(getattr(clip.model.visual, "preprocess_cfg", {}))
+        atomic_write_json(tmp / "open_clip_config.json", {"model_cfg": stock or clip.info["model_cfg"],
+                                                          "preprocess_cfg": preprocess_cfg})
+        state = {k: v.detach().cpu().contiguous() for k, v in clip.model.state_dict().items()}
+        atomic_save_safetensors(state, tmp / "open_clip_model.safetensors")
+        atomic_write_json(tmp / "pruning.json", {
+            "format": FORMAT, "stock": stock is not None, "source_spec": clip.info.get("source_spec", clip.spec),
+            "source_config": clip.info["model_cfg"], "structure": clip.info["structure"],
+            **{k: v for k, v in clip.info.items() if k in ("plan", "scores_fingerprint", "distill")},
+            **(extra or {})})
+        tmp.rename(folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return folder
+
+
+@contextmanager
+def _quiet_logging():
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+def load_pruned(folder: Path, spec: str, device: torch.device, name: str | None = None) -> Clip:
+    """Rebuild a pruned model from its folder without the source weights."""
+    try:
+        meta = json.loads((folder / "pruning.json").read_text())
+        source_cfg, structure = meta["source_config"], meta["structure"]
+    except (json.JSONDecodeError, KeyError, OSError) as e:
+        raise MopeError(f"{folder}/pruning.json is unreadable or incomplete ({e}); the folder is not a pruned model") from None
+    try:
+        if meta.get("stock"):
+            model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}", device=device)
+        else:
+            with _quiet_logging():  # open_clip logs "initialized randomly": the weights come next
+                model = open_clip.create_model(f"local-dir:{folder}", load_weights=False, device=device)
+            apply_structure(model, structure, copy_weights=False)
+            model.load_state_dict(load_file(folder / "open_clip_model.safetensors", device=str(device)), strict=True)
+            preprocess = image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
+        tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
+    except MopeError:
+        raise
+    except Exception as e:
+        raise MopeError(f"could not load the pruned model in {folder}: {str(e).splitlines()[0][:300]}") from e
+    model.eval()
+    info = {"model_cfg": source_cfg, "structure": structure, "source_spec": meta.get("source_spec"),
+            **{k: meta[k] for k in ("plan", "scores_fingerprint", "distill") if k in meta}}
+    return Clip(model, tokenizer, preprocess, name or folder.name, spec, device, info)

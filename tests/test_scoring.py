@@ -1,0 +1,180 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import mope
+from mope import scoring
+from mope.evaluate import contrastive_loss, image_embeddings, task_text_embeddings
+from mope.scoring import Cancelled, baseline_correlations, load_scores, save_scores, score, unit_weights
+from mope.units import Unit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOPE_HOME", str(tmp_path / "home"))
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir):
+    return mope.load_model(str(tiny_dir), device="cpu")
+
+
+@pytest.mark.parametrize("kind, metric", [("zeroshot", "loss"), ("zeroshot", "acc1"), ("retrieval", "loss"),
+                                          ("retrieval", "recall_mean")])
+def test_fast_equals_naive_on_tiny(tiny, kind, metric):
+    task = mope.load_task("shapes", kind=kind, n=24)
+    fast = score(tiny, task, metric=metric, baselines=(), cache=False)
+    naive = score(tiny, task, metric=metric, impl="naive", baselines=(), cache=False)
+    assert list(fast.unit) == list(naive.unit)
+    assert np.allclose(fast.mope, naive.mope, atol=1e-5)
+    assert fast.mope.abs().max() > 0
+
+
+def test_fast_equals_naive_and_ranks_identically_on_demo():
+    clip = mope.load_model("demo", device="cpu")
+    task = mope.load_task("shapes", n=64)
+    kw = dict(metric="loss", units=["head", "layer"], baselines=(), cache=False)
+    fast, naive = score(clip, task, **kw), score(clip, task, impl="naive", **kw)
+    assert np.abs(fast.mope - naive.mope).max() < 1e-5
+    assert (fast.mope.round(4).rank(method="min") == naive.mope.round(4).rank(method="min")).all()
+
+
+def test_table_columns_and_meaning(tiny):
+    task = mope.load_task("shapes", n=16)
+    df = score(tiny, task, metric="loss", cache=False)
+    for col in ["tower", "kind", "layer", "index", "unit", "mope", "base", "ablated", "params", "flops",
+                "magnitude", "random", "taylor"]:
+        assert col in df.columns
+    assert np.allclose(df.mope, df.ablated - df.base)  # a loss: MoPE is its increase
+    acc = score(tiny, task, metric="acc1", baselines=(), cache=False)
+    assert np.allclose(acc.mope, acc.base - acc.ablated)
+
+
+def test_cache_hit_and_misses(tiny, monkeypatch):
+    task = mope.load_task("shapes", n=16)
+    first = score(tiny, task, metric="loss")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scoring.FastScorer, "run", lambda *a: pytest.fail("should come from the cache"))
+        again = score(tiny, task, metric="loss")
+    pd.testing.assert_frame_equal(first, again)
+    assert again.attrs == first.attrs
+    calls = []
+    original = scoring.FastScorer.run
+    monkeypatch.setattr(scoring.FastScorer, "run", lambda self, *a: calls.append(1) or original(self, *a))
+    score(tiny, mope.load_task("shapes", n=17), metric="loss")
+    score(tiny, task, metric="acc1")
+    with torch.no_grad():
+        tiny.model.visual.proj.mul_(1.0001)
+    try:
+        score(tiny, task, metric="loss")
+    finally:
+        with torch.no_grad():
+            tiny.model.visual.proj.div_(1.0001)
+    assert len(calls) == 3
+
+
+def test_progress_partial_rows_and_cancel(tiny):
+    task = mope.load_task("shapes", n=16)
+    seen = []
+    score(tiny, task, towers=["text"], metric="loss", cache=False, baselines=(),
+          progress=lambda done, total, eta, rows: seen.append((done, total, eta, len(rows))))
+    assert seen[-1][0] == seen[-1][1] == 10 and all(d == r for d, _, _, r in seen)
+    assert all(e >= 0 for _, _, e, _ in seen) and [s[0] for s in seen] == sorted(s[0] for s in seen)
+    polls = []
+    with pytest.raises(Cancelled) as info:
+        score(tiny, task, towers=["vision"], units=["head"], metric="loss", cache=False, baselines=(),
+              should_stop=lambda: polls.append(1) or len(polls) > 1)
+    assert 0 < len(info.value.rows) < 8
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(units=["attention"]), "unknown unit kind"), (dict(towers=["audio"]), "unknown tower"),
+    (dict(group_size=48), "does not divide"), (dict(metric="text_retrieval_recall@1"), "has no metric"),
+    (dict(precision="bf16"), "for GPUs"),
+])
+def test_bad_input_fails_before_work(tiny, kw, message, monkeypatch):
+    monkeypatch.setattr(scoring.FastScorer, "run", lambda *a: pytest.fail("work started"))
+    with pytest.raises(mope.MopeError, match=message):
+        score(tiny, mope.load_task("shapes", n=8), cache=False, **kw)
+    with pytest.raises(mope.MopeError, match="no images"):
+        score(tiny, _empty_task(), cache=False)
+
+
+def _empty_task():
+    task = mope.load_task("shapes", n=8)
+    task.images, task.labels = task.images[:0], task.labels[:0]
+    return task
+
+
+def test_baselines_by_hand(tiny):
+    task = mope.load_task("shapes", n=16)
+    df = score(tiny, task, metric="loss", cache=False, seed=3).set_index("unit")
+    block = tiny.model.visual.transformer.resblocks[1]
+    w_in, w_out = block.attn.in_proj_weight.detach(), block.attn.out_proj.weight.detach()
+    rows = [r for j in range(3) for r in range(j * 64 + 32, j * 64 + 48)]  # head 2, head_dim 16, width 64
+    want = torch.sqrt((w_in[rows] ** 2).sum() + (w_out[:, 32:48] ** 2).sum())
+    assert df.loc["vision.L1.head2", "magnitude"] == pytest.approx(want.item(), rel=1e-5)
+    again = score(tiny, task, metric="loss", cache=False, seed=3).set_index("unit")
+    assert (again["random"] == df["random"]).all()
+    assert not (score(tiny, task, metric="loss", cache=False, seed=4)["random"].values == df["random"].values).any()
+    # Taylor: |w · dL/dw| summed over the unit, with the loss over the whole set in one pass
+    model = tiny.model
+    with torch.enable_grad():
+        loss = contrastive_loss(task, _grad_images(tiny, task), _grad_text(tiny, task), model.logit_scale.exp().detach())
+        params = [p for p, _ in unit_weights(model, Unit("text", "neurons", 1, 1), 64)]
+        grads = torch.autograd.grad(loss, params)
+    idx = [i for _, i in unit_weights(model, Unit("text", "neurons", 1, 1), 64)]
+    want = sum((p.detach()[i] * g[i]).abs().sum() for p, g, i in zip(params, grads, idx))
+    assert df.loc["text.L1.neurons1", "taylor"] == pytest.approx(want.item(), rel=1e-4)
+
+
+def _grad_images(clip, task):
+    x = torch.stack([clip.preprocess(task.pil_image(i)) for i in range(len(task))])
+    return clip.model.encode_image(x, normalize=True)
+
+
+def _grad_text(clip, task):
+    from mope.evaluate import ensemble
+    prompts = [t.format(c) for c in task.classnames for t in task.templates]
+    return ensemble(clip.model.encode_text(clip.tokenizer(prompts), normalize=True), len(task.classnames))
+
+
+def test_correlations():
+    df = pd.DataFrame({"tower": ["vision"] * 4, "kind": ["head"] * 4, "mope": [0.1, 0.4, 0.2, 0.3],
+                       "magnitude": [1, 4, 2, 3], "random": [4, 1, 3, 2], "taylor": [1, 2, 3, 4]})
+    c = baseline_correlations(df).iloc[0]
+    assert c["magnitude"] == pytest.approx(1) and c["random"] == pytest.approx(-1) and c["taylor"] == pytest.approx(0.4)
+
+
+def test_scores_file_round_trip(tiny, tmp_path):
+    df = score(tiny, mope.load_task("shapes", n=8), metric="loss", baselines=(), cache=False)
+    save_scores(df, tmp_path / "s.csv")
+    back = load_scores(tmp_path / "s.csv")
+    assert back.attrs["fingerprint"] == df.attrs["fingerprint"] and np.allclose(back.mope, df.mope)
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(mope.MopeError, match="not a scores CSV"):
+        load_scores(tmp_path / "bad.csv")
+
+
+def test_cli_and_torchrun_two_processes_match_one(tiny_dir, tmp_path):
+    env = {"HF_HUB_OFFLINE": "1", "MOPE_HOME": str(tmp_path / "h"), "PATH": "/usr/bin:/bin",
+           "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    args = ["score", "--model", str(tiny_dir), "--n", "16", "--metric", "loss", "--no-cache", "--quiet"]
+    one = subprocess.run([sys.executable, "-m", "mope", *args, "--out", str(tmp_path / "one.csv")],
+                         capture_output=True, text=True, env=env, cwd=ROOT)
+    assert one.returncode == 0, one.stderr
+    assert "Spearman" in one.stdout
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "mope", "--",
+                          *args, "--out", str(tmp_path / "two.csv")], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert two.returncode == 0, two.stderr
+    a, b = load_scores(tmp_path / "one.csv"), load_scores(tmp_path / "two.csv")
+    assert list(a.unit) == list(b.unit) and a.attrs["fingerprint"] == b.attrs["fingerprint"]
+    for col in ["mope", "magnitude", "random", "taylor", "params"]:
+        assert np.allclose(a[col], b[col], atol=1e-6), col
