@@ -75,12 +75,16 @@ class MaskedBlock(nn.Module):
 def masked_block_forward(block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None,
                          head_mask: torch.Tensor, neuron_mask: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
     attn = block.attn
-    b, s, d = x.shape
+    b, s, _ = x.shape
     h, hd = attn.num_heads, attn.head_dim
-    q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).view(b, s, 3, h, hd).permute(2, 0, 3, 1, 4)
-    mask = attn_mask.to(x.dtype) if attn_mask is not None else None
-    heads = F.scaled_dot_product_attention(q, k, v, attn_mask=mask) * head_mask.to(x.dtype).view(b, h, 1, 1)
-    y = x + block.ls_1(attn.out_proj(heads.transpose(1, 2).reshape(b, s, d)))
+    if h:
+        qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+        q, k, v = qkv.view(b, s, 3, h, hd).permute(2, 0, 3, 1, 4)
+        mask = attn_mask.to(x.dtype) if attn_mask is not None else None
+        heads = F.scaled_dot_product_attention(q, k, v, attn_mask=mask) * head_mask.to(x.dtype).view(b, h, 1, 1)
+        y = x + block.ls_1(attn.out_proj(heads.transpose(1, 2).reshape(b, s, h * hd)))
+    else:  # every head already pruned away: the layer adds out_proj.bias
+        y = x + block.ls_1(attn.out_proj.bias.to(x.dtype).expand_as(x))
     hidden = block.mlp.gelu(block.mlp.c_fc(block.ln_2(y))) * neuron_mask.to(x.dtype).unsqueeze(1)
     y = y + block.ls_2(block.mlp.c_proj(hidden))
     return torch.where(skip.view(b, 1, 1), x, y)

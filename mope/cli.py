@@ -74,6 +74,40 @@ class _progress_bar:
             self.bar.close()
 
 
+def _prune(args) -> None:
+    from . import load_model, load_task
+    from .plan import Budget, Plan
+    from .pruned import save_pruned
+    from .scoring import load_scores
+    from .surgery import prune_model
+
+    out = Path(args.out)
+    if out.exists():
+        raise MopeError(f"{out} already exists: choose a new output folder")
+    clip = load_model(args.model, device=args.device)
+    scores = load_scores(args.scores) if args.scores else None
+    towers = tuple(_csv_list(args.towers))
+    budget = Budget(keep=args.keep, heads=args.heads, neurons=args.neurons,
+                    layers=args.depth or None, strategy=args.strategy, measure=args.measure, towers=towers)
+    task = load_task(args.data, n=args.n, seed=args.seed) if (scores is None or args.depth) else None
+    with _progress_bar("scoring", args.quiet) as progress:
+        pruned = prune_model(clip, task, budget, scores=scores, by=args.by, progress=progress)
+    save_pruned(pruned, out)
+    for step in pruned.info["plan"]:
+        print(Plan.from_dict(step).summary().to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"saved to {out}")
+
+
+def _bench(args) -> None:
+    from . import load_model
+    from .speed import speed_table
+
+    clip = load_model(args.model, device=args.device)
+    df = speed_table(clip, batches=[int(b) for b in _csv_list(args.batch)], repeats=args.repeats)
+    print(f"model {clip.name} on {clip.device}")
+    print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
 def _train_demo(args) -> None:
     import torch
 
@@ -119,6 +153,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", default="scores.csv")
     p.set_defaults(func=_score)
+
+    p = sub.add_parser("prune", help="prune a model by its scores and save the smaller model")
+    p.add_argument("--model", default="demo")
+    p.add_argument("--scores", default=None, help="scores CSV from 'score' (default: score now on --data)")
+    p.add_argument("--keep", type=float, default=None, help="fraction of each tower's transformer params kept by width pruning")
+    p.add_argument("--heads", type=int, default=None, help="heads removed from every layer (instead of --keep)")
+    p.add_argument("--neurons", type=int, default=None, help="neuron groups removed from every layer (instead of --keep)")
+    p.add_argument("--depth", type=int, default=0, help="layers removed after width pruning (re-scored on --data)")
+    p.add_argument("--towers", default="vision")
+    p.add_argument("--strategy", choices=["uniform", "global"], default="uniform")
+    p.add_argument("--measure", choices=["params", "flops"], default="params")
+    p.add_argument("--by", default="mope", help="rank by this column: mope, magnitude, taylor or random")
+    p.add_argument("--data", default="shapes", help="calibration data for scoring (layers, or all when no --scores)")
+    p.add_argument("--n", type=int, default=256)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--out", required=True, help="new folder for the pruned model")
+    p.set_defaults(func=_prune)
+
+    p = sub.add_parser("bench", help="params, GFLOPs, latency and throughput per tower")
+    p.add_argument("--model", default="demo")
+    p.add_argument("--batch", default="1,8,32")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_bench)
 
     p = sub.add_parser("train-demo", help="train the demo CLIP on the shapes world (seeded)")
     p.add_argument("--out", default="assets/demo-clip")

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import open_clip
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .data import shapes
-from .io import atomic_write_json, atomic_save_safetensors
+from .io import atomic_save_safetensors, atomic_write_json
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo-clip"
 
@@ -41,42 +41,68 @@ def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     return 0.5 * lr * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
-def train_demo(out: Path = DEMO_DIR, steps: int = 1500, batch_size: int = 128, lr: float = 1e-3,
-               seed: int = 0, eval_every: int = 250, log=print, resume: bool = False) -> dict:
+class AttributeHeads(torch.nn.Module):
+    """Linear probes predicting every shapes attribute from an embedding; used only while training.
+
+    Contrastive training alone learns colour at once and then sits on a long plateau before shape
+    (both towers must start telling shapes apart together). Supervised probes on both towers'
+    embeddings break that symmetry; they are dropped after training, the shipped model is a plain CLIP.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.heads = torch.nn.ModuleDict({a: torch.nn.Linear(dim, len(shapes.attribute_names(a)))
+                                          for a in shapes.ATTRIBUTES})
+
+    def loss(self, features: torch.Tensor, labels: dict[str, torch.Tensor]) -> torch.Tensor:
+        terms = [torch.nn.functional.cross_entropy(head(features), labels[a], ignore_index=-100)
+                 for a, head in self.heads.items() if (labels[a] >= 0).any()]
+        return torch.stack(terms).mean()
+
+
+def train_demo(out: Path = DEMO_DIR, steps: int = 1600, batch_size: int = 128, lr: float = 1e-3,
+               seed: int = 0, eval_every: int = 250, aux_weight: float = 1.0, log=print, resume: bool = False) -> dict:
     """Train the demo CLIP from scratch; checkpoint at every evaluation; return final metrics."""
     torch.manual_seed(seed)
     model = open_clip.CLIP(**DEMO_CONFIG)
+    dim = DEMO_CONFIG["embed_dim"]
+    probes = torch.nn.ModuleDict({"image": AttributeHeads(dim), "text": AttributeHeads(dim)})
     tokenizer = open_clip.SimpleTokenizer(context_length=DEMO_CONFIG["text_cfg"]["context_length"])
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.98), eps=1e-6)
+    params = list(model.parameters()) + list(probes.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.1, betas=(0.9, 0.98), eps=1e-6)
     start = 0
     state_path = out / "train_state.pt"
     if resume and state_path.exists():
         state = torch.load(state_path, weights_only=True)
         model.load_state_dict(load_file(out / "open_clip_model.safetensors"))
+        probes.load_state_dict(state["probes"])
         opt.load_state_dict(state["optimizer"])
         start = int(state["step"])
     loss_fn = open_clip.ClipLoss()
     model.train()
     t0 = time.time()
-    for step, images, captions in shapes.stream(batch_size, seed=seed, start=start):
+    for step, batch in shapes.stream(batch_size, seed=seed, start=start):
         if step >= steps:
             break
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup=100)
-        image_f, text_f, scale = model(images_to_input(images), tokenizer(captions))
-        loss = loss_fn(image_f, text_f, scale)
+        captions = [c[0] for c in batch.captions]
+        image_f, text_f, scale = model(images_to_input(batch.images), tokenizer(captions))
+        clip_loss = loss_fn(image_f, text_f, scale)
+        aux = probes["image"].loss(image_f, batch.labels) + probes["text"].loss(text_f, shapes.named_labels(captions))
+        loss = clip_loss + aux_weight * aux
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         if step % 25 == 0:
-            log(f"step {step}/{steps} loss {loss.item():.4f} {(step - start + 1) * batch_size / (time.time() - t0):.1f} pairs/s "
-                f"elapsed {time.time() - t0:.0f}s")
+            log(f"step {step}/{steps} clip loss {clip_loss.item():.4f} probe loss {aux.item():.4f} "
+                f"{(step - start + 1) * batch_size / (time.time() - t0):.1f} pairs/s elapsed {time.time() - t0:.0f}s")
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             save_demo(model, out)
-            torch.save({"optimizer": opt.state_dict(), "step": step + 1}, state_path)
+            torch.save({"optimizer": opt.state_dict(), "probes": probes.state_dict(), "step": step + 1}, state_path)
             log(f"step {step + 1}: held-out colour×shape acc1 {quick_acc1(model, tokenizer):.4f}")
             model.train()
     log(f"trained {steps - start} steps in {time.time() - t0:.0f}s")

@@ -101,6 +101,11 @@ def plan(scores: pd.DataFrame, budget: Budget, by: str = "mope") -> Plan:
 def _check(scores: pd.DataFrame, budget: Budget, by: str) -> None:
     if by not in scores.columns:
         raise MopeError(f"the scores table has no column '{by}' to rank by; it has {', '.join(scores.columns)}")
+    check_budget(budget)
+
+
+def check_budget(budget: Budget) -> None:
+    """The checks that need no scores, so a bad budget fails before any scoring."""
     if budget.strategy not in STRATEGIES:
         raise MopeError(f"unknown strategy '{budget.strategy}'; use uniform or global")
     if budget.measure not in MEASURES:
@@ -112,6 +117,11 @@ def _check(scores: pd.DataFrame, budget: Budget, by: str) -> None:
             raise MopeError(f"keep must be a fraction in (0, 1], got {keep} for {tower}")
     if budget.keep is not None and (budget.heads is not None or budget.neurons is not None):
         raise MopeError("give either keep or explicit heads / neurons counts, not both")
+    counts = [v for name in ("heads", "neurons", "layers") for v in budget.per_tower(name).values()]
+    if any(v < 0 for v in counts):
+        raise MopeError("counts of heads / neurons / layers to remove cannot be negative")
+    if budget.keep is None and not any(counts):
+        raise MopeError("this budget removes nothing: give keep < 1, or heads / neurons / layers to remove")
 
 
 def _width(rows: pd.DataFrame, tower: str, budget: Budget, by: str, notes: list[str]) -> list[Unit]:
@@ -131,11 +141,13 @@ def _width(rows: pd.DataFrame, tower: str, budget: Budget, by: str, notes: list[
     for kind, count in explicit.items():
         if not count:
             continue
-        for layer, group in width_rows[width_rows.kind == kind].groupby("layer"):
-            if count > len(group):
-                raise MopeError(f"cannot remove {count} {kind} units from {tower} layer {layer}: it has {len(group)}")
-            lowest = group.sort_values([by, "index"], kind="stable").head(count)
-            removed += [Unit(tower, kind, int(layer), int(i)) for i in lowest["index"]]
+        rows_k = width_rows[width_rows.kind == kind].sort_values(["layer", by, "index"], kind="stable")
+        sizes = rows_k.groupby("layer").size()
+        if (sizes < count).any():
+            layer = int(sizes.idxmin())
+            raise MopeError(f"cannot remove {count} {kind} units from {tower} layer {layer}: it has {sizes.min()}")
+        lowest = rows_k.groupby("layer").head(count)
+        removed += [Unit(tower, kind, int(layer), int(i)) for layer, i in zip(lowest["layer"], lowest["index"])]
     return removed
 
 

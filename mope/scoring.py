@@ -243,8 +243,8 @@ def unit_weights(model: torch.nn.Module, unit: Unit, group_size: int) -> list[tu
         return [(p, (...,)) for p in block.parameters()]
     if unit.kind == "head":
         attn, hd = block.attn, block.attn.head_dim
-        d = attn.embed_dim
-        rows = torch.cat([torch.arange(j * d + unit.index * hd, j * d + (unit.index + 1) * hd) for j in range(3)])
+        inner = attn.in_proj_weight.shape[0] // 3  # q, k, v blocks of in_proj_weight
+        rows = torch.cat([torch.arange(j * inner + unit.index * hd, j * inner + (unit.index + 1) * hd) for j in range(3)])
         return [(attn.in_proj_weight, (rows,)), (attn.out_proj.weight, (slice(None), slice(unit.index * hd, (unit.index + 1) * hd)))]
     cols = slice(unit.index * group_size, (unit.index + 1) * group_size)
     return [(block.mlp.c_fc.weight, (cols,)), (block.mlp.c_proj.weight, (slice(None), cols))]

@@ -101,7 +101,8 @@ def _pruned_attention(attn: nn.Module, heads: list[int], copy_weights: bool) -> 
     hd, d = attn.head_dim, attn.embed_dim
     new = PrunedAttention(d, len(heads), hd).to(attn.in_proj_weight.device, attn.in_proj_weight.dtype)
     cols = torch.tensor([h * hd + j for h in heads for j in range(hd)], dtype=torch.long)
-    rows = torch.cat([cols + k * d for k in range(3)]) if len(cols) else cols
+    inner = attn.in_proj_weight.shape[0] // 3  # embed_dim, or fewer for an already pruned attention
+    rows = torch.cat([cols + k * inner for k in range(3)]) if len(cols) else cols
     with torch.no_grad():
         new.in_proj_weight.copy_(attn.in_proj_weight[rows])
         new.in_proj_bias.copy_(attn.in_proj_bias[rows])
@@ -176,9 +177,10 @@ def prune_model(clip: Clip, task, budget, schedule: str = "width-then-depth", sc
     """
     from dataclasses import replace
 
-    from .plan import plan
+    from .plan import check_budget, plan
     from .scoring import score
 
+    check_budget(budget)
     if schedule not in ("width-then-depth", "joint"):
         raise MopeError(f"unknown schedule '{schedule}'; use width-then-depth or joint")
     towers = sorted(set(budget.towers) | set(budget.per_tower("keep")) | set(budget.per_tower("layers")))
@@ -191,8 +193,9 @@ def prune_model(clip: Clip, task, budget, schedule: str = "width-then-depth", sc
     has_width = bool(width.per_tower("keep") or width.per_tower("heads") or width.per_tower("neurons"))
     pruned = prune_plan(clip, plan(scores, width, by=by)) if has_width else clip
     if budget.per_tower("layers"):
-        layer_scores = score(pruned, task, towers=towers, units=["layer"], baselines=(), progress=progress,
-                             should_stop=should_stop, **score_kw)
+        layer_kw = {**score_kw, "baselines": ()}
+        layer_scores = score(pruned, task, towers=towers, units=["layer"], progress=progress,
+                             should_stop=should_stop, **layer_kw)
         depth = replace(budget, keep=None, heads=None, neurons=None)
         pruned = prune_plan(pruned, plan(layer_scores, depth, by="mope"))
     pruned.info["scores_fingerprint"] = scores.attrs.get("fingerprint", "")

@@ -45,6 +45,18 @@ def test_shape_is_drawn_in_its_colour_on_its_background():
 def test_stream_is_deterministic_and_resumable():
     s1 = shapes.stream(8, seed=0)
     first = [next(s1) for _ in range(3)]
-    resumed = next(shapes.stream(8, seed=0, start=2))
-    assert resumed[0] == 2 and torch.equal(resumed[1], first[2][1]) and resumed[2] == first[2][2]
-    assert not torch.equal(first[0][1], first[1][1])
+    step, resumed = next(shapes.stream(8, seed=0, start=2))
+    assert step == 2 and torch.equal(resumed.images, first[2][1].images) and resumed.captions == first[2][1].captions
+    assert not torch.equal(first[0][1].images, first[1][1].images)
+
+
+def test_named_labels_read_captions():
+    labels = shapes.named_labels(["a small red circle in the top left corner", "a blue shape on a white background"])
+    assert labels["colour"].tolist() == [0, 5] and labels["shape"].tolist() == [0, -100]
+    assert labels["size"].tolist() == [0, -100] and labels["position"].tolist() == [1, -100]
+    assert labels["background"].tolist() == [-100, 2]
+    batch = shapes.sample(100, seed=3, captions_per_image=1)
+    named = shapes.named_labels([c[0] for c in batch.captions])
+    for a in shapes.ATTRIBUTES:
+        seen = named[a] >= 0
+        assert torch.equal(named[a][seen], batch.labels[a][seen])

@@ -140,13 +140,23 @@ def caption(attrs: dict[str, str], rng: random.Random, detail: str = "mixed") ->
 
 
 def stream(batch_size: int, seed: int = 0, start: int = 0, image_size: int = IMAGE_SIZE):
-    """Endless (images uint8, one caption per image) batches; batch i is a function of (seed, i)."""
+    """Endless (step, ShapesBatch with one caption per image); batch i is a function of (seed, i)."""
     step = start
     while True:
-        batch = sample(batch_size, seed=_stream_seed(seed, step), image_size=image_size,
-                       captions_per_image=1)
-        yield step, batch.images, [c[0] for c in batch.captions]
+        yield step, sample(batch_size, seed=_stream_seed(seed, step), image_size=image_size, captions_per_image=1)
         step += 1
+
+
+def named_labels(captions: list[str]) -> dict[str, torch.Tensor]:
+    """Per attribute, the value each caption names, or -100 where it names none (cross-entropy's ignore)."""
+    out = {}
+    for attribute in ATTRIBUTES:
+        names = attribute_names(attribute)
+        phrases = ([_PHRASES["position"][p] for p in names] if attribute == "position" else
+                   [f"{b} background" for b in names] if attribute == "background" else names)
+        out[attribute] = torch.tensor([next((i for i, p in enumerate(phrases) if f" {p}" in f" {c}"), -100)
+                                       for c in captions])
+    return out
 
 
 def _stream_seed(seed: int, step: int) -> int:
