@@ -1,8 +1,14 @@
 """MoPE-CLIP Explorer: score, prune and distill CLIP models with the Module-wise Pruning Error."""
+from . import units
 from .data.tasks import Task, load_task
 from .errors import MopeError
 from .evaluate import evaluate
 from .models import Clip, load_model
-from . import units
+from .plan import Budget, Plan, plan
+from .pruned import save_pruned
+from .scoring import Cancelled, baseline_correlations, load_scores, save_scores, score
+from .surgery import prune, prune_model
 
-__all__ = ["Clip", "MopeError", "Task", "evaluate", "load_model", "load_task"]
+__all__ = ["Budget", "Cancelled", "Clip", "MopeError", "Plan", "Task", "baseline_correlations", "evaluate",
+           "load_model", "load_scores", "load_task", "plan", "prune", "prune_model", "save_pruned", "save_scores",
+           "score", "units"]

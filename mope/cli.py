@@ -108,6 +108,88 @@ def _bench(args) -> None:
     print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
+def _distill(args) -> None:
+    from dataclasses import fields
+
+    from . import load_model, load_task
+    from .distill import DistillConfig, distill
+    from .pruned import save_pruned
+
+    out = Path(args.out)
+    final = out / "final"
+    if final.exists():
+        raise MopeError(f"{final} already exists: choose a new --out folder")
+    if out.exists() and not args.resume and (out / "checkpoint").exists():
+        raise MopeError(f"{out} holds a checkpoint: add --resume to continue it, or choose a new --out folder")
+    config = DistillConfig(**{f.name: getattr(args, f.name) for f in fields(DistillConfig) if hasattr(args, f.name)})
+    _init_distributed(args.device)
+    teacher = load_model(args.teacher, device=_local_device(args.device))
+    student = load_model(args.student, device=_local_device(args.device))
+    task = load_task(args.eval_data, n=args.eval_n) if args.eval_data else None
+    bar = _LossBar(config.steps, args.quiet)
+    try:
+        student = distill(teacher, student, args.data, config, out, eval_task=task, resume=args.resume,
+                          progress=bar.update, image_root=args.image_root)
+    finally:
+        bar.close()
+    if _is_rank0():
+        save_pruned(student, final)
+        history = student.info["distill"]["history"]
+        if history:
+            print("eval: " + ", ".join(f"{k} {v:.4f}" for k, v in history[-1].items() if k != "step"))
+        print(f"distilled {student.info['distill']['steps_done']} steps -> {final}")
+
+
+class _LossBar:
+    """tqdm bar whose postfix shows the loss terms and the last evaluation."""
+
+    def __init__(self, total: int, quiet: bool):
+        from tqdm import tqdm
+
+        self.bar = None if quiet or not _is_rank0() else tqdm(total=total, desc="distilling", unit="step")
+
+    def update(self, step, total, eta, info) -> None:
+        if self.bar is None:
+            return
+        post = {k: f"{v:.4f}" for k, v in info["losses"].items() if k != "step"}
+        if info["eval"]:
+            post.update({k: f"{v:.3f}" for k, v in info["eval"].items() if k in ("acc1", "recall_mean")})
+        self.bar.set_postfix(post, refresh=False)
+        self.bar.update(step - self.bar.n)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _init_distributed(device) -> None:
+    """Under torchrun, join the process group (nccl on GPUs, gloo on CPUs)."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+        dist.init_process_group("nccl" if cuda else "gloo")
+
+
+def _local_device(device):
+    import os
+
+    import torch
+
+    if (device is None and torch.cuda.is_available()) or (device or "").startswith("cuda"):
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return device or "cpu"
+
+
+def _is_rank0() -> bool:
+    import torch.distributed as dist
+
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
 def _train_demo(args) -> None:
     import torch
 
@@ -179,6 +261,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default=None)
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser("distill", help="recover a pruned student by distilling it from its teacher")
+    p.add_argument("--teacher", default="demo")
+    p.add_argument("--student", required=True, help="pruned-model folder")
+    p.add_argument("--data", default="shapes", help="shapes, pairs:FILE (CSV/JSONL) or wds:/path/shard-*.tar")
+    p.add_argument("--image-root", default=None)
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--temperature", type=float, default=0.05)
+    p.add_argument("--affinity", type=float, default=1.0, help="weight of the cross-modal affinity loss")
+    p.add_argument("--feature", type=float, default=1.0, help="weight of the embedding (uni-modal) loss")
+    p.add_argument("--hidden", type=float, default=1.0, help="weight of the hidden-state loss")
+    p.add_argument("--contrastive", type=float, default=0.0, help="weight of the ground-truth CLIP loss")
+    p.add_argument("--eval-data", default="shapes", help="held-out task evaluated every --eval-every steps ('' for none)")
+    p.add_argument("--eval-n", type=int, default=500)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    p.add_argument("--device", default=None)
+    p.add_argument("--resume", action="store_true", help="continue from --out's last checkpoint")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_distill)
 
     p = sub.add_parser("train-demo", help="train the demo CLIP on the shapes world (seeded)")
     p.add_argument("--out", default="assets/demo-clip")

@@ -143,7 +143,7 @@ def compose(outer: dict | None, inner: dict) -> dict:
     return out
 
 
-def prune(clip: Clip, removed: Iterable[Unit], group_sizes: dict[str, int]) -> Clip:
+def prune_units(clip: Clip, removed: Iterable[Unit], group_sizes: dict[str, int]) -> Clip:
     """A physically smaller copy of `clip` without the `removed` units; the original is untouched.
 
     info["structure"] records what is kept, in the indices of the unpruned source model.
@@ -158,13 +158,13 @@ def prune(clip: Clip, removed: Iterable[Unit], group_sizes: dict[str, int]) -> C
     return Clip(model, clip.tokenizer, clip.preprocess, name, clip.spec, clip.device, info)
 
 
-def prune_plan(clip: Clip, plan) -> Clip:
+def prune(clip: Clip, plan) -> Clip:
     """Apply a Plan: refuses a plan made from another model's scores."""
     from .cache import model_fingerprint
 
     if plan.model and plan.model != model_fingerprint(clip.model):
         raise MopeError("these scores were computed on another model (fingerprint mismatch): score this model first")
-    pruned = prune(clip, plan.removed, plan.group_sizes)
+    pruned = prune_units(clip, plan.removed, plan.group_sizes)
     pruned.info["plan"] = pruned.info.get("plan", []) + [plan.to_dict()]
     return pruned
 
@@ -188,15 +188,15 @@ def prune_model(clip: Clip, task, budget, schedule: str = "width-then-depth", sc
     if scores is None:
         scores = score(clip, task, towers=towers, units=kinds, progress=progress, should_stop=should_stop, **score_kw)
     if schedule == "joint":
-        return prune_plan(clip, plan(scores, budget, by=by))
+        return prune(clip, plan(scores, budget, by=by))
     width = replace(budget, layers=None)
     has_width = bool(width.per_tower("keep") or width.per_tower("heads") or width.per_tower("neurons"))
-    pruned = prune_plan(clip, plan(scores, width, by=by)) if has_width else clip
+    pruned = prune(clip, plan(scores, width, by=by)) if has_width else clip
     if budget.per_tower("layers"):
         layer_kw = {**score_kw, "baselines": ()}
         layer_scores = score(pruned, task, towers=towers, units=["layer"], progress=progress,
                              should_stop=should_stop, **layer_kw)
         depth = replace(budget, keep=None, heads=None, neurons=None)
-        pruned = prune_plan(pruned, plan(layer_scores, depth, by="mope"))
+        pruned = prune(pruned, plan(layer_scores, depth, by="mope"))
     pruned.info["scores_fingerprint"] = scores.attrs.get("fingerprint", "")
     return pruned

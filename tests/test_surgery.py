@@ -10,7 +10,7 @@ from mope.ablation import ablated
 from mope.plan import Budget, plan
 from mope.pruned import save_pruned
 from mope.scoring import unit_table
-from mope.surgery import PrunedAttention, prune, prune_model, prune_plan
+from mope.surgery import PrunedAttention, prune, prune_model, prune_units
 from mope.units import Unit, enumerate_units, tower_blocks
 
 GS = {"vision": 64, "text": 64}
@@ -32,7 +32,7 @@ def _embeddings(model, x, tokens):
 
 
 def _assert_pruned_equals_ablated(clip, removed, gs=GS):
-    pruned = prune(clip, removed, gs)
+    pruned = prune_units(clip, removed, gs)
     x, tokens = _inputs(clip)
     got = _embeddings(pruned.model, x, tokens)
     with ablated(clip.model, removed, gs):
@@ -65,7 +65,7 @@ def test_edge_cases_all_heads_all_neurons_one_layer_left(tiny):
 
 
 def test_static_attributes_follow_the_surgery(tiny):
-    pruned = prune(tiny, [Unit("vision", "head", 1, 2), Unit("vision", "neurons", 0, 1)], GS)
+    pruned = prune_units(tiny, [Unit("vision", "head", 1, 2), Unit("vision", "neurons", 0, 1)], GS)
     block0, block1 = tower_blocks(pruned.model, "vision")
     assert block1.attn.num_heads == 3 and block1.attn.head_dim == 16 and block1.attn.embed_dim == 64
     assert block0.mlp.c_fc.out_features == 64 and block0.mlp.c_proj.in_features == 64
@@ -76,8 +76,8 @@ def test_static_attributes_follow_the_surgery(tiny):
 
 
 def test_pruned_model_can_be_scored_and_pruned_again(tiny):
-    first = prune(tiny, [Unit("vision", "head", 0, 0), Unit("vision", "head", 1, 3)], GS)
-    second = prune(first, [Unit("vision", "head", 1, 0), Unit("vision", "layer", 0)], GS)
+    first = prune_units(tiny, [Unit("vision", "head", 0, 0), Unit("vision", "head", 1, 3)], GS)
+    second = prune_units(first, [Unit("vision", "head", 1, 0), Unit("vision", "layer", 0)], GS)
     s = second.info["structure"]["vision"]
     assert s["layers"] == [1] and s["heads"][1] == [1, 2]  # source heads 0 and 3 of layer 1 are gone
     df = mope.scoring.score(first, mope.load_task("shapes", n=8), metric="loss", baselines=(), cache=False)
@@ -86,7 +86,7 @@ def test_pruned_model_can_be_scored_and_pruned_again(tiny):
 
 def test_save_and_load_round_trip_without_source_weights(tiny, tmp_path):
     p = plan(unit_table(tiny), Budget(keep=0.5, layers=1, towers=("vision", "text")), by="magnitude")
-    pruned = prune_plan(tiny, p)
+    pruned = prune(tiny, p)
     folder = save_pruned(pruned, tmp_path / "pruned")
     meta = json.loads((folder / "pruning.json").read_text())
     assert meta["stock"] is False and meta["source_spec"] == tiny.spec and meta["plan"][0]["removed"]
@@ -102,7 +102,7 @@ def test_save_and_load_round_trip_without_source_weights(tiny, tmp_path):
 def test_depth_only_or_uniform_ffn_fits_stock_open_clip(tiny, tmp_path):
     removed = [Unit("vision", "layer", 1), Unit("vision", "neurons", 0, 1), Unit("text", "neurons", 0, 0),
                Unit("text", "neurons", 1, 1)]
-    pruned = prune(tiny, removed, GS)
+    pruned = prune_units(tiny, removed, GS)
     folder = save_pruned(pruned, tmp_path / "stock")
     assert json.loads((folder / "pruning.json").read_text())["stock"] is True
     model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{folder}")
@@ -118,7 +118,7 @@ def test_scores_from_another_model_are_refused(tiny, tiny_dir):
         other.model.visual.proj.mul_(2)
     p = plan(unit_table(other), Budget(keep=0.5), by="magnitude")
     with pytest.raises(mope.MopeError, match="another model"):
-        prune_plan(tiny, p)
+        prune(tiny, p)
 
 
 def test_not_a_model_folder(tmp_path):

@@ -1,0 +1,280 @@
+"""Distillation: recover a pruned student from its unpruned teacher (MoPE-CLIP, section 3.3).
+
+Losses (weights in DistillConfig):
+- affinity: cross-modal knowledge. Soft cross-entropy of the student's image→text and text→image
+  similarity distributions against the teacher's, at a temperature.
+- feature: uni-modal knowledge. Mean squared error between normalized student and teacher embeddings
+  of each tower.
+- hidden: mean squared error between each kept student layer's output and the output of the teacher
+  layer it came from (a depth-pruned student maps kept layer j to teacher layer structure["layers"][j]).
+- contrastive: optional CLIP loss of the student on the ground-truth pairs.
+The teacher is frozen in eval mode; only the student trains.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .errors import MopeError
+from .evaluate import evaluate
+from .io import atomic_save_safetensors, atomic_write_json
+from .models import Clip
+from .units import TOWERS, tower_blocks
+
+
+@dataclass
+class DistillConfig:
+    steps: int = 500
+    batch_size: int = 64
+    lr: float = 5e-4
+    warmup: int = 50
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    temperature: float = 0.05
+    affinity: float = 1.0
+    feature: float = 1.0
+    hidden: float = 1.0
+    contrastive: float = 0.0
+    eval_every: int = 100
+    checkpoint_every: int = 100
+    seed: int = 0
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+
+
+@dataclass
+class DistillState:
+    step: int = 0
+    history: list[dict] = field(default_factory=list)  # eval metrics every eval_every steps
+    losses: list[dict] = field(default_factory=list)   # loss terms, every step
+
+
+def check_compatible(teacher: Clip, student: Clip) -> None:
+    """A student must come from the teacher: same embedding size and residual widths."""
+    for tower in TOWERS:
+        t, s = tower_blocks(teacher.model, tower), tower_blocks(student.model, tower)
+        if not s or t[0].attn.embed_dim != s[0].attn.embed_dim:
+            raise MopeError(f"the student's {tower} tower is not derived from the teacher (different widths): "
+                            "distill a model pruned from this teacher")
+    dims = [m.model.text_projection.shape[-1] if isinstance(m.model.text_projection, torch.Tensor) else None
+            for m in (teacher, student)]
+    if dims[0] != dims[1]:
+        raise MopeError(f"the student's embedding size {dims[1]} differs from the teacher's {dims[0]}")
+
+
+def layer_map(student: Clip, teacher: Clip) -> dict[str, list[int]]:
+    """For each tower, the teacher layer each student layer came from."""
+    structure = student.info.get("structure")
+    out = {}
+    for tower in TOWERS:
+        n_s, n_t = len(tower_blocks(student.model, tower)), len(tower_blocks(teacher.model, tower))
+        layers = structure[tower]["layers"] if structure else list(range(n_s))
+        if len(layers) != n_s or max(layers, default=-1) >= n_t:
+            raise MopeError(f"the student's {tower} layers do not map onto the teacher's")
+        out[tower] = list(layers)
+    return out
+
+
+class _Hidden:
+    """Collects the outputs of chosen blocks during a forward pass."""
+
+    def __init__(self, model, layers: dict[str, list[int]]):
+        self.outputs: dict[str, list[torch.Tensor]] = {t: [] for t in layers}
+        self.hooks = [tower_blocks(model, t)[i].register_forward_hook(self._keep(t))
+                      for t, idx in layers.items() for i in idx]
+
+    def _keep(self, tower):
+        return lambda module, args, output: self.outputs[tower].append(output)
+
+    def take(self) -> dict[str, list[torch.Tensor]]:
+        out, self.outputs = self.outputs, {t: [] for t in self.outputs}
+        return out
+
+    def close(self):
+        for h in self.hooks:
+            h.remove()
+
+
+def loss_terms(config: DistillConfig, s_img, s_txt, t_img, t_txt, s_hidden, t_hidden, scale) -> dict[str, torch.Tensor]:
+    """Every loss term from normalized embeddings (and hidden states, aligned pairwise)."""
+    tau = config.temperature
+    s_logits, t_logits = s_img @ s_txt.T / tau, t_img @ t_txt.T / tau
+    terms = {
+        "affinity": 0.5 * (_soft_ce(s_logits, t_logits) + _soft_ce(s_logits.T, t_logits.T)),
+        "feature": F.mse_loss(s_img, t_img) + F.mse_loss(s_txt, t_txt),
+    }
+    pairs = [(s, t) for tower in s_hidden for s, t in zip(s_hidden[tower], t_hidden[tower])]
+    terms["hidden"] = torch.stack([F.mse_loss(s.float(), t.float()) for s, t in pairs]).mean() if pairs else s_img.new_zeros(())
+    if config.contrastive:
+        labels = torch.arange(len(s_img), device=s_img.device)
+        logits = scale * s_img @ s_txt.T
+        terms["contrastive"] = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+    return terms
+
+
+def _soft_ce(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    return -(teacher_logits.softmax(-1) * student_logits.log_softmax(-1)).sum(-1).mean()
+
+
+def lr_at(step: int, config: DistillConfig) -> float:
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    return 0.5 * config.lr * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def distill(teacher: Clip, student: Clip, data: str, config: DistillConfig, out: str | Path,
+            eval_task=None, resume: bool = False, progress: Callable | None = None,
+            should_stop: Callable[[], bool] | None = None, image_root: str | None = None) -> Clip:
+    """Train `student` to imitate `teacher` on the pairs `data` names; checkpoints in `out`.
+
+    progress(step, total, eta_seconds, info) with info = {"losses": {...}, "eval": {...} or None}.
+    Returns the distilled student (also saved to out/final in the pruned-model format).
+    """
+    from .data.streams import pair_stream
+
+    check_compatible(teacher, student)
+    mapping = layer_map(student, teacher)
+    out = Path(out)
+    rank, world = _dist_rank_world()
+    model, device = student.model, student.device
+    teacher.model.eval().requires_grad_(False)
+    ddp = _wrap_ddp(model, device) if world > 1 else model
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                                  weight_decay=config.weight_decay)
+    state = DistillState()
+    if resume:
+        state = _load_checkpoint(out / "checkpoint", model, optimizer)
+    transform = _train_transform(model)
+    stream = pair_stream(data, transform, config.batch_size, seed=config.seed, start=state.step, rank=rank,
+                         world=world, image_root=image_root)
+    autocast = _autocast(config, device)
+    s_hooks = _Hidden(model, {t: list(range(len(m))) for t, m in mapping.items()})
+    t_hooks = _Hidden(teacher.model, mapping)
+    weights = {"affinity": config.affinity, "feature": config.feature, "hidden": config.hidden,
+               "contrastive": config.contrastive}
+    start_time, start_step = time.time(), state.step
+    model.train()
+    try:
+        for step, images, captions in stream:
+            if step >= config.steps:
+                break
+            if should_stop and should_stop():
+                break
+            images, tokens = images.to(device), student.tokenizer(captions).to(device)
+            with torch.no_grad(), autocast():
+                t_img = teacher.model.encode_image(images, normalize=True).float()
+                t_txt = teacher.model.encode_text(tokens, normalize=True).float()
+            t_hidden = t_hooks.take()
+            with autocast():
+                s_img, s_txt, scale = ddp(images, tokens)
+                terms = loss_terms(config, s_img.float(), s_txt.float(), t_img, t_txt, s_hooks.take(), t_hidden, scale)
+            loss = sum(weights[k] * v for k, v in terms.items() if weights[k])
+            if not torch.isfinite(loss):
+                raise MopeError(f"the loss became {loss.item()} at step {step}: lower --lr; the last checkpoint in "
+                                f"{out / 'checkpoint'} is intact (resume from it with --resume)")
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, config)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            state.step = step + 1
+            state.losses.append({"step": state.step, "loss": loss.item(), **{k: v.item() for k, v in terms.items()}})
+            evaluated = None
+            if eval_task is not None and (state.step % config.eval_every == 0 or state.step == config.steps):
+                model.eval()
+                evaluated = {"step": state.step, **evaluate(student, eval_task)}
+                state.history.append(evaluated)
+                s_hooks.take()  # drop what the evaluation passes left in the hooks
+                model.train()
+            if rank == 0 and (state.step % config.checkpoint_every == 0 or state.step == config.steps):
+                _save_checkpoint(out / "checkpoint", model, optimizer, state, config)
+            if progress:
+                done = state.step - start_step
+                eta = (time.time() - start_time) / done * (config.steps - state.step)
+                progress(state.step, config.steps, eta, {"losses": state.losses[-1], "eval": evaluated})
+    except torch.OutOfMemoryError:
+        raise MopeError(f"out of memory at batch size {config.batch_size}: use a smaller --batch-size") from None
+    finally:
+        s_hooks.close()
+        t_hooks.close()
+        model.eval()
+    if rank == 0 and state.step > start_step:
+        _save_checkpoint(out / "checkpoint", model, optimizer, state, config)
+    student.info["distill"] = {"config": asdict(config), "data": data, "teacher": teacher.spec, "steps_done": state.step,
+                               "history": state.history, "final_losses": state.losses[-1] if state.losses else {}}
+    return student
+
+
+def _train_transform(model):
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    return image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=True)
+
+
+def _autocast(config: DistillConfig, device: torch.device):
+    use_bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+    if use_bf16 and device.type == "cuda":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    from contextlib import nullcontext
+
+    return nullcontext
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _wrap_ddp(model, device):
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=True)
+
+
+def _save_checkpoint(folder: Path, model, optimizer, state: DistillState, config: DistillConfig) -> None:
+    """Atomic: weights and trainer state are each written to a temp file and renamed; a failure (disk full)
+    leaves the previous checkpoint as it was."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        trainer = {"optimizer": optimizer.state_dict(), "step": state.step, "rng": torch.get_rng_state()}
+        tmp = folder / ".trainer.pt.tmp"
+        torch.save(trainer, tmp)
+        atomic_save_safetensors({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                                folder / f"student-{state.step}.safetensors")
+        os.replace(tmp, folder / f"trainer-{state.step}.pt")
+        atomic_write_json(folder / "latest.json", {"step": state.step, "history": state.history,
+                                                   "losses": state.losses[-200:], "config": asdict(config)})
+        for old in folder.glob("*-*.*"):
+            if not old.name.endswith(f"-{state.step}{old.suffix}"):
+                old.unlink()
+    except OSError as e:
+        raise MopeError(f"could not write a checkpoint to {folder} ({e.strerror}); the previous checkpoint is intact") from None
+
+
+def _load_checkpoint(folder: Path, model, optimizer) -> DistillState:
+    import json
+
+    from safetensors.torch import load_file
+
+    latest = folder / "latest.json"
+    if not latest.is_file():
+        raise MopeError(f"nothing to resume: {folder} has no checkpoint")
+    meta = json.loads(latest.read_text())
+    step = meta["step"]
+    model.load_state_dict(load_file(folder / f"student-{step}.safetensors"))
+    trainer = torch.load(folder / f"trainer-{step}.pt", weights_only=True)
+    optimizer.load_state_dict(trainer["optimizer"])
+    torch.set_rng_state(trainer["rng"])
+    return DistillState(step=step, history=meta.get("history", []), losses=meta.get("losses", []))

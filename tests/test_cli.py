@@ -1,0 +1,67 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+from conftest import TINY, save_local_dir
+
+import mope
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, home):
+    env = {"HF_HUB_OFFLINE": "1", "MOPE_HOME": str(home), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "mope", *args], capture_output=True, text=True, env=env, cwd=ROOT)
+
+
+def test_eval_json(tiny_dir, tmp_path):
+    out = run("eval", "--model", str(tiny_dir), "--n", "20", "--json", home=tmp_path)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["images"] == 20 and set(result["metrics"]) == {"acc1", "acc5", "mean_per_class_recall"}
+    table = run("eval", "--model", str(tiny_dir), "--n", "20", "--task", "retrieval", home=tmp_path)
+    assert "text_retrieval_recall@5" in table.stdout
+
+
+def test_score_then_prune_then_load(tiny_dir, tmp_path):
+    scores = tmp_path / "scores.csv"
+    out = run("score", "--model", str(tiny_dir), "--n", "8", "--towers", "vision", "--metric", "loss",
+              "--baselines", "magnitude", "--quiet", "--out", str(scores), home=tmp_path)
+    assert out.returncode == 0, out.stderr
+    pruned = tmp_path / "pruned"
+    out = run("prune", "--model", str(tiny_dir), "--scores", str(scores), "--keep", "0.5", "--depth", "1",
+              "--n", "8", "--quiet", "--out", str(pruned), home=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "params after" in out.stdout and (pruned / "pruning.json").is_file()
+    clip = mope.load_model(str(pruned), device="cpu")
+    assert len(clip.model.visual.transformer.resblocks) == 1
+    again = run("prune", "--model", str(tiny_dir), "--scores", str(scores), "--keep", "0.5", "--out", str(pruned),
+                home=tmp_path)
+    assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
+    torch.manual_seed(1)
+    save_local_dir(open_clip.CLIP(**TINY), TINY, tmp_path / "other-clip")
+    other = run("prune", "--model", str(tmp_path / "other-clip"), "--scores", str(scores), "--keep", "0.5", "--out", str(tmp_path / "x"),
+                home=tmp_path)
+    assert other.returncode == 2 and "another model" in other.stderr and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--keep", "1.0"], "removes nothing"), (["--keep", "0.01"], "removes every head"),
+])
+def test_prune_bad_budgets(tiny_dir, tmp_path, args, message):
+    scores = tmp_path / "s.csv"
+    run("score", "--model", str(tiny_dir), "--n", "4", "--towers", "vision", "--units", "heads,neurons",
+        "--baselines", "", "--metric", "loss", "--quiet", "--out", str(scores), home=tmp_path)
+    out = run("prune", "--model", str(tiny_dir), "--scores", str(scores), *args, "--out", str(tmp_path / "p"),
+              home=tmp_path)
+    assert out.returncode == 2 and message in out.stderr and not (tmp_path / "p").exists()
+
+
+def test_bench_prints_both_towers(tiny_dir, tmp_path):
+    out = run("bench", "--model", str(tiny_dir), "--batch", "2", "--repeats", "1", home=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "vision" in out.stdout and "text" in out.stdout and "throughput" in out.stdout
