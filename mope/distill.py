@@ -3,8 +3,8 @@
 Losses (weights in DistillConfig):
 - affinity: cross-modal knowledge. Soft cross-entropy of the student's image→text and text→image
   similarity distributions against the teacher's, at a temperature.
-- feature: uni-modal knowledge. Mean squared error between normalized student and teacher embeddings
-  of each tower.
+- feature: uni-modal knowledge. Squared distance between normalized student and teacher embeddings
+  (2 − 2·cosine), averaged over the batch, summed over the towers.
 - hidden: mean squared error between each kept student layer's output and the output of the teacher
   layer it came from (a depth-pruned student maps kept layer j to teacher layer structure["layers"][j]).
 - contrastive: optional CLIP loss of the student on the ground-truth pairs.
@@ -13,7 +13,6 @@ The teacher is frozen in eval mode; only the student trains.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 
 from .errors import MopeError
 from .evaluate import evaluate
-from .io import atomic_save_safetensors, atomic_write_json
+from .io import atomic_save_safetensors, atomic_torch_save, atomic_write_json
 from .models import Clip
 from .units import TOWERS, tower_blocks
 
@@ -107,7 +106,7 @@ def loss_terms(config: DistillConfig, s_img, s_txt, t_img, t_txt, s_hidden, t_hi
     s_logits, t_logits = s_img @ s_txt.T / tau, t_img @ t_txt.T / tau
     terms = {
         "affinity": 0.5 * (_soft_ce(s_logits, t_logits) + _soft_ce(s_logits.T, t_logits.T)),
-        "feature": F.mse_loss(s_img, t_img) + F.mse_loss(s_txt, t_txt),
+        "feature": (s_img - t_img).pow(2).sum(-1).mean() + (s_txt - t_txt).pow(2).sum(-1).mean(),
     }
     pairs = [(s, t) for tower in s_hidden for s, t in zip(s_hidden[tower], t_hidden[tower])]
     terms["hidden"] = torch.stack([F.mse_loss(s.float(), t.float()) for s, t in pairs]).mean() if pairs else s_img.new_zeros(())
@@ -149,6 +148,7 @@ def distill(teacher: Clip, student: Clip, data: str, config: DistillConfig, out:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
                                   weight_decay=config.weight_decay)
     state = DistillState()
+    torch.manual_seed(config.seed + rank)  # augmentation draws; a resumed run restores the saved state
     if resume:
         state = _load_checkpoint(out / "checkpoint", model, optimizer)
     transform = _train_transform(model)
@@ -162,11 +162,10 @@ def distill(teacher: Clip, student: Clip, data: str, config: DistillConfig, out:
     start_time, start_step = time.time(), state.step
     model.train()
     try:
-        for step, images, captions in stream:
-            if step >= config.steps:
+        while state.step < config.steps:
+            if should_stop and should_stop():  # before the next batch: its transforms draw random numbers
                 break
-            if should_stop and should_stop():
-                break
+            step, images, captions = next(stream)
             images, tokens = images.to(device), student.tokenizer(captions).to(device)
             with torch.no_grad(), autocast():
                 t_img = teacher.model.encode_image(images, normalize=True).float()
@@ -206,7 +205,7 @@ def distill(teacher: Clip, student: Clip, data: str, config: DistillConfig, out:
         s_hooks.close()
         t_hooks.close()
         model.eval()
-    if rank == 0 and state.step > start_step:
+    if rank == 0 and state.step > start_step and state.step % config.checkpoint_every:
         _save_checkpoint(out / "checkpoint", model, optimizer, state, config)
     student.info["distill"] = {"config": asdict(config), "data": data, "teacher": teacher.spec, "steps_done": state.step,
                                "history": state.history, "final_losses": state.losses[-1] if state.losses else {}}
@@ -244,23 +243,23 @@ def _wrap_ddp(model, device):
 
 
 def _save_checkpoint(folder: Path, model, optimizer, state: DistillState, config: DistillConfig) -> None:
-    """Atomic: weights and trainer state are each written to a temp file and renamed; a failure (disk full)
-    leaves the previous checkpoint as it was."""
+    """Weights, trainer state, then latest.json pointing at them, each written atomically; the previous
+    checkpoint is deleted only after. A failure (disk full) leaves the previous checkpoint as it was."""
+    new = [folder / f"student-{state.step}.safetensors", folder / f"trainer-{state.step}.pt"]
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        trainer = {"optimizer": optimizer.state_dict(), "step": state.step, "rng": torch.get_rng_state()}
-        tmp = folder / ".trainer.pt.tmp"
-        torch.save(trainer, tmp)
-        atomic_save_safetensors({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                                folder / f"student-{state.step}.safetensors")
-        os.replace(tmp, folder / f"trainer-{state.step}.pt")
+        atomic_save_safetensors({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, new[0])
+        atomic_torch_save({"optimizer": optimizer.state_dict(), "step": state.step, "rng": torch.get_rng_state()}, new[1])
         atomic_write_json(folder / "latest.json", {"step": state.step, "history": state.history,
                                                    "losses": state.losses[-200:], "config": asdict(config)})
-        for old in folder.glob("*-*.*"):
-            if not old.name.endswith(f"-{state.step}{old.suffix}"):
-                old.unlink()
     except OSError as e:
-        raise MopeError(f"could not write a checkpoint to {folder} ({e.strerror}); the previous checkpoint is intact") from None
+        for f in new:
+            f.unlink(missing_ok=True)
+        raise MopeError(f"could not write a checkpoint to {folder} ({e.strerror or e}); "
+                        "the previous checkpoint is intact") from None
+    for old in [*folder.glob("student-*.safetensors"), *folder.glob("trainer-*.pt")]:
+        if old not in new:
+            old.unlink()
 
 
 def _load_checkpoint(folder: Path, model, optimizer) -> DistillState:

@@ -35,3 +35,10 @@ def atomic_write_json(path: Path, obj) -> None:
 
 def atomic_save_safetensors(tensors: dict, path: Path, metadata: dict | None = None) -> None:
     _atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    """torch.save of tensors and plain containers (loadable with weights_only=True)."""
+    import torch
+
+    _atomic(path, lambda tmp: torch.save(obj, tmp))

@@ -1,0 +1,155 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import mope
+from mope import distill as distill_module
+from mope.distill import DistillConfig, distill, loss_terms
+from mope.plan import Budget
+from mope.scoring import unit_table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def student_dir(tiny_dir, tmp_path_factory):
+    clip = mope.load_model(str(tiny_dir), device="cpu")
+    p = mope.plan(unit_table(clip), Budget(keep=0.5, layers=1), by="magnitude")
+    return mope.save_pruned(mope.prune(clip, p), tmp_path_factory.mktemp("students") / "student")
+
+
+def _pair(tiny_dir, student_dir):
+    return mope.load_model(str(tiny_dir), device="cpu"), mope.load_model(str(student_dir), device="cpu")
+
+
+def _config(**kw):
+    return DistillConfig(**{"steps": 6, "batch_size": 8, "eval_every": 3, "checkpoint_every": 3, "warmup": 2, **kw})
+
+
+def test_loss_terms_vanish_when_the_student_is_the_teacher():
+    torch.manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    txt = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    h = {"vision": [torch.randn(4, 3, 8)]}
+    terms = loss_terms(DistillConfig(contrastive=1.0), img, txt, img, txt, h, h, torch.tensor(10.0))
+    p = (img @ txt.T / 0.05).softmax(-1)
+    entropy = -(p * p.log()).sum(-1).mean()
+    assert terms["feature"] == 0 and terms["hidden"] == 0
+    assert terms["affinity"] >= entropy - 1e-5  # soft CE with itself is the entropy (both directions averaged)
+    other = loss_terms(DistillConfig(), img.flip(0), txt, img, txt, h, h, torch.tensor(10.0))
+    assert other["affinity"] > terms["affinity"] and other["feature"] > 0
+
+
+def test_distill_moves_the_student_towards_the_teacher(tiny_dir, student_dir, tmp_path):
+    teacher, student = _pair(tiny_dir, student_dir)
+    held_out = mope.load_task("shapes", n=16, seed=77)
+    x = torch.stack([teacher.preprocess(held_out.pil_image(i)) for i in range(16)])
+    before = {k: v.clone() for k, v in teacher.model.state_dict().items()}
+
+    def gap():
+        with torch.inference_mode():
+            return (teacher.model.encode_image(x, normalize=True) - student.model.encode_image(x, normalize=True)).pow(2).sum(-1).mean()
+
+    start = gap()
+    task = mope.load_task("shapes", n=20)
+    seen = []
+    distill(teacher, student, "shapes", _config(steps=30, lr=1e-3), tmp_path / "run", eval_task=task,
+            progress=lambda step, total, eta, info: seen.append((step, info)))
+    assert gap() < start
+    assert all(torch.equal(before[k], v) for k, v in teacher.model.state_dict().items())
+    assert not any(p.requires_grad for p in teacher.model.parameters())
+    assert [s for s, _ in seen] == list(range(1, 31))
+    assert {"affinity", "feature", "hidden"} <= set(seen[-1][1]["losses"]) and seen[2][1]["eval"]["step"] == 3
+    assert len(student.info["distill"]["history"]) == 10
+
+
+def test_resume_continues_exactly(tiny_dir, student_dir, tmp_path):
+    teacher, straight = _pair(tiny_dir, student_dir)
+    distill(teacher, straight, "shapes", _config(), tmp_path / "a")
+    _, first = _pair(tiny_dir, student_dir)
+    distill(teacher, first, "shapes", _config(steps=6), tmp_path / "b", should_stop=_stop_after(3))
+    _, resumed = _pair(tiny_dir, student_dir)
+    distill(teacher, resumed, "shapes", _config(), tmp_path / "b", resume=True)
+    for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), k
+    assert json.loads((tmp_path / "b" / "checkpoint" / "latest.json").read_text())["step"] == 6
+
+
+def _stop_after(n):
+    calls = []
+    return lambda: calls.append(1) or len(calls) > n
+
+
+def test_incompatible_student(tiny_dir, tmp_path):
+    import open_clip
+    from conftest import save_local_dir, tiny_config
+
+    cfg = tiny_config(width=96, head_width=16)
+    save_local_dir(open_clip.CLIP(**cfg), cfg, tmp_path / "wide")
+    teacher = mope.load_model(str(tiny_dir), device="cpu")
+    with pytest.raises(mope.MopeError, match="not derived from the teacher"):
+        distill(teacher, mope.load_model(str(tmp_path / "wide"), device="cpu"), "shapes", _config(), tmp_path / "x")
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tiny_dir, student_dir, tmp_path, monkeypatch):
+    teacher, student = _pair(tiny_dir, student_dir)
+    real = distill_module.loss_terms
+    calls = []
+
+    def breaking(*a):
+        calls.append(1)
+        terms = real(*a)
+        return {k: v * float("nan") for k, v in terms.items()} if len(calls) == 5 else terms
+
+    monkeypatch.setattr(distill_module, "loss_terms", breaking)
+    with pytest.raises(mope.MopeError, match="loss became nan at step 4"):
+        distill(teacher, student, "shapes", _config(checkpoint_every=1), tmp_path / "run")
+    latest = json.loads((tmp_path / "run" / "checkpoint" / "latest.json").read_text())
+    assert latest["step"] == 4 and (tmp_path / "run" / "checkpoint" / "student-4.safetensors").is_file()
+
+
+def test_disk_full_while_checkpointing_keeps_the_previous_one(tiny_dir, student_dir, tmp_path, monkeypatch):
+    import errno
+
+    teacher, student = _pair(tiny_dir, student_dir)
+    real = distill_module.atomic_save_safetensors
+    calls = []
+
+    def full(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(distill_module, "atomic_save_safetensors", full)
+    with pytest.raises(mope.MopeError, match="previous checkpoint is intact"):
+        distill(teacher, student, "shapes", _config(), tmp_path / "run")
+    folder = tmp_path / "run" / "checkpoint"
+    assert json.loads((folder / "latest.json").read_text())["step"] == 3
+    assert (folder / "student-3.safetensors").is_file() and (folder / "trainer-3.pt").is_file()
+    assert not list(folder.glob("*.tmp"))
+
+
+def test_empty_data_is_a_clear_error(tiny_dir, student_dir, tmp_path):
+    teacher, student = _pair(tiny_dir, student_dir)
+    (tmp_path / "pairs.csv").write_text("image,caption\nmissing.png,a cat\n")
+    with pytest.raises(mope.MopeError, match="could be read"):
+        distill(teacher, student, f"pairs:{tmp_path / 'pairs.csv'}", _config(), tmp_path / "run")
+
+
+def test_torchrun_two_processes(tiny_dir, student_dir, tmp_path):
+    env = {"HF_HUB_OFFLINE": "1", "MOPE_HOME": str(tmp_path / "h"), "PATH": "/usr/bin:/bin",
+           "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "mope", "--",
+                          "distill", "--teacher", str(tiny_dir), "--student", str(student_dir), "--steps", "4",
+                          "--batch-size", "4", "--eval-n", "16", "--eval-every", "2", "--quiet",
+                          "--out", str(tmp_path / "ddp")], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("distilled 4 steps") == 1  # only rank 0 writes and reports
+    meta = json.loads((tmp_path / "ddp" / "final" / "pruning.json").read_text())
+    assert meta["distill"]["steps_done"] == 4 and len(meta["distill"]["history"]) == 2
+    assert mope.load_model(str(tmp_path / "ddp" / "final"), device="cpu")
