@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-demo", help="train the demo CLIP on the shapes world (seeded)")
     p.add_argument("--out", default="assets/demo-clip")
-    p.add_argument("--steps", type=int, default=1600)
+    p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)

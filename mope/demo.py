@@ -12,12 +12,12 @@ from safetensors.torch import load_file
 
 from .data import shapes
 from .io import atomic_save_safetensors, atomic_write_json
+from .models import DEMO_DIR
 
-DEMO_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo-clip"
 
 DEMO_CONFIG = {
     "embed_dim": 128,
-    "vision_cfg": {"image_size": 64, "layers": 6, "width": 160, "patch_size": 8, "head_width": 32, "mlp_ratio": 4},
+    "vision_cfg": {"image_size": 64, "layers": 6, "width": 160, "patch_size": 16, "head_width": 32, "mlp_ratio": 4},
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 4},
 }
 MEAN = open_clip.OPENAI_DATASET_MEAN
@@ -60,8 +60,8 @@ class AttributeHeads(torch.nn.Module):
         return torch.stack(terms).mean()
 
 
-def train_demo(out: Path = DEMO_DIR, steps: int = 1600, batch_size: int = 128, lr: float = 1e-3,
-               seed: int = 0, eval_every: int = 250, aux_weight: float = 1.0, log=print, resume: bool = False) -> dict:
+def train_demo(out: Path = DEMO_DIR, steps: int = 4000, batch_size: int = 128, lr: float = 1e-3,
+               seed: int = 0, eval_every: int = 500, aux_weight: float = 1.0, log=print, resume: bool = False) -> dict:
     """Train the demo CLIP from scratch; checkpoint at every evaluation; return final metrics."""
     torch.manual_seed(seed)
     model = open_clip.CLIP(**DEMO_CONFIG)

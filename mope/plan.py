@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from .errors import MopeError
@@ -83,19 +84,50 @@ def plan(scores: pd.DataFrame, budget: Budget, by: str = "mope") -> Plan:
     _check(scores, budget, by)
     removed: list[Unit] = []
     notes: list[str] = []
-    for tower in TOWERS:
-        rows = scores[scores.tower == tower]
-        if rows.empty:
-            continue
-        width = _width(rows, tower, budget, by, notes)
-        if width and len(width) == rows.kind.isin(["head", "neurons"]).sum():
+    sizes = {}
+    for tower, df in scores.groupby("tower", sort=False):
+        rows = _Rows.of(df, tower, by)
+        width = _width(rows, budget, notes)
+        if width and len(width) == int(rows.width_mask().sum()):
             raise MopeError(f"this budget removes every head and neuron of the {tower} tower: keep more")
-        depth = _depth(rows, tower, budget, by)
-        removed += width + depth
-    sizes = {t: _sizes(scores[scores.tower == t], removed) for t in TOWERS if (scores.tower == t).any()}
+        tower_removed = width + _depth(rows, budget)
+        sizes[tower] = _sizes(rows, tower_removed)
+        removed += tower_removed
     if not removed:
         raise MopeError("this budget removes nothing: lower keep, or ask for heads / neurons / layers to remove")
     return Plan(removed, sizes, budget, by, dict(scores.attrs.get("group_sizes", {})), scores.attrs.get("model", ""), notes)
+
+
+@dataclass
+class _Rows:
+    """One tower's rows as numpy arrays: filtering a DataFrame per step would cost more than the plan."""
+
+    tower: str
+    kind: np.ndarray
+    layer: np.ndarray
+    index: np.ndarray
+    score: np.ndarray
+    params: np.ndarray
+    flops: np.ndarray
+
+    @classmethod
+    def of(cls, df: pd.DataFrame, tower: str, by: str) -> "_Rows":
+        return cls(tower, df["kind"].to_numpy(), df["layer"].to_numpy(), df["index"].to_numpy(),
+                   df[by].to_numpy(dtype=float), df["params"].to_numpy(dtype=float), df["flops"].to_numpy(dtype=float))
+
+    def measure(self, name: str) -> np.ndarray:
+        return self.params if name == "params" else self.flops
+
+    def width_mask(self) -> np.ndarray:
+        return (self.kind == "head") | (self.kind == "neurons")
+
+    def total(self, measure: str) -> float:
+        """The tower's transformer size: its layer rows, or its width units when layers were not scored."""
+        layers = self.kind == "layer"
+        return float(self.measure(measure)[layers if layers.any() else self.width_mask()].sum())
+
+    def unit(self, i: int) -> Unit:
+        return Unit(self.tower, str(self.kind[i]), int(self.layer[i]), int(self.index[i]) if self.kind[i] != "layer" else 0)
 
 
 def _check(scores: pd.DataFrame, budget: Budget, by: str) -> None:
@@ -124,96 +156,96 @@ def check_budget(budget: Budget) -> None:
         raise MopeError("this budget removes nothing: give keep < 1, or heads / neurons / layers to remove")
 
 
-def _width(rows: pd.DataFrame, tower: str, budget: Budget, by: str, notes: list[str]) -> list[Unit]:
+def _width(rows: _Rows, budget: Budget, notes: list[str]) -> list[Unit]:
+    tower = rows.tower
     keep = budget.per_tower("keep").get(tower)
     explicit = {k: budget.per_tower(n).get(tower) for k, n in (("head", "heads"), ("neurons", "neurons"))}
     if keep is None and all(v is None for v in explicit.values()):
         return []
-    width_rows = rows[rows.kind.isin(["head", "neurons"])]
-    if width_rows.empty:
+    if not rows.width_mask().any():
         raise MopeError(f"the scores table has no head or neuron rows for the {tower} tower; score them first")
     if keep is not None and budget.strategy == "global":
-        return _global(width_rows, tower, keep, budget, by)
+        return _global(rows, keep, budget)
     if keep is not None:
         explicit = _uniform_counts(rows, keep, budget.measure)
         notes.append(f"{tower}: uniform removes {explicit['head']} heads and {explicit['neurons']} neuron groups per layer")
     removed = []
     for kind, count in explicit.items():
-        if not count:
-            continue
-        rows_k = width_rows[width_rows.kind == kind].sort_values(["layer", by, "index"], kind="stable")
-        sizes = rows_k.groupby("layer").size()
-        if (sizes < count).any():
-            layer = int(sizes.idxmin())
-            raise MopeError(f"cannot remove {count} {kind} units from {tower} layer {layer}: it has {sizes.min()}")
-        lowest = rows_k.groupby("layer").head(count)
-        removed += [Unit(tower, kind, int(layer), int(i)) for layer, i in zip(lowest["layer"], lowest["index"])]
+        if count:
+            removed += _lowest_per_layer(rows, kind, count)
     return removed
 
 
-def _uniform_counts(rows: pd.DataFrame, keep: float, measure: str) -> dict[str, int]:
+def _lowest_per_layer(rows: _Rows, kind: str, count: int) -> list[Unit]:
+    """The `count` lowest-scored units of `kind` in every layer."""
+    idx = np.flatnonzero(rows.kind == kind)
+    idx = idx[np.lexsort((rows.index[idx], rows.score[idx], rows.layer[idx]))]  # by layer, then score, then index
+    layers, first, sizes = np.unique(rows.layer[idx], return_index=True, return_counts=True)
+    if (sizes < count).any():
+        raise MopeError(f"cannot remove {count} {kind} units from {rows.tower} layer {layers[sizes.argmin()]}: "
+                        f"it has {sizes.min()}")
+    rank = np.arange(len(idx)) - np.repeat(first, sizes)
+    return [rows.unit(i) for i in idx[rank < count]]
+
+
+def _uniform_counts(rows: _Rows, keep: float, measure: str) -> dict[str, int]:
     """Heads and neuron groups removed per layer whose kept size is closest to `keep`, preferring equal fractions."""
-    total = _block_total(rows, measure)
-    n = {k: int(rows[rows.kind == k].groupby("layer").size().min()) if (rows.kind == k).any() else 0
-         for k in ("head", "neurons")}
-    unit = {k: rows.loc[rows.kind == k, measure].mean() if n[k] else 0.0 for k in ("head", "neurons")}
-    layers = rows.layer.nunique()
-    best = None
-    for h in range(n["head"] + 1):
-        for g in range(n["neurons"] + 1):
-            kept = 1 - layers * (h * unit["head"] + g * unit["neurons"]) / total
-            balance = abs(h / max(n["head"], 1) - g / max(n["neurons"], 1)) if n["head"] and n["neurons"] else 0
-            cost = abs(kept - keep) + 0.1 * balance
-            if best is None or cost < best[0]:
-                best = (cost, {"head": h, "neurons": g})
-    return best[1]
+    total, size = rows.total(measure), rows.measure(measure)
+    n, unit = {}, {}
+    for k in ("head", "neurons"):
+        mask = rows.kind == k
+        n[k] = int(np.unique(rows.layer[mask], return_counts=True)[1].min()) if mask.any() else 0
+        unit[k] = float(size[mask].mean()) if mask.any() else 0.0
+    layers = len(np.unique(rows.layer))
+    h, g = np.meshgrid(np.arange(n["head"] + 1), np.arange(n["neurons"] + 1), indexing="ij")
+    kept = 1 - layers * (h * unit["head"] + g * unit["neurons"]) / total
+    balance = np.abs(h / max(n["head"], 1) - g / max(n["neurons"], 1)) if n["head"] and n["neurons"] else 0
+    best = np.unravel_index(np.argmin(np.abs(kept - keep) + 0.1 * balance), kept.shape)
+    return {"head": int(best[0]), "neurons": int(best[1])}
 
 
-def _global(rows: pd.DataFrame, tower: str, keep: float, budget: Budget, by: str) -> list[Unit]:
+def _global(rows: _Rows, keep: float, budget: Budget) -> list[Unit]:
     """Lowest scores anywhere in the tower until the kept size reaches keep; a floor per layer and kind."""
-    target = (1 - keep) * _block_total(rows, budget.measure)
-    left = {key: len(g) for key, g in rows.groupby(["layer", "kind"])}
+    target = (1 - keep) * rows.total(budget.measure)
+    size = rows.measure(budget.measure)
+    idx = np.flatnonzero(rows.width_mask())
+    idx = idx[np.lexsort((rows.index[idx], rows.kind[idx], rows.layer[idx], rows.score[idx]))]
+    keys, counts = np.unique(np.stack([rows.layer[idx], rows.kind[idx] == "head"]), axis=1, return_counts=True)
+    left = {(int(layer), bool(head)): int(c) for (layer, head), c in zip(keys.T, counts)}
     removed, amount = [], 0.0
-    for r in rows.sort_values([by, "layer", "kind", "index"], kind="stable").itertuples():
-        cost = getattr(r, budget.measure)
-        if amount + cost / 2 > target:
+    for i in idx:
+        if amount + size[i] / 2 > target:
             break
-        if left[(r.layer, r.kind)] <= budget.floor:
+        key = (int(rows.layer[i]), rows.kind[i] == "head")
+        if left[key] <= budget.floor:
             continue
-        left[(r.layer, r.kind)] -= 1
-        removed.append(Unit(tower, r.kind, int(r.layer), int(r.index)))
-        amount += cost
+        left[key] -= 1
+        removed.append(rows.unit(i))
+        amount += size[i]
     return removed
 
 
-def _depth(rows: pd.DataFrame, tower: str, budget: Budget, by: str) -> list[Unit]:
-    count = budget.per_tower("layers").get(tower)
+def _depth(rows: _Rows, budget: Budget) -> list[Unit]:
+    count = budget.per_tower("layers").get(rows.tower)
     if not count:
         return []
-    layer_rows = rows[rows.kind == "layer"]
-    if layer_rows.empty:
-        raise MopeError(f"the scores table has no layer rows for the {tower} tower; score layers first")
-    if count >= len(layer_rows):
-        raise MopeError(f"cannot remove {count} of the {len(layer_rows)} {tower} layers: at least one must stay")
-    lowest = layer_rows.sort_values([by, "layer"], kind="stable").head(count)
-    return [Unit(tower, "layer", int(layer)) for layer in lowest["layer"]]
+    idx = np.flatnonzero(rows.kind == "layer")
+    if not len(idx):
+        raise MopeError(f"the scores table has no layer rows for the {rows.tower} tower; score layers first")
+    if count >= len(idx):
+        raise MopeError(f"cannot remove {count} of the {len(idx)} {rows.tower} layers: at least one must stay")
+    return [rows.unit(i) for i in idx[np.lexsort((rows.layer[idx], rows.score[idx]))][:count]]
 
 
-def _block_total(rows: pd.DataFrame, measure: str) -> float:
-    """A tower's transformer size: its layer rows, or the sum of its width units when layers were not scored."""
-    layer_rows = rows[rows.kind == "layer"]
-    return float(layer_rows[measure].sum() if not layer_rows.empty else rows[rows.kind.isin(["head", "neurons"])][measure].sum())
-
-
-def _sizes(rows: pd.DataFrame, removed: list[Unit]) -> dict[str, int]:
+def _sizes(rows: _Rows, removed: list[Unit]) -> dict[str, int]:
     """Params and FLOPs of the tower's transformer before and after removing `removed`."""
-    gone = {u.name for u in removed}
-    dropped_layers = {u.layer for u in removed if u.kind == "layer" and u.tower == rows.tower.iloc[0]}
+    dropped = {u.layer for u in removed if u.kind == "layer"}
+    gone = {(u.kind, u.layer, u.index) for u in removed if u.kind != "layer" and u.layer not in dropped}
+    width_gone = np.array([(k, int(l), int(i)) in gone for k, l, i in zip(rows.kind, rows.layer, rows.index)])
+    layer_gone = (rows.kind == "layer") & np.isin(rows.layer, list(dropped))
     out = {}
     for measure in MEASURES:
-        before = _block_total(rows, measure)
-        width = rows[rows.kind.isin(["head", "neurons"]) & rows.unit.isin(gone) & ~rows.layer.isin(dropped_layers)]
-        layer_rows = rows[rows.kind == "layer"]
-        after = before - width[measure].sum() - layer_rows[layer_rows.layer.isin(dropped_layers)][measure].sum()
+        before, size = rows.total(measure), rows.measure(measure)
+        after = before - size[width_gone].sum() - size[layer_gone].sum()
         out[f"{measure}_before"], out[f"{measure}_after"] = int(before), int(after)
     return out

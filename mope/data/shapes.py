@@ -62,21 +62,25 @@ def _attrs(labels: dict[str, torch.Tensor], i: int) -> dict[str, str]:
     return {a: attribute_names(a)[int(labels[a][i])] for a in ATTRIBUTES}
 
 
-def _shape_masks(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """All shapes' masks on normalized coordinates (radius 1, y pointing down): (8, N, H, W)."""
-    r = torch.sqrt(u * u + v * v)
-    theta = torch.atan2(v, u)
-    au, av = u.abs(), v.abs()
-    return torch.stack([
-        r <= 1.0,                                                        # circle
-        torch.maximum(au, av) <= 0.8,                                    # square
-        (v <= 0.7) & (au <= (v + 1.0) * 0.6),                            # triangle
-        au + av <= 1.0,                                                  # diamond
-        r <= 0.45 + 0.55 * torch.cos(2.5 * (theta + torch.pi / 2)).abs() ** 3,  # star
-        ((au <= 0.3) & (av <= 0.95)) | ((av <= 0.3) & (au <= 0.95)),   # cross
-        (r <= 1.0) & (r >= 0.55),                                        # ring
-        torch.maximum(av, au * 0.866 + av * 0.5) <= 0.9,                 # hexagon
-    ])
+def _polar(u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.sqrt(u * u + v * v), torch.atan2(v, u)
+
+
+# Each shape as a mask on normalized coordinates (radius 1, y pointing down), in SHAPES order.
+_MASKS = (
+    lambda u, v: _polar(u, v)[0] <= 1.0,                                                       # circle
+    lambda u, v: torch.maximum(u.abs(), v.abs()) <= 0.8,                                       # square
+    lambda u, v: (v <= 0.7) & (u.abs() <= (v + 1.0) * 0.6),                                    # triangle
+    lambda u, v: u.abs() + v.abs() <= 1.0,                                                     # diamond
+    lambda u, v: _star(*_polar(u, v)),                                                         # star
+    lambda u, v: ((u.abs() <= 0.3) & (v.abs() <= 0.95)) | ((v.abs() <= 0.3) & (u.abs() <= 0.95)),  # cross
+    lambda u, v: (_polar(u, v)[0] <= 1.0) & (_polar(u, v)[0] >= 0.55),                         # ring
+    lambda u, v: torch.maximum(v.abs(), u.abs() * 0.866 + v.abs() * 0.5) <= 0.9,               # hexagon
+)
+
+
+def _star(r: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    return r <= 0.45 + 0.55 * torch.cos(2.5 * (theta + torch.pi / 2)).abs() ** 3
 
 
 def render(labels: dict[str, torch.Tensor], gen: torch.Generator, image_size: int) -> torch.Tensor:
@@ -94,8 +98,13 @@ def render(labels: dict[str, torch.Tensor], gen: torch.Generator, image_size: in
     grid = torch.arange(s, dtype=torch.float32) + 0.5
     u = (grid.view(1, 1, s) - centre[:, 0].view(n, 1, 1)) / radius.view(n, 1, 1)
     v = (grid.view(1, s, 1) - centre[:, 1].view(n, 1, 1)) / radius.view(n, 1, 1)
-    masks = _shape_masks(u.expand(n, s, s), v.expand(n, s, s))
-    mask = masks[labels["shape"], torch.arange(n)].unsqueeze(-1).float()
+    u, v = u.expand(n, s, s), v.expand(n, s, s)
+    mask = torch.zeros(n, s, s)
+    for k, shape_mask in enumerate(_MASKS):  # each image's own shape only
+        idx = (labels["shape"] == k).nonzero().squeeze(1)
+        if len(idx):
+            mask[idx] = shape_mask(u[idx], v[idx]).float()
+    mask = mask.unsqueeze(-1)
     image = mask * colour.view(n, 1, 1, 3) + (1 - mask) * background.view(n, 1, 1, 3)
     image = image + torch.randn(image.shape, generator=gen) * 8.0
     return image.clamp(0, 255).round().to(torch.uint8)
