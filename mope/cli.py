@@ -190,6 +190,56 @@ def _is_rank0() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
+def _worker(args) -> None:
+    from .jobs import Store, work
+
+    work(Store(), concurrency=args.concurrency, idle_exit=args.idle_exit)
+
+
+def _jobs(args) -> None:
+    import time
+
+    from .jobs import Store, ensure_worker
+
+    store = Store()
+    if args.action != "submit" and args.action != "list" and not args.id:
+        raise MopeError(f"'jobs {args.action}' needs a job id")
+    if args.action == "submit":
+        if not args.kind:
+            raise MopeError("'jobs submit' needs --kind (ping, evaluate, score, prune, distill, prune-and-distill)")
+        params = dict(_param(kv) for kv in args.param)
+        job_id = store.submit(args.kind, params)
+        pid = None if args.no_worker else ensure_worker(store, concurrency=args.concurrency)
+        print(job_id + (f"  (started worker pid {pid})" if pid else ""))
+    elif args.action == "list":
+        for job in store.jobs():
+            prog = job["progress"]
+            where = f"{prog.get('step')}/{prog.get('total')}" if prog else ""
+            print(f"{job['id']}  {job['kind']:18s} {job['status']:9s} {where:>12s}  "
+                  f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(job['created']))}")
+    elif args.action == "show":
+        store.reap()
+        print(json.dumps(store.get(args.id), indent=2, default=str))
+    elif args.action == "cancel":
+        print(f"{args.id}: {store.cancel(args.id)['status']} (cancel requested)")
+    elif args.action == "logs":
+        print("\n".join(store.get(args.id)["log"]))
+    elif args.action == "resume":
+        job_id = store.resume(args.id)
+        ensure_worker(store, concurrency=args.concurrency)
+        print(job_id)
+
+
+def _param(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise MopeError(f"--param takes KEY=VALUE, got '{text}'")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def _train_demo(args) -> None:
     import torch
 
@@ -287,6 +337,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--out", required=True)
     p.set_defaults(func=_distill)
+
+    p = sub.add_parser("worker", help="run queued background jobs")
+    p.add_argument("--concurrency", type=int, default=1, help="jobs at once (CPU); GPU jobs run one at a time")
+    p.add_argument("--idle-exit", type=float, default=None, help="exit after this many idle seconds")
+    p.set_defaults(func=_worker)
+
+    p = sub.add_parser("jobs", help="submit, list, show, cancel, resume background jobs")
+    p.add_argument("action", choices=["submit", "list", "show", "cancel", "logs", "resume"])
+    p.add_argument("id", nargs="?", help="job id (show, cancel, logs, resume)")
+    p.add_argument("--kind", default=None, help="submit: ping, evaluate, score, prune, distill, prune-and-distill")
+    p.add_argument("--param", action="append", default=[], help="submit: KEY=VALUE (JSON values allowed), repeatable")
+    p.add_argument("--no-worker", action="store_true", help="submit: do not start a worker")
+    p.add_argument("--concurrency", type=int, default=1)
+    p.set_defaults(func=_jobs)
 
     p = sub.add_parser("train-demo", help="train the demo CLIP on the shapes world (seeded)")
     p.add_argument("--out", default="assets/demo-clip")

@@ -1,0 +1,169 @@
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import mope
+from mope.jobs import Store, work
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOPE_HOME", str(tmp_path))
+    return tmp_path
+
+
+def _env(home):
+    return {"HF_HUB_OFFLINE": "1", "MOPE_HOME": str(home), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
+            "OMP_NUM_THREADS": "1"}
+
+
+def _worker(home, *args):
+    return subprocess.Popen([sys.executable, "-m", "mope", "worker", *args], env=_env(home), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _wait(predicate, timeout=60.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize("kind, params, message", [
+    ("train", {}, "unknown job kind"), ("evaluate", {}, "missing: model"),
+    ("ping", {"colour": "red"}, "unknown params: colour"), ("ping", {"seconds": "soon"}, "must be a number"),
+])
+def test_malformed_jobs_are_rejected_at_submit(home, kind, params, message):
+    store = Store()
+    with pytest.raises(mope.MopeError, match=message):
+        store.submit(kind, params)
+    assert store.jobs() == []
+
+
+def test_submit_run_done_with_results(home, tiny_dir):
+    store = Store()
+    ping = store.submit("ping")
+    ev = store.submit("evaluate", {"model": str(tiny_dir), "n": 10})
+    bad = store.submit("evaluate", {"model": "ViT-B-99:nope"})
+    work(store, idle_exit=0.5)
+    assert store.get(ping)["status"] == "done" and store.get(ping)["result"] == {"pong": True}
+    job = store.get(ev)
+    assert job["status"] == "done" and 0 <= job["result"]["metrics"]["acc1"] <= 1 and job["history"]
+    failed = store.get(bad)
+    assert failed["status"] == "failed" and "unknown model" in failed["error"]
+    assert [j["id"] for j in store.jobs()] == [ping, ev, bad]
+
+
+def test_cancel_takes_effect_quickly(home):
+    store = Store()
+    queued_then_cancelled = store.submit("ping", {"seconds": 30})
+    store.cancel(queued_then_cancelled)
+    long = store.submit("ping", {"seconds": 30})
+    thread = threading.Thread(target=work, args=(store,), kwargs={"idle_exit": 0.5})
+    thread.start()
+    assert _wait(lambda: store.get(long)["status"] == "running", 10)
+    start = time.time()
+    store.cancel(long)
+    thread.join(15)
+    assert store.get(long)["status"] == "cancelled" and time.time() - start < 5
+    assert store.get(queued_then_cancelled)["status"] == "cancelled"
+    assert store.get(queued_then_cancelled)["started"] is None  # never ran
+
+
+def test_killed_worker_leaves_failed_jobs_and_the_next_job_runs(home):
+    store = Store()
+    job = store.submit("ping", {"seconds": 120})
+    proc = _worker(home)
+    assert _wait(lambda: store.get(job)["status"] == "running")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    failed = next(j for j in store.jobs() if j["id"] == job)  # any look at the store reaps dead workers
+    assert failed["status"] == "failed" and f"pid {proc.pid}" in failed["error"]
+    after = store.submit("ping")
+    work(store, idle_exit=0.5)
+    assert store.get(after)["status"] == "done"
+
+
+def test_resume_only_a_stopped_distillation(home):
+    store = Store()
+    job = store.submit("distill", {"teacher": "demo", "student": "x", "out": "y", "steps": 5})
+    store.update(job, status="failed", error="worker died")
+    again = store.resume(job)
+    assert store.get(again)["params"]["resume"] is True and store.get(again)["params"]["steps"] == 5
+    with pytest.raises(mope.MopeError, match="only a failed or cancelled distillation"):
+        store.resume(store.submit("ping"))
+
+
+def test_load_200_jobs_from_4_processes_none_lost_none_twice(home):
+    submit = ("import sys; from mope.jobs import Store; s = Store(); "
+              "print(' '.join(s.submit('ping') for _ in range(50)))")
+    workers = [_worker(home, "--concurrency", "2", "--idle-exit", "3") for _ in range(2)]
+    clients = [subprocess.Popen([sys.executable, "-c", submit], env=_env(home), cwd=ROOT, stdout=subprocess.PIPE,
+                                text=True) for _ in range(4)]
+    ids = [i for c in clients for i in c.communicate(timeout=120)[0].split()]
+    assert len(ids) == 200 and len(set(ids)) == 200
+    store = Store()
+    assert _wait(lambda: all(store.get(i)["status"] == "done" for i in ids), 180)
+    for w in workers:
+        w.wait(timeout=60)
+    for i in ids:
+        assert sum("started" in line for line in store.get(i)["log"]) == 1
+
+
+def test_corrupted_store_is_reported_not_reset(home):
+    Store().submit("ping")
+    db = home / "jobs" / "cache.db"
+    db.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(mope.MopeError, match="unreadable"):
+        Store()
+    assert db.read_bytes().startswith(b"this is not sqlite")
+
+
+def test_cli_submit_list_show_cancel(home):
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "mope", "jobs", *args], capture_output=True, text=True,
+                              env=_env(home), cwd=ROOT)
+
+    out = run("submit", "--kind", "ping", "--param", "seconds=30", "--no-worker")
+    job = out.stdout.split()[0]
+    assert out.returncode == 0 and "queued" in run("list").stdout
+    assert '"kind": "ping"' in run("show", job).stdout
+    assert "cancelled" in run("cancel", job).stdout
+    bad = run("submit", "--kind", "nope")
+    assert bad.returncode == 2 and "unknown job kind" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_cancelled_distillation_keeps_its_checkpoint_and_resumes(home, tiny_dir):
+    from mope.plan import Budget
+    from mope.scoring import unit_table
+
+    clip = mope.load_model(str(tiny_dir), device="cpu")
+    student = mope.save_pruned(mope.prune(clip, mope.plan(unit_table(clip), Budget(keep=0.5), by="magnitude")),
+                               home / "student")
+    store = Store()
+    params = {"teacher": str(tiny_dir), "student": str(student), "out": str(home / "run"), "steps": 400,
+              "batch_size": 4, "eval_n": 8}
+    job = store.submit("distill", params)
+    thread = threading.Thread(target=work, args=(store,), kwargs={"idle_exit": 0.5})
+    thread.start()
+    assert _wait(lambda: (store.get(job)["progress"] or {}).get("step", 0) >= 3, 120)
+    store.cancel(job)
+    thread.join(60)
+    assert store.get(job)["status"] == "cancelled"
+    assert (home / "run" / "checkpoint" / "latest.json").is_file()
+    again = store.resume(job)
+    store.update(again, params={**store.get(again)["params"], "steps": 6})
+    work(store, idle_exit=0.5)
+    done = store.get(again)
+    assert done["status"] == "done", done["error"]
+    assert mope.load_model(done["result"]["model"], device="cpu")
