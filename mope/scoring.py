@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import zlib
 import time
+import zlib
 from contextlib import nullcontext
 from typing import Callable, Sequence
 
