@@ -48,10 +48,11 @@ def score(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequenc
           metric: str | None = None, impl: str = "fast", group_size: int | None = None,
           baselines: Sequence[str] = BASELINES, seed: int = 0, precision: str = "fp32", cache: bool = True,
           progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
-          shard: tuple[int, int] | None = None) -> pd.DataFrame:
+          shard: tuple[int, int] | None = None, batch_tokens: int = TOKEN_BUDGET) -> pd.DataFrame:
     """One row per unit: tower, kind, layer, index, unit, mope, base, ablated, params, flops, baselines.
 
     shard=(rank, world) scores units[rank::world] only (for torchrun); rows keep the global order.
+    batch_tokens bounds the tokens of one batched ablation pass (memory, not results).
     """
     metric = metric or default_metric(task)
     group_sizes = _validate(clip, task, towers, units, metric, impl, baselines, precision, group_size)
@@ -67,8 +68,9 @@ def score(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequenc
             hit = store.get(key)
         if hit is not None:
             return _frame(hit, fingerprint, model_fp, metric, group_sizes)
-    scorer = FastScorer if impl == "fast" else NaiveScorer
-    rows = scorer(clip, task, metric, group_sizes, precision).run(todo, progress, should_stop)
+    scorer = FastScorer(clip, task, metric, group_sizes, precision, batch_tokens) if impl == "fast" else \
+        NaiveScorer(clip, task, metric, group_sizes, precision)
+    rows = scorer.run(todo, progress, should_stop)
     for row, extra in zip(rows, unit_rows(clip, task, todo, group_sizes, baselines, seed)):
         row.update(extra)
     if cache:
@@ -159,6 +161,11 @@ class NaiveScorer(_Scorer):
 class FastScorer(_Scorer):
     """Other tower once, cached layer inputs, batched ablations of one layer."""
 
+    def __init__(self, clip: Clip, task: Task, metric: str, group_sizes: dict[str, int], precision: str,
+                 batch_tokens: int = TOKEN_BUDGET):
+        super().__init__(clip, task, metric, group_sizes, precision)
+        self.batch_tokens = batch_tokens
+
     def chunks(self, units):
         self.state: dict[str, dict] = {}
         out = []
@@ -166,7 +173,7 @@ class FastScorer(_Scorer):
             group = list(group)
             inputs = self.tower_state(tower)["inputs"]
             tokens_per_ablation = inputs.shape[0] * self.tower_state(tower)["hidden"][0].shape[1]
-            k = max(1, TOKEN_BUDGET // tokens_per_ablation)
+            k = max(1, self.batch_tokens // tokens_per_ablation)
             out += [group[i:i + k] for i in range(0, len(group), k)]
         return out
 

@@ -178,3 +178,10 @@ def test_cli_and_torchrun_two_processes_match_one(tiny_dir, tmp_path):
     assert list(a.unit) == list(b.unit) and a.attrs["fingerprint"] == b.attrs["fingerprint"]
     for col in ["mope", "magnitude", "random", "taylor", "params"]:
         assert np.allclose(a[col], b[col], atol=1e-6), col
+
+
+def test_batched_ablations_do_not_change_results(tiny):
+    task = mope.load_task("shapes", n=12)
+    one = score(tiny, task, metric="loss", baselines=(), cache=False, batch_tokens=1)
+    many = score(tiny, task, metric="loss", baselines=(), cache=False, batch_tokens=10**6)
+    assert np.allclose(one.mope, many.mope, atol=1e-6)
