@@ -39,7 +39,8 @@ KINDS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
                                                 "eval_data": "shapes", "eval_n": 500, "resume": False,
                                                 "device": None}),
     "prune-and-distill": (("model", "out"), {"keep": 0.5, "towers": ["vision"], "strategy": "uniform",
-                                             "layers": 0, "data": "shapes", "n": 256, "steps": 500,
+                                             "layers": 0, "data": "shapes", "n": 256, "distill_data": "shapes",
+                                             "eval_data": "shapes", "eval_n": 500, "steps": 500,
                                              "batch_size": 64, "lr": 5e-4, "resume": False, "device": None}),
 }
 

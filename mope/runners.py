@@ -107,7 +107,7 @@ def _prune_and_distill(p, ctx) -> dict:
         save_pruned(pruned, pruned_dir)
     student = load_model(str(pruned_dir), device=p["device"])
     ctx.log("distilling")
-    params = {**p, "teacher": p["model"], "student": str(pruned_dir), "data": "shapes"}
+    params = {**p, "teacher": p["model"], "student": str(pruned_dir), "data": p["distill_data"]}
     return {"pruned": str(pruned_dir), **_distill(params, ctx, teacher=teacher, student=student, out=out)}
 
 

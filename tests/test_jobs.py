@@ -167,3 +167,22 @@ def test_cancelled_distillation_keeps_its_checkpoint_and_resumes(home, tiny_dir)
     done = store.get(again)
     assert done["status"] == "done", done["error"]
     assert mope.load_model(done["result"]["model"], device="cpu")
+
+
+def test_prune_score_and_prune_and_distill_jobs(home, tiny_dir):
+    store = Store()
+    scored = store.submit("score", {"model": str(tiny_dir), "n": 8, "towers": ["vision"], "metric": "loss"})
+    both = store.submit("prune-and-distill", {"model": str(tiny_dir), "out": str(home / "pd"), "n": 8, "steps": 2,
+                                              "batch_size": 4, "eval_n": 8, "layers": 1})
+    work(store, idle_exit=0.5)
+    job = store.get(scored)
+    assert job["status"] == "done", job["error"]
+    assert mope.load_scores(job["result"]["scores"])["unit"].str.startswith("vision").all()
+    job = store.get(both)
+    assert job["status"] == "done", job["error"]
+    final = mope.load_model(job["result"]["model"], device="cpu")
+    assert len(final.model.visual.transformer.resblocks) == 1 and final.info["distill"]["steps_done"] == 2
+    pruned = store.submit("prune", {"model": str(tiny_dir), "scores": job["result"]["pruned"] + "/nope.csv",
+                                    "out": str(home / "p2")})
+    work(store, idle_exit=0.5)
+    assert store.get(pruned)["status"] == "failed" and "scores file not found" in store.get(pruned)["error"]
