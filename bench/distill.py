@@ -33,7 +33,7 @@ def run(name, teacher, student, held_out, minutes, out, metric_keys, teacher_met
     start = time.time()
     config = DistillConfig(steps=steps, batch_size=64, lr=5e-4, warmup=20, eval_every=10**9,
                            checkpoint_every=10**9)
-    distilled = distill(teacher, student, "shapes", config, out / name.replace(" ", "_"),
+    distilled = distill(teacher, student, "shapes", config, out / "checkpoints" / name.replace(" ", "_"),
                         should_stop=timed_stop(minutes * 60))
     after = mope.evaluate(distilled, held_out)
     seconds = time.time() - start
