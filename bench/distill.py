@@ -11,9 +11,13 @@
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: python bench/...
+
 import argparse
 import time
-from pathlib import Path
 
 import pandas as pd
 

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: python bench/plan.py
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from test_plan import _vit_b_table  # noqa: E402

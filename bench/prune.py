@@ -7,6 +7,11 @@ and the speedup against the FLOP ratio (target: speedup ≥ 0.8 × FLOP ratio).
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: python bench/...
+
 import argparse
 
 import open_clip

@@ -10,8 +10,12 @@ zero-shot cross-entropy (continuous, no ties on a small calibration set).
 """
 from __future__ import annotations
 
-import argparse
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: python bench/...
+
+import argparse
 
 import pandas as pd
 

@@ -8,6 +8,11 @@ projected sweep cost for ViT-B-32 from per-layer timings of ViT-B-32-sized block
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: python bench/...
+
 import argparse
 import time
 
