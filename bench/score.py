@@ -21,6 +21,7 @@ from open_clip.transformer import ResidualAttentionBlock
 
 import mope
 from mope.data.tasks import image_batches
+from mope.evaluate import task_texts
 from mope.scoring import score
 from mope.units import KINDS, TOWERS, enumerate_units, tokens_of, tower_blocks
 
@@ -59,7 +60,7 @@ def main() -> None:
     naive_s = time.perf_counter() - t
 
     images = torch.cat(list(image_batches(task, clip.preprocess))).to(clip.device)
-    prompts = clip.tokenizer([t.format(c) for c in task.classnames for t in task.templates]).to(clip.device)
+    prompts = clip.tokenizer(task_texts(task)).to(clip.device)
     with torch.inference_mode():
         width = tower_blocks(model, "vision")[0].attn.embed_dim
         x_vision = torch.randn(len(images), tokens_of(model, "vision"), width)

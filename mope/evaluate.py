@@ -31,8 +31,17 @@ def text_embeddings(clip: Clip, texts: Sequence[str], batch_size: int = 256) -> 
 
 def classifier(clip: Clip, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
     """Template ensembling: mean of normalized prompt embeddings per class, renormalized. (C, D)."""
-    prompts = [t.format(c) for c in classnames for t in templates]
-    return ensemble(text_embeddings(clip, prompts), len(classnames))
+    return ensemble(text_embeddings(clip, prompts(classnames, templates)), len(classnames))
+
+
+def prompts(classnames: Sequence[str], templates: Sequence[str]) -> list[str]:
+    """Every template for every class, class-major (the order ensemble() expects)."""
+    return [t.format(c) for c in classnames for t in templates]
+
+
+def task_texts(task: Task) -> list[str]:
+    """What the text tower reads for a task: the class prompts (zero-shot) or the captions (retrieval)."""
+    return prompts(task.classnames, task.templates) if task.kind == "zeroshot" else task.texts
 
 
 def ensemble(prompt_emb: torch.Tensor, n_classes: int) -> torch.Tensor:

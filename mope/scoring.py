@@ -25,7 +25,7 @@ from .cache import key_of, model_fingerprint, open_cache
 from .data.tasks import Task, image_batches
 from .errors import MopeError
 from .evaluate import (check_metric, contrastive_loss, default_metric, ensemble, higher_is_better, image_embeddings,
-                       metric_value, task_text_embeddings)
+                       metric_value, task_text_embeddings, task_texts)
 from .models import Clip
 from .units import (KINDS, TOWERS, Unit, check_group_size, enumerate_units, tower_blocks, unit_flops,
                     unit_params)
@@ -186,9 +186,7 @@ class FastScorer(_Scorer):
             inputs = torch.cat(list(image_batches(task, clip.preprocess))).to(clip.device)
             other = task_text_embeddings(clip, task)
         else:
-            texts = ([t.format(c) for c in task.classnames for t in task.templates] if task.kind == "zeroshot"
-                     else task.texts)
-            inputs = clip.tokenizer(texts).to(clip.device)
+            inputs = clip.tokenizer(task_texts(task)).to(clip.device)
             other = image_embeddings(clip, task)
         hidden: list[torch.Tensor] = []
         hooks = [b.register_forward_pre_hook(lambda m, args: hidden.append(args[0]))
@@ -300,8 +298,7 @@ def _loss_gradients(clip: Clip, task: Task, batch_size: int = 64) -> dict:
     params = [p for p in model.parameters()]
     grads = {p: torch.zeros_like(p) for p in params}
     scale = model.logit_scale.exp().detach()
-    texts = ([t.format(c) for c in task.classnames for t in task.templates] if task.kind == "zeroshot" else task.texts)
-    tokens = clip.tokenizer(texts).to(clip.device)
+    tokens = clip.tokenizer(task_texts(task)).to(clip.device)
     batches = list(image_batches(task, clip.preprocess, batch_size if task.kind == "zeroshot" else len(task)))
     start = 0
     for x in batches:
