@@ -7,7 +7,7 @@
 2. Pre-training stage: both towers pruned to 50% by MoPE (retrieval metric), distilled the same way;
    retrieval recalls before and after.
 
-    python bench/distill.py [--minutes 5] [--out bench/results]   → distill.csv, distill.png
+    python bench/distill.py [--minutes 5] [--lr 1e-3] [--batch-size 64] [--out bench/results]   → distill.csv, distill.png
 """
 from __future__ import annotations
 
@@ -32,13 +32,13 @@ def timed_stop(seconds: float):
     return lambda: time.time() > end
 
 
-def run(name, teacher, student, held_out, minutes, out, metric_keys, teacher_metrics, rows, steps=100_000):
+def run(name, teacher, student, held_out, args, out, metric_keys, teacher_metrics, rows, steps=100_000):
     before = mope.evaluate(student, held_out)
     start = time.time()
-    config = DistillConfig(steps=steps, batch_size=64, lr=5e-4, warmup=20, eval_every=10**9,
+    config = DistillConfig(steps=steps, batch_size=args.batch_size, lr=args.lr, warmup=20, eval_every=10**9,
                            checkpoint_every=10**9)
     distilled = distill(teacher, student, "shapes", config, out / "checkpoints" / name.replace(" ", "_"),
-                        should_stop=timed_stop(minutes * 60))
+                        should_stop=timed_stop(args.minutes * 60))
     after = mope.evaluate(distilled, held_out)
     seconds = time.time() - start
     for key in metric_keys:
@@ -53,6 +53,8 @@ def run(name, teacher, student, held_out, minutes, out, metric_keys, teacher_met
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--minutes", type=float, default=5.0)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args()
     out = Path(args.out)
@@ -67,7 +69,7 @@ def main() -> None:
     for by in ("mope", "magnitude"):
         p = mope.plan(scores, Budget(keep=0.5, towers=("vision",)), by=by)
         print(f"vision 50% by {by}: {p.notes[0]}")
-        run(f"vision 50% by {by}", teacher, mope.prune(teacher, p), held_out, args.minutes, out, ["acc1"],
+        run(f"vision 50% by {by}", teacher, mope.prune(teacher, p), held_out, args, out, ["acc1"],
             teacher_zs, rows)
 
     calibration_r = mope.load_task("shapes", kind="retrieval", n=256, seed=2000)
@@ -77,7 +79,7 @@ def main() -> None:
                      baselines=())
     p = mope.plan(scores_r, Budget(keep=0.5, towers=("vision", "text")))
     print(f"both towers 50% by mope: {'; '.join(p.notes)}")
-    run("both towers 50% by mope", teacher, mope.prune(teacher, p), held_out_r, args.minutes, out,
+    run("both towers 50% by mope", teacher, mope.prune(teacher, p), held_out_r, args, out,
         ["text_retrieval_recall@5", "image_retrieval_recall@5"], teacher_r, rows)
 
     df = pd.DataFrame(rows)

@@ -20,9 +20,8 @@ import argparse
 import pandas as pd
 
 import mope
-from mope.plan import Budget, plan
 from mope.scoring import score
-from mope.surgery import prune
+from mope.study import compression_curve
 
 
 def main() -> None:
@@ -41,18 +40,10 @@ def main() -> None:
     table["mope_loss"] = score(clip, calibration, metric="loss", baselines=(), **kw)["mope"].values
     rankings = {"MoPE (acc1)": "mope", "MoPE (loss)": "mope_loss", "magnitude": "magnitude", "Taylor": "taylor",
                 "random": "random"}
-    rows = [{"removed": 0.0, "ranking": name, "acc1": mope.evaluate(clip, held_out)["acc1"], "heads": 0, "groups": 0}
-            for name in rankings]
-    for removed in (0.25, 0.5, 0.75):
-        for name, column in rankings.items():
-            p = plan(table, Budget(keep=1 - removed, towers=("vision",)), by=column)
-            acc = mope.evaluate(prune(clip, p), held_out)["acc1"]
-            kinds = [u.kind for u in p.removed]
-            rows.append({"removed": removed, "ranking": name, "acc1": acc, "heads": kinds.count("head"),
-                         "groups": kinds.count("neurons")})
-            print(f"remove {removed:.0%} ({kinds.count('head')} heads, {kinds.count('neurons')} groups) "
-                  f"by {name:12s} acc1 {acc:.4f}", flush=True)
-    df = pd.DataFrame(rows)
+    df = compression_curve(clip, table, held_out, rankings=rankings, metric="acc1",
+                           progress=lambda done, total, eta, rows: print(
+                               f"remove {rows[-1]['removed']:.0%} ({rows[-1]['heads']} heads, {rows[-1]['groups']} "
+                               f"groups) by {rows[-1]['ranking']:12s} acc1 {rows[-1]['acc1']:.4f}", flush=True))
     df.to_csv(out / "prune_curve.csv", index=False)
     plot(df, out / "prune_curve.png")
     print(df.pivot(index="removed", columns="ranking", values="acc1").to_string(float_format=lambda v: f"{v:.3f}"))

@@ -142,3 +142,16 @@ def evaluate(clip: Clip, task: Task, batch_size: int = 64) -> dict[str, float]:
     if len(task) == 0:
         raise MopeError(f"task {task.name} has no images")
     return task_metrics(task, image_embeddings(clip, task, batch_size), task_text_embeddings(clip, task))
+
+
+@torch.inference_mode()
+def label_probabilities(clip: Clip, images: Sequence, classnames: Sequence[str],
+                        templates: Sequence[str] = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.")
+                        ) -> torch.Tensor:
+    """(N images, C labels) softmax of CLIP's scaled image–label similarities (PIL images, ensembled prompts)."""
+    if not classnames:
+        raise MopeError("give at least one label to choose from")
+    x = torch.stack([clip.preprocess(im) for im in images]).to(clip.device)
+    image_emb = clip.model.encode_image(x, normalize=True).float().cpu()
+    logits = clip.model.logit_scale.exp().item() * image_emb @ classifier(clip, classnames, templates).T
+    return logits.softmax(dim=-1)

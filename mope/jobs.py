@@ -1,7 +1,8 @@
 """Background jobs: a store on diskcache and a worker process that runs library functions.
 
 A job is a dict: id, kind, params, status (queued → running → done | failed | cancelled), progress
-(step, total, message, eta), history (metrics over time), log (last lines), result, timestamps,
+(step, total, message, eta), history (eval metrics over time), curve (training losses over steps),
+partial (result rows so far, e.g. the units scored), log (last lines), result, timestamps,
 error, worker (pid running it), cancel (requested). The store is one diskcache Cache under
 $MOPE_HOME/jobs (eviction off: nothing vanishes). Workers claim jobs inside a transaction, so two
 workers never run the same job; a worker that dies leaves its jobs `running` under a dead pid, and
@@ -26,6 +27,7 @@ from .errors import MopeError
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 LOG_LINES = 200
+CURVE_POINTS = 5000
 
 # kind → (required params, optional params with defaults)
 KINDS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
@@ -33,14 +35,17 @@ KINDS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "evaluate": (("model",), {"data": "shapes", "task": None, "n": 500, "device": None}),
     "score": (("model",), {"data": "shapes", "task": None, "n": 256, "towers": ["vision", "text"],
                            "units": ["head", "neurons", "layer"], "metric": None, "device": None}),
-    "prune": (("model", "out"), {"scores": None, "keep": 0.5, "towers": ["vision"], "strategy": "uniform",
-                                 "layers": 0, "data": "shapes", "n": 256, "device": None}),
+    "study": (("model", "scores"), {"data": "shapes", "n": 500, "removed": [0.25, 0.5, 0.75],
+                                    "rankings": ["mope", "magnitude", "random"], "towers": ["vision"], "device": None}),
+    "prune": (("model", "out"), {"scores": None, "budget": None, "by": "mope", "keep": 0.5, "towers": ["vision"],
+                                 "strategy": "uniform", "layers": 0, "data": "shapes", "n": 256, "device": None}),
     "distill": (("teacher", "student", "out"), {"data": "shapes", "steps": 500, "batch_size": 64, "lr": 5e-4,
-                                                "eval_data": "shapes", "eval_n": 500, "resume": False,
-                                                "device": None}),
-    "prune-and-distill": (("model", "out"), {"keep": 0.5, "towers": ["vision"], "strategy": "uniform",
-                                             "layers": 0, "data": "shapes", "n": 256, "distill_data": "shapes",
-                                             "eval_data": "shapes", "eval_n": 500, "steps": 500,
+                                                "eval_data": "shapes", "eval_n": 500, "eval_every": 100,
+                                                "resume": False, "device": None}),
+    "prune-and-distill": (("model", "out"), {"scores": None, "budget": None, "by": "mope", "keep": 0.5,
+                                             "towers": ["vision"], "strategy": "uniform", "layers": 0,
+                                             "data": "shapes", "n": 256, "distill_data": "shapes",
+                                             "eval_data": "shapes", "eval_n": 500, "eval_every": 100, "steps": 500,
                                              "batch_size": 64, "lr": 5e-4, "resume": False, "device": None}),
 }
 
@@ -66,7 +71,7 @@ class Store:
         params = validate(kind, params or {})
         job_id = uuid.uuid4().hex[:12]
         job = {"id": job_id, "kind": kind, "params": params, "status": "queued", "progress": {},
-               "history": [], "log": [], "result": None, "error": None, "worker": None, "cancel": False,
+               "history": [], "curve": [], "partial": [], "log": [], "result": None, "error": None, "worker": None, "cancel": False,
                "created": time.time(), "started": None, "finished": None}
         with self.cache.transact():
             self.cache.set(f"job:{job_id}", job)
@@ -87,9 +92,12 @@ class Store:
         return job
 
     def append(self, job_id: str, field: str, item, limit: int | None = None) -> None:
+        self.extend(job_id, field, [item], limit)
+
+    def extend(self, job_id: str, field: str, items: list, limit: int | None = None) -> None:
         with self.cache.transact():
             job = self.get(job_id)
-            job[field] = (job[field] + [item])[-limit:] if limit else job[field] + [item]
+            job[field] = (job[field] + items)[-limit:] if limit else job[field] + items
             self.cache.set(f"job:{job_id}", job)
 
     def jobs(self) -> list[dict]:
@@ -111,6 +119,8 @@ class Store:
         if job["kind"] not in ("distill", "prune-and-distill") or job["status"] not in ("failed", "cancelled"):
             raise MopeError(f"only a failed or cancelled distillation can be resumed; job {job_id} is a "
                             f"{job['status']} {job['kind']} job")
+        if job["started"] is None:
+            raise MopeError(f"job {job_id} was cancelled before it started: nothing to resume, start a new one")
         return self.submit(job["kind"], {**job["params"], "resume": True})
 
     # --- claiming, liveness --------------------------------------------------------------------------
@@ -203,6 +213,12 @@ class JobContext:
 
     def metrics(self, item: dict) -> None:
         self.store.append(self.job_id, "history", item)
+
+    def curve(self, items: list[dict]) -> None:
+        self.store.extend(self.job_id, "curve", items, limit=CURVE_POINTS)
+
+    def partial(self, rows: list[dict]) -> None:
+        self.store.update(self.job_id, partial=rows)
 
     def log(self, line: str) -> None:
         self.store.append(self.job_id, "log", f"{time.strftime('%H:%M:%S')} {line}", limit=LOG_LINES)

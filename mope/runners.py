@@ -25,10 +25,11 @@ def _evaluate(p, ctx) -> dict:
     return {"metrics": metrics}
 
 
-def _scores_path(job_id_hint: str) -> Path:
+def scores_path(fingerprint: str) -> Path:
+    """Where a scores table is kept for jobs and the app: named by its fingerprint, so one file per result."""
     from .cache import mope_home
 
-    return mope_home() / "results" / f"scores-{job_id_hint}.csv"
+    return mope_home() / "results" / f"scores-{fingerprint[:20]}.csv"
 
 
 def _score(p, ctx) -> dict:
@@ -37,30 +38,65 @@ def _score(p, ctx) -> dict:
 
     clip = load_model(p["model"], device=p["device"])
     task = load_task(p["data"], kind=p["task"], n=p["n"])
-    df = score(clip, task, towers=p["towers"], units=p["units"], metric=p["metric"],
-               progress=lambda done, total, eta, rows: ctx.progress(done, total, eta, f"{done}/{total} units"),
+
+    def progress(done, total, eta, rows):
+        ctx.progress(done, total, eta, f"{done}/{total} units")
+        ctx.partial(rows)
+
+    df = score(clip, task, towers=p["towers"], units=p["units"], metric=p["metric"], progress=progress,
                should_stop=ctx.should_stop)
-    path = _scores_path(ctx.job_id)
+    path = scores_path(df.attrs["fingerprint"])
     save_scores(df, path)
-    return {"scores": str(path), "units": len(df)}
+    return {"scores": str(path), "units": len(df), "fingerprint": df.attrs["fingerprint"]}
+
+
+def _study(p, ctx) -> dict:
+    from . import load_model, load_task
+    from .cache import mope_home
+    from .io import atomic_write_text
+    from .scoring import load_scores
+    from .study import compression_curve
+
+    clip = load_model(p["model"], device=p["device"])
+    scores = load_scores(p["scores"])
+    names = {"mope": "MoPE", "magnitude": "magnitude", "random": "random", "taylor": "Taylor"}
+    rankings = {names.get(r, r): r for r in p["rankings"]}
+    df = compression_curve(clip, scores, load_task(p["data"], n=p["n"]), removed=p["removed"], rankings=rankings,
+                           towers=p["towers"], should_stop=ctx.should_stop,
+                           progress=lambda done, total, eta, rows: (ctx.progress(done, total, eta, "evaluating"),
+                                                                    ctx.partial(rows)))
+    path = mope_home() / "results" / f"study-{ctx.job_id}.csv"
+    atomic_write_text(path, df.to_csv(index=False))
+    return {"study": str(path), "scores_fingerprint": scores.attrs.get("fingerprint", ""), "metric": df.attrs["metric"]}
 
 
 def _budget(p):
+    """The job's Budget: `budget` (a dict of Budget fields) when given, else keep / layers / strategy / towers."""
     from .plan import Budget
 
+    if p.get("budget"):
+        fields = dict(p["budget"])
+        return Budget(**{**fields, "towers": tuple(fields.get("towers", p["towers"]))})
     return Budget(keep=p["keep"], layers=p["layers"] or None, strategy=p["strategy"], towers=tuple(p["towers"]))
 
 
-def _prune(p, ctx) -> dict:
-    from . import load_model, load_task, save_pruned
+def _pruned(p, clip, ctx):
+    """The model pruned by the job's budget: ranked by the given scores file, or scored now on the job's data."""
+    from . import load_task
     from .scoring import load_scores
     from .surgery import prune_model
 
-    clip = load_model(p["model"], device=p["device"])
+    budget = _budget(p)
     scores = load_scores(p["scores"]) if p["scores"] else None
-    task = load_task(p["data"], n=p["n"]) if scores is None or p["layers"] else None
-    pruned = prune_model(clip, task, _budget(p), scores=scores, should_stop=ctx.should_stop,
-                         progress=lambda done, total, eta, rows: ctx.progress(done, total, eta, "scoring"))
+    task = load_task(p["data"], n=p["n"]) if scores is None or budget.per_tower("layers") else None
+    return prune_model(clip, task, budget, scores=scores, by=p.get("by", "mope"), should_stop=ctx.should_stop,
+                       progress=lambda done, total, eta, rows: ctx.progress(done, total, eta, "scoring"))
+
+
+def _prune(p, ctx) -> dict:
+    from . import load_model, save_pruned
+
+    pruned = _pruned(p, load_model(p["model"], device=p["device"]), ctx)
     save_pruned(pruned, p["out"])
     return {"model": p["out"], "plans": pruned.info["plan"]}
 
@@ -72,11 +108,19 @@ def _distill(p, ctx, teacher=None, student=None, out=None) -> dict:
     teacher = teacher or load_model(p["teacher"], device=p["device"])
     student = student or load_model(p["student"], device=p["device"])
     out = Path(out or p["out"])
-    config = DistillConfig(steps=p["steps"], batch_size=p["batch_size"], lr=p["lr"])
+    config = DistillConfig(steps=p["steps"], batch_size=p["batch_size"], lr=p["lr"],
+                           eval_every=p.get("eval_every", 100), checkpoint_every=p.get("eval_every", 100))
     eval_task = load_task(p.get("eval_data") or "shapes", n=p.get("eval_n", 500))
+
+    pending, flushed = [], [time.time()]
 
     def progress(step, total, eta, info):
         losses = ", ".join(f"{k} {v:.4f}" for k, v in info["losses"].items() if k != "step")
+        pending.append(info["losses"])
+        if time.time() - flushed[0] > 0.5 or step == total or info["eval"]:  # one store write per half second
+            ctx.curve(pending[:])
+            pending.clear()
+            flushed[0] = time.time()
         ctx.progress(step, total, eta, losses)
         if info["eval"]:
             ctx.metrics(info["eval"])
@@ -84,6 +128,8 @@ def _distill(p, ctx, teacher=None, student=None, out=None) -> dict:
 
     student = distill(teacher, student, p["data"], config, out, eval_task=eval_task, resume=p["resume"],
                       progress=progress, should_stop=ctx.should_stop)
+    if pending:
+        ctx.curve(pending)
     if ctx.should_stop():
         return {"checkpoint": str(out / "checkpoint")}
     final = out / "final"
@@ -94,22 +140,19 @@ def _distill(p, ctx, teacher=None, student=None, out=None) -> dict:
 
 
 def _prune_and_distill(p, ctx) -> dict:
-    from . import load_model, load_task, save_pruned
-    from .surgery import prune_model
+    from . import load_model, save_pruned
 
     out = Path(p["out"])
     teacher = load_model(p["model"], device=p["device"])
     pruned_dir = out / "pruned"
     if not pruned_dir.exists():
         ctx.log("scoring and pruning")
-        pruned = prune_model(teacher, load_task(p["data"], n=p["n"]), _budget(p), should_stop=ctx.should_stop,
-                             progress=lambda done, total, eta, rows: ctx.progress(done, total, eta, "scoring"))
-        save_pruned(pruned, pruned_dir)
+        save_pruned(_pruned(p, teacher, ctx), pruned_dir)
     student = load_model(str(pruned_dir), device=p["device"])
     ctx.log("distilling")
     params = {**p, "teacher": p["model"], "student": str(pruned_dir), "data": p["distill_data"]}
     return {"pruned": str(pruned_dir), **_distill(params, ctx, teacher=teacher, student=student, out=out)}
 
 
-RUNNERS = {"ping": _ping, "evaluate": _evaluate, "score": _score, "prune": _prune, "distill": _distill,
-           "prune-and-distill": _prune_and_distill}
+RUNNERS = {"ping": _ping, "evaluate": _evaluate, "score": _score, "study": _study, "prune": _prune,
+           "distill": _distill, "prune-and-distill": _prune_and_distill}

@@ -58,14 +58,10 @@ def score(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequenc
     group_sizes = _validate(clip, task, towers, units, metric, impl, baselines, precision, group_size)
     all_units = enumerate_units(clip.model, towers, units, group_sizes)
     todo = all_units if shard is None else all_units[shard[0]::shard[1]]
-    settings = dict(towers=list(towers), units=list(units), metric=metric, impl=impl, group_sizes=group_sizes,
-                    baselines=list(baselines), seed=seed, precision=precision)
-    model_fp = model_fingerprint(clip.model)
-    fingerprint = key_of(model=model_fp, task=task.fingerprint(), **settings)
-    key = f"{fingerprint}/{shard}"
+    fingerprint, model_fp, key = _keys(clip, task, towers, units, metric, impl, group_sizes, baselines, seed,
+                                       precision, shard)
     if cache:
-        with open_cache("scores") as store:
-            hit = store.get(key)
+        hit = _cached_rows(key)
         if hit is not None:
             return _frame(hit, fingerprint, model_fp, metric, group_sizes)
     scorer = FastScorer(clip, task, metric, group_sizes, precision, batch_tokens) if impl == "fast" else \
@@ -77,6 +73,32 @@ def score(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequenc
         with open_cache("scores") as store:
             store.set(key, rows)
     return _frame(rows, fingerprint, model_fp, metric, group_sizes)
+
+
+def cached_scores(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequence[str] = KINDS,
+                  metric: str | None = None, impl: str = "fast", group_size: int | None = None,
+                  baselines: Sequence[str] = BASELINES, seed: int = 0, precision: str = "fp32") -> pd.DataFrame | None:
+    """What score() with these arguments would return from the cache, or None when it would compute."""
+    metric = metric or default_metric(task)
+    group_sizes = _validate(clip, task, towers, units, metric, impl, baselines, precision, group_size)
+    fingerprint, model_fp, key = _keys(clip, task, towers, units, metric, impl, group_sizes, baselines, seed,
+                                       precision, None)
+    hit = _cached_rows(key)
+    return None if hit is None else _frame(hit, fingerprint, model_fp, metric, group_sizes)
+
+
+def _keys(clip, task, towers, units, metric, impl, group_sizes, baselines, seed, precision, shard):
+    """(scores fingerprint, model fingerprint, cache key)."""
+    settings = dict(towers=list(towers), units=list(units), metric=metric, impl=impl, group_sizes=group_sizes,
+                    baselines=list(baselines), seed=seed, precision=precision)
+    model_fp = model_fingerprint(clip.model)
+    fingerprint = key_of(model=model_fp, task=task.fingerprint(), **settings)
+    return fingerprint, model_fp, f"{fingerprint}/{shard}"
+
+
+def _cached_rows(key: str) -> list[dict] | None:
+    with open_cache("scores") as store:
+        return store.get(key)
 
 
 def _frame(rows: list[dict], fingerprint: str, model_fp: str, metric: str, group_sizes: dict) -> pd.DataFrame:

@@ -1,28 +1,225 @@
-from app.ui import summary_table
+"""The app's handlers, end to end on a tiny model with jobs run in this process; then the served page."""
+import os
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import mope
+from app import figures
+from app import handlers as h
+from mope.jobs import run_job
 
 
-def test_summary_of_a_model(tiny_dir):
-    table, status = summary_table(str(tiny_dir))
-    assert list(table.tower) == ["vision", "text"] and table.loc[0, "heads per layer"] == "4"
-    assert "M parameters" in status
+@pytest.fixture
+def settings(tmp_path, monkeypatch, tiny_dir):
+    monkeypatch.setenv("MOPE_HOME", str(tmp_path / "home"))
+    return h.Settings(model_dirs=[tiny_dir.parent], data_dirs=[tmp_path / "data"], start_worker=False)
 
 
-def test_bad_spec_is_a_message_not_a_traceback():
-    table, status = summary_table("ViT-B-99:nope")
-    assert table.empty and status.startswith("**Could not load the model:**") and "unknown model" in status
+def run_queued(settings) -> list[dict]:
+    """Run every queued job here, as the worker would; returns them finished."""
+    store, done = settings.store(), []
+    while (job := store.claim(os.getpid())) is not None:
+        run_job(store, job)
+        done.append(store.get(job["id"]))
+    return done
 
 
-def test_served_page_answers_a_client(tiny_dir):
+def test_model_card_measures_the_model(settings, tiny_dir):
+    headline, card = h.model_card(str(tiny_dir), settings)
+    assert list(card.tower) == ["vision", "text"] and card.loc[0, "heads / layer"] == "4"
+    assert (card["GFLOPs / sample"] > 0).all() and (card["latency, batch 1 (ms)"] > 0).all()
+    assert "M parameters" in headline
+
+
+def test_local_paths_outside_the_model_folders_are_refused(settings, tiny_dir, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (tiny_dir.parent / "escape").symlink_to(outside)
+    for spec in (str(outside), f"local-dir:{outside}", f"ViT-B-32:{outside}/ckpt.pt",
+                 str(tiny_dir.parent / "escape"), str(tiny_dir.parent / ".." / "elsewhere")):
+        with pytest.raises(mope.MopeError, match="outside the model folder"):
+            h.check_spec(spec, settings)
+    assert h.check_spec(f" {tiny_dir} ", settings) == str(tiny_dir)
+    assert h.check_spec("ViT-B-32:openai", settings) == "ViT-B-32:openai"
+
+
+def test_a_model_that_fails_to_load_is_a_message(settings):
+    with pytest.raises(mope.MopeError, match="unknown model"):
+        h.model_card("ViT-B-99:nope", settings)
+
+
+def test_scores_job_then_cached_scores_at_once(settings, tiny_dir):
+    session = {**h.NEW_SESSION, "spec": str(tiny_dir)}
+    source = list(h.CALIBRATION)[0]
+    session, message = h.start_scores(session, source, None, None, "", 16, ["vision"], settings)
+    assert session["score_job"] and "Scoring started" in message
+    _, df, total, line = h.scores_state(session, settings)
+    assert df.mope.isna().all() and total == len(df) == 14 and "queued" in line  # the empty grid, to fill in
+    [job] = run_queued(settings)
+    assert job["status"] == "done" and len(job["partial"]) == job["result"]["units"]
+    session, df, total, line = h.scores_state(session, settings)
+    assert session["score_job"] is None and session["scores"] and total is None
+    assert set(df.kind) == {"head", "neurons", "layer"} and "units scored" in line
+    again, message = h.start_scores({**session, "scores": None}, source, None, None, "", 16, ["vision"], settings)
+    assert again["scores"] == session["scores"] and again["score_job"] is None and "Cached" in message
+
+
+@pytest.fixture
+def scored(settings, tiny_dir):
+    session = {**h.NEW_SESSION, "spec": str(tiny_dir)}
+    session, _ = h.start_scores(session, list(h.CALIBRATION)[0], None, None, "", 16, ["vision", "text"], settings)
+    run_queued(settings)
+    return h.scores_state(session, settings)[0]
+
+
+def test_heatmaps_fill_in_and_mark_what_the_plan_removes(settings, scored):
+    df = h.scores_table(scored["scores"])
+    clip = h.get_model(scored["spec"], settings)
+    partial = figures.heatmaps(h.partial_scores(clip, ["vision", "text"], ["head", "neurons", "layer"],
+                                                df.iloc[:5].to_dict("records")))
+    z = np.asarray(partial.data[0].z, dtype=float)
+    assert z.shape == (2, 4) and np.isnan(z).sum() == 4 and f"5/{len(df)} units scored" in partial.layout.title.text
+    full = figures.heatmaps(df)
+    assert len([t for t in full.data if t.type == "heatmap"]) == 4 and full.layout.height > 0
+    assert "rank" in full.data[0].customdata[0][0] and "MoPE" in full.data[0].customdata[0][0]
+    plan, table, notes = h.preview(df, h.budget_of("keep fraction", 0.5, 1.0, "uniform", "params", 0, 0, 0, 0, 0, 0),
+                                   "mope")
+    row = table.set_index("tower").loc["vision"]
+    assert row["params after"] < row["params before"] and plan.removed
+    marked = figures.heatmaps(df, removed={u.name for u in plan.removed})
+    crosses = sum(len(t.x) for t in marked.data if t.type == "scatter")
+    assert crosses == len([u for u in plan.removed if u.kind != "layer"])
+
+
+def test_budget_controls_make_the_budget_they_show():
+    b = h.budget_of("explicit counts", 0.5, 0.5, "global", "flops", 1, 0, 2, 3, 0, 1)
+    assert b.heads == {"vision": 2} and b.neurons == {"vision": 3, "text": 1} and b.layers == {"vision": 1}
+    assert b.keep is None and b.strategy == "global" and b.measure == "flops" and b.towers == ("text", "vision")
+    b = h.budget_of("keep fraction", 0.4, 1.0, "uniform", "params", 0, 0, 5, 5, 5, 5)
+    assert b.keep == {"vision": 0.4} and b.heads is None and b.towers == ("vision",)
+
+
+def test_an_impossible_budget_is_a_message(scored):
+    df = h.scores_table(scored["scores"])
+    with pytest.raises(mope.MopeError):
+        h.preview(df, h.budget_of("explicit counts", 1, 1, "uniform", "params", 0, 0, 0, 0, 0, 0), "mope")
+
+
+def test_prune_and_distill_job_saves_a_model_to_compare_and_download(settings, scored, tiny_dir):
+    budget = h.budget_of("keep fraction", 0.5, 1.0, "uniform", "params", 0, 0, 0, 0, 0, 0)
+    session, message = h.start_prune_distill(scored, budget, "mope", "cpu", 4, 8, "shapes", "my model!", settings)
+    [job] = run_queued(settings)
+    assert job["status"] == "done", job["error"]
+    line, curve, history, result = h.job_state(session["pd_job"], settings)
+    assert [c["step"] for c in curve] == [1, 2, 3, 4] and {"affinity", "feature", "hidden"} <= set(curve[0])
+    assert history and "acc1" in history[-1] and "Saved" in line
+    plan = h.preview(h.scores_table(scored["scores"]), budget, "mope")[0]
+    pruned = mope.load_model(result["pruned"])
+    assert pruned.info["plan"][0]["removed"] == [u.name for u in plan.removed]  # the previewed plan, exactly
+    models = h.saved_models(settings)
+    assert result["model"] in models and result["pruned"] in models and "my-model-" in result["model"]
+    archive = h.model_zip(result["model"], settings)
+    assert "pruning.json" in zipfile.ZipFile(archive).namelist()
+    table = h.compare([str(tiny_dir), result["model"]], list(h.EVALUATION)[0], 20, settings)
+    assert table["params (M)"].iloc[1] < table["params (M)"].iloc[0] and "acc1" in table
+    assert h.jobs_table(settings).loc[0, "status"] == "done"
+    with pytest.raises(mope.MopeError, match="outside"):
+        h.model_zip(str(tiny_dir), settings)
+
+
+def test_cancel_a_queued_distillation(settings, scored):
+    budget = h.budget_of("keep fraction", 0.5, 1.0, "uniform", "params", 0, 0, 0, 0, 0, 0)
+    session, _ = h.start_prune_distill(scored, budget, "mope", "cpu", 3, 8, "shapes", "c", settings)
+    assert "Cancel requested" in h.cancel(session["pd_job"], settings)
+    assert run_queued(settings) == [] and "was cancelled" in h.job_state(session["pd_job"], settings)[0]
+    with pytest.raises(mope.MopeError, match="before it started"):
+        h.resume(session["pd_job"], settings)
+    with pytest.raises(mope.MopeError, match="no job to cancel"):
+        h.cancel(None, settings)
+
+
+def test_study_of_these_scores(settings, scored):
+    session, _ = h.start_study(scored, settings)
+    [job] = run_queued(settings)
+    assert job["status"] == "done", job["error"]
+    study, metric, line = h.study_table(session, settings)
+    assert set(study.ranking) == {"MoPE", "magnitude", "random"} and sorted(set(study.removed)) == [0, .25, .5, .75]
+    assert figures.compression(study, metric).layout.height == 340
+
+
+def test_uploaded_zip_becomes_a_calibration_folder(settings, tmp_path):
+    good = tmp_path / "animals.zip"
+    with zipfile.ZipFile(good, "w") as z:
+        for cls in ("cat", "dog"):
+            for i in range(2):
+                path = tmp_path / f"{cls}{i}.png"
+                Image.new("RGB", (8, 8), (i * 90, 0, 0)).save(path)
+                z.write(path, f"animals/{cls}/{i}.png")
+    spec, kind = h.calibration_spec("uploaded zip of an image folder", str(good), None, settings)
+    assert kind == "zeroshot" and mope.load_task(spec).classnames == ["cat", "dog"]
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as z:
+        z.writestr("../../evil.png", b"x")
+    with pytest.raises(mope.MopeError, match="unsafe path"):
+        h.unpack_zip(evil, settings)
+    (tmp_path / "notzip.zip").write_text("hello")
+    with pytest.raises(mope.MopeError, match="not a readable .zip"):
+        h.unpack_zip(tmp_path / "notzip.zip", settings)
+    with pytest.raises(mope.MopeError, match="outside the data folder"):
+        h.calibration_spec("server folder", None, "/etc", settings)
+
+
+def test_predictions_and_bad_uploads(settings, tiny_dir, tmp_path):
+    paths, labels = h.sample_images(settings)
+    table = h.predictions(["demo", str(tiny_dir)], paths, labels, 2, settings)
+    assert list(table.columns) == ["image", "demo", "tiny0/tiny-clip"] and len(table) == len(paths)
+    assert all(cell.count("%") == 2 for cell in table["demo"])
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(mope.MopeError, match="notes.txt is not an image"):
+        h.predictions(["demo"], [str(tmp_path / "notes.txt")], "cat", 1, settings)
+    Image.new("1", (8000, 6000)).save(tmp_path / "huge.png")
+    with pytest.raises(mope.MopeError, match="megapixel limit"):
+        h.predictions(["demo"], [str(tmp_path / "huge.png")], "cat", 1, settings)
+    with pytest.raises(mope.MopeError, match="at least one label"):
+        h.predictions(["demo"], paths, " , ,", 1, settings)
+
+
+def test_served_page_answers_a_client(tmp_path, monkeypatch):
+    """load demo → scores (a real worker process) → plan → compare, through the HTTP API."""
+    import time
+
     from gradio_client import Client
 
     from app.ui import build
 
-    demo = build()
+    monkeypatch.setenv("MOPE_HOME", str(tmp_path / "home"))
+    settings = h.Settings()
+    demo = build(settings)
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
     try:
         assert demo.local_url.startswith("http://127.0.0.1:")
         client = Client(demo.local_url, verbose=False)
-        table, status = client.predict(str(tiny_dir), api_name="/summary_table")
-        assert "M parameters" in status and table["data"][0][0] == "vision"
+        session, headline, card = client.predict(dict(h.NEW_SESSION), "demo", api_name="/load_model")
+        assert "demo" in headline and card["data"][0][0] == "vision"
+        session = client.predict(session, list(h.CALIBRATION)[0], None, "", "", 16, ["vision"], api_name="/start_scores")
+        assert session["score_job"]
+        deadline = time.time() + 240
+        while not session["scores"] and time.time() < deadline:
+            time.sleep(1)
+            session, status, *_ = client.predict(session, "mope", "magnitude", api_name="/draw_scores")
+        assert session["scores"], status
+        table, notes, figure = client.predict(session, "mope", "keep fraction", 0.5, 1.0, "uniform", "params", 0, 0,
+                                              0, 0, 0, 0, api_name="/draw_plan")
+        vision = dict(zip(table["headers"], table["data"][0]))
+        assert vision["tower"] == "vision" and vision["params after"] < vision["params before"]
+        comparison = client.predict(["demo"], list(h.EVALUATION)[0], 50, api_name="/compare")
+        assert comparison["headers"][:2] == ["model", "params (M)"] and comparison["data"][0][0] == "demo"
+        with pytest.raises(Exception, match="outside the model folder"):
+            client.predict(session, "/etc", api_name="/load_model")
     finally:
         demo.close()
+        for pid in settings.store().live_workers():
+            os.kill(pid, 15)
