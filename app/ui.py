@@ -62,7 +62,7 @@ def guarded(fn):
     return wrapper
 
 
-def quiet(fn, outputs: int):
+def quiet(fn):
     """For the timer: a failure is logged and the tick draws nothing (no message every second)."""
     @functools.wraps(fn)
     def wrapper(*args):
@@ -70,7 +70,7 @@ def quiet(fn, outputs: int):
             return fn(*args)
         except Exception:
             log.exception("timer tick failed")
-            return [gr.skip()] * outputs
+            return {}
     return wrapper
 
 
@@ -87,7 +87,7 @@ def build(settings: h.Settings | None = None) -> gr.Blocks:
                 gr.Markdown(TEACH_MODEL)
                 with gr.Row():
                     spec = gr.Dropdown(_model_choices(S), value="demo", allow_custom_value=True, scale=4,
-                                       label="Model: demo, NAME:TAG (e.g. ViT-B-32:openai), hf-hub:ORG/REPO, or a "
+                                       elem_id="model-spec", label="Model: demo, NAME:TAG (e.g. ViT-B-32:openai), hf-hub:ORG/REPO, or a "
                                              "folder in the model folders")
                     load = gr.Button("Load", variant="primary", scale=1)
                 headline = gr.Markdown(elem_id="model-headline")
@@ -97,7 +97,7 @@ def build(settings: h.Settings | None = None) -> gr.Blocks:
                 gr.Markdown(TEACH_SCORES)
                 with gr.Row():
                     source = gr.Dropdown(list(h.CALIBRATION), value=list(h.CALIBRATION)[0], label="Calibration data")
-                    n = gr.Number(256, precision=0, minimum=8, maximum=50_000, label="Images")
+                    n = gr.Number(256, precision=0, minimum=8, maximum=50_000, label="Images", elem_id="calibration-n")
                     metric = gr.Dropdown([""] + h.metric_choices("zeroshot"), value="", allow_custom_value=False,
                                          label="Metric (empty: acc1 / recall_mean)")
                     towers = gr.CheckboxGroup(["vision", "text"], value=["vision", "text"], label="Towers")
@@ -137,7 +137,7 @@ def build(settings: h.Settings | None = None) -> gr.Blocks:
                         groups_text = gr.Number(0, precision=0, minimum=0, label="text neuron groups")
                 plan_table = gr.Dataframe(label="Before → after", interactive=False, elem_id="plan-table")
                 plan_notes = gr.Markdown(elem_id="plan-notes")
-                plan_heatmap = gr.Plot(label="What the plan removes")
+                plan_heatmap = gr.Plot(label="What the plan removes", elem_id="plan-heatmap")
                 with gr.Row():
                     device = gr.Dropdown(["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else []),
                                          value="auto", label="Device")
@@ -173,7 +173,7 @@ def build(settings: h.Settings | None = None) -> gr.Blocks:
                 with gr.Row():
                     run_study = gr.Button("Run study (accuracy vs compression)")
                     study_status = gr.Markdown()
-                study_plot = gr.Plot(label="Accuracy vs compression")
+                study_plot = gr.Plot(label="Accuracy vs compression", elem_id="study-plot")
                 gr.Markdown("### Your images")
                 with gr.Row():
                     images = gr.File(file_count="multiple", file_types=["image"], type="filepath", label="Images")
@@ -253,27 +253,25 @@ def build(settings: h.Settings | None = None) -> gr.Blocks:
             gr.Info(h.cancel(h.session_of(sess)["score_job"], S))
 
         def tick(sess, last, colour, base, by_column, *controls):
-            """Redraw what a job changed since the last tick; skip everything else."""
+            """Redraw what a job changed since the last tick; components left out of the answer stay as they are."""
             sess = h.session_of(sess)
             signature = {key: _job_signature(sess[key], S) for key in ("score_job", "pd_job", "study_job")}
             signature["scores"] = sess["scores"]
-            nothing = [gr.skip()] * (1 + len(score_views) + len(plan_views) + len(pd_views) + 2)
             if signature == last:
-                return [sess, last, *nothing]
-            out = [sess, signature, *nothing]
-            if signature["score_job"] != last.get("score_job") or signature["scores"] != last.get("scores"):
-                drawn = draw_scores(sess, colour, base)
-                sess = drawn[0]
-                out[0] = sess
-                out[2:2 + len(score_views)] = drawn[1:]
+                return {}
+            out = {}
+            if signature["score_job"] != last.get("score_job") or sess["scores"] != last.get("scores"):
+                sess, *drawn = draw_scores(sess, colour, base)
+                out.update(zip(score_views, drawn))
                 if sess["scores"] != last.get("scores"):
-                    out[2 + len(score_views):2 + len(score_views) + len(plan_views)] = draw_plan(sess, by_column, *controls)
-                signature["scores"] = sess["scores"]
+                    out.update(zip(plan_views, draw_plan(sess, by_column, *controls)))
+                    out.update(zip([study_status, study_plot], draw_study(sess)))
             if signature["pd_job"] != last.get("pd_job"):
-                out[2 + len(score_views) + len(plan_views):-2] = draw_job(sess)
-            if signature["study_job"] != last.get("study_job") or signature["scores"] != last.get("scores"):
-                out[-2:] = draw_study(sess)
-            return out
+                out.update(zip(pd_views, draw_job(sess)))
+            if signature["study_job"] != last.get("study_job"):
+                out.update(zip([study_status, study_plot], draw_study(sess)))
+            signature["scores"] = sess["scores"]
+            return {session: sess, seen: signature, **out}
 
         def start_pd(sess, by_column, dev, count, size, pairs, label, *controls):
             sess, message = h.start_prune_distill(sess, h.budget_of(*controls), by_column, dev, count, size, pairs,
@@ -331,8 +329,8 @@ def build(settings: h.Settings | None = None) -> gr.Blocks:
         cancel_scores.click(guarded(cancel_score_job), session, None, **private)
         for control in (colour_by, baseline):
             control.change(**then_scores)
-        for control in [by, *budget_inputs]:
-            (control.release if isinstance(control, gr.Slider) else control.change)(**then_plan)
+        for control in [by, *budget_inputs]:  # a slider being dragged redraws with its latest value
+            control.change(**then_plan, trigger_mode="always_last")
         start.click(guarded(start_pd), [session, by, device, steps, batch, data, name, *budget_inputs], session,
                     api_name="prune_and_distill").then(guarded(draw_job), session, pd_views, **private).then(
             lambda: h.jobs_table(S), None, jobs, **private)
@@ -350,7 +348,7 @@ def build(settings: h.Settings | None = None) -> gr.Blocks:
                       api_name="predict", concurrency_id="heavy")
         timer = gr.Timer(1.0)
         timer_outputs = [session, seen, *score_views, *plan_views, *pd_views, study_status, study_plot]
-        timer.tick(quiet(tick, len(timer_outputs)), [session, seen, colour_by, baseline, by, *budget_inputs],
+        timer.tick(quiet(tick), [session, seen, colour_by, baseline, by, *budget_inputs],
                    timer_outputs, show_progress="hidden", **private)
     return demo
 
