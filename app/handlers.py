@@ -25,7 +25,7 @@ from mope.data import shapes
 from mope.data.tasks import IMAGE_EXTENSIONS
 from mope.evaluate import label_probabilities
 from mope.jobs import Store, ensure_worker
-from mope.models import DEMO_DIR, default_device
+from mope.models import DEMO_DIR, default_device, looks_like_path
 from mope.plan import Budget
 from mope.runners import scores_path
 from mope.scoring import baseline_correlations, cached_scores, load_scores, save_scores, unit_table
@@ -102,8 +102,8 @@ def check_spec(spec: str, settings: Settings) -> str:
     if spec == "demo" or spec.startswith("hf-hub:"):
         return spec
     head, sep, rest = spec.partition(":")
-    path = rest if head == "local-dir" else (rest if sep and ("/" in rest or rest.startswith("~")) else None)
-    if path is None and ("/" in spec or Path(spec).expanduser().exists()):
+    path = rest if head == "local-dir" or (sep and looks_like_path(rest)) else None
+    if path is None and (looks_like_path(spec) or Path(spec).expanduser().exists()):
         path = spec
     if path is not None:
         allowed_path(path, settings.model_dirs + [DEMO_DIR], "model folder")
@@ -308,8 +308,9 @@ def _progress_line(job: dict) -> str:
     if job["status"] == "queued" or not p:
         return f"Job {job['id']} ({job['kind']}) is queued — waiting for the worker."
     eta = f", about {p['eta']:.0f} s left" if p.get("eta") is not None else ""
-    pct = 100 * p["step"] / max(p["total"], 1)
-    return f"Job {job['id']} ({job['kind']}): {p['step']}/{p['total']} ({pct:.0f}%){eta} — {p.get('message', '')}"
+    filled = round(20 * p["step"] / max(p["total"], 1))
+    return (f"`{'█' * filled}{'░' * (20 - filled)}` Job {job['id']} ({job['kind']}): {p['step']}/{p['total']}"
+            f"{eta} — {p.get('message', '')}")
 
 
 def _ended_line(job: dict) -> str:
@@ -436,7 +437,7 @@ def jobs_table(settings: Settings) -> pd.DataFrame:
 
 def saved_models(settings: Settings) -> list[str]:
     """Pruned (and distilled) model folders under the models folder, newest first."""
-    found = [p.parent for p in settings.saved_dir.glob("**/pruning.json") if ".tmp" not in p.parent.name]
+    found = [p.parent for p in settings.saved_dir.glob("**/pruning.json") if not p.parent.name.startswith(".")]
     return [str(p) for p in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)]
 
 

@@ -195,8 +195,7 @@ def build(settings: h.Settings | None = None) -> gr.Blocks:
         def draw_scores(sess, colour, base):
             sess, df, total, line = h.scores_state(sess, S)
             if df is None:
-                blank = figures.empty("No scores yet")
-                return sess, line, blank, figures.empty("No scores yet"), figures.empty("No scores yet"), None
+                return sess, line, *(figures.empty("No scores yet") for _ in range(3)), None
             finished = total is None
             colour = colour if finished and colour in df.columns else "mope"
             return (sess, line, figures.heatmaps(df, colour), figures.layer_bars(df),
@@ -229,9 +228,9 @@ def build(settings: h.Settings | None = None) -> gr.Blocks:
             try:
                 top, table = h.model_card(sess["spec"], S)
             except mope.MopeError as e:
-                sess = {**sess, "spec": "demo"}
+                failed, sess = sess["spec"], {**sess, "spec": "demo"}
                 top, table = h.model_card("demo", S)
-                top = f"**Could not load {sess['spec']}** ({e}); showing the demo model.\n\n" + top
+                top = f"**Could not load {failed}** ({e}); showing the demo model.\n\n" + top
             drawn = draw_scores(sess, colour, base)
             sess = drawn[0]
             return (sess, gr.update(value=sess["spec"]), top, table, *drawn[1:], *draw_plan(sess, by_column, *controls),
@@ -240,7 +239,7 @@ def build(settings: h.Settings | None = None) -> gr.Blocks:
         def load_model(sess, value):
             sess = h.session_of(sess)
             top, table = h.model_card(value, S)
-            if value != sess["spec"]:
+            if value.strip() != sess["spec"]:  # scores belong to a model: a new model starts without them
                 sess = {**sess, "spec": value.strip(), "scores": None, "score_job": None}
             return sess, top, table
 

@@ -2,7 +2,8 @@
 
 1. Fine-tuning stage (the paper's setting): the demo model's vision tower pruned to 50% of its
    head+FFN parameters (uniform), ranked by MoPE and, for comparison, by magnitude; each student
-   distilled from the unpruned teacher for at most --minutes on this machine; colour×shape acc1 on
+   distilled from the unpruned teacher for at most --minutes on this machine (the step count is set from
+   timed probe steps so the cosine schedule ends when the time does); colour×shape acc1 on
    1,000 held-out images before and after, and as a fraction of the teacher's.
 2. Pre-training stage: both towers pruned to 50% by MoPE (retrieval metric), distilled the same way;
    retrieval recalls before and after.
@@ -27,27 +28,43 @@ from mope.plan import Budget
 from mope.scoring import score
 
 
-def timed_stop(seconds: float):
-    end = time.time() + seconds
-    return lambda: time.time() > end
+def timed_stop(deadline: float):
+    return lambda: time.time() > deadline
 
 
-def run(name, teacher, student, held_out, args, out, metric_keys, teacher_metrics, rows, steps=100_000):
+def run(name, teacher, student, held_out, args, out, metric_keys, teacher_metrics, rows):
     before = mope.evaluate(student, held_out)
     start = time.time()
-    config = DistillConfig(steps=steps, batch_size=args.batch_size, lr=args.lr, warmup=20, eval_every=10**9,
-                           checkpoint_every=10**9)
+    deadline = start + args.minutes * 60
+    config = DistillConfig(steps=fitting_steps(teacher, student, args, deadline), batch_size=args.batch_size, lr=args.lr, warmup=20, temperature=args.temperature, contrastive=args.contrastive,
+                           eval_every=10**9, checkpoint_every=10**9)
     distilled = distill(teacher, student, "shapes", config, out / "checkpoints" / name.replace(" ", "_"),
-                        should_stop=timed_stop(args.minutes * 60))
+                        should_stop=timed_stop(deadline))
     after = mope.evaluate(distilled, held_out)
     seconds = time.time() - start
+    steps = distilled.info["distill"]["steps_done"]
     for key in metric_keys:
         rows.append({"setting": name, "metric": key, "teacher": teacher_metrics[key], "pruned": before[key],
                      "distilled": after[key], "recovered_fraction_of_teacher": after[key] / teacher_metrics[key],
-                     "steps": distilled.info["distill"]["steps_done"], "seconds": round(seconds)})
+                     "steps": steps, "planned_steps": config.steps, "seconds": round(seconds)})
         print(f"{name:32s} {key:26s} teacher {teacher_metrics[key]:.4f} pruned {before[key]:.4f} -> distilled "
-              f"{after[key]:.4f} ({after[key] / teacher_metrics[key]:.1%} of teacher; "
-              f"{distilled.info['distill']['steps_done']} steps, {seconds:.0f}s)", flush=True)
+              f"{after[key]:.4f} ({after[key] / teacher_metrics[key]:.1%} of teacher; {steps}/{config.steps} steps, "
+              f"{seconds:.0f}s)", flush=True)
+
+
+def fitting_steps(teacher, student, args, deadline: float) -> int:
+    """Steps that fit before the deadline, from 8 timed steps on a copy (inside the time budget), so the
+    cosine schedule reaches its end when time runs out."""
+    import copy
+    import tempfile
+
+    probe = DistillConfig(steps=10, batch_size=args.batch_size, eval_every=10**9, checkpoint_every=10**9)
+    marks = []
+    with tempfile.TemporaryDirectory() as tmp:
+        distill(teacher, copy.deepcopy(student), "shapes", probe, tmp,
+                progress=lambda step, total, eta, info: marks.append(time.time()))
+    per_step = (marks[-1] - marks[1]) / (len(marks) - 2)  # the first step pays one-time costs
+    return max(1, int((deadline - time.time()) / per_step))
 
 
 def main() -> None:
@@ -55,6 +72,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--temperature", type=float, default=0.05)
+    parser.add_argument("--contrastive", type=float, default=0.0, help="weight of the ground-truth contrastive loss")
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args()
     out = Path(args.out)

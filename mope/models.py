@@ -52,7 +52,7 @@ def load_model(spec: str, device: str | torch.device | None = None) -> Clip:
     if spec.startswith("hf-hub:"):
         _require_network(spec)
         return _create(spec, None, spec, dev, name=spec)
-    if Path(spec).expanduser().is_dir() or (":" not in spec and _looks_like_path(spec)):
+    if Path(spec).expanduser().is_dir() or (":" not in spec and looks_like_path(spec)):
         return _load_local_dir(Path(spec), spec, dev)
     name, sep, source = spec.partition(":")
     if name not in open_clip.list_models():
@@ -62,7 +62,7 @@ def load_model(spec: str, device: str | torch.device | None = None) -> Clip:
     if not sep or not source:
         raise MopeError(f"'{spec}' names no weights: add a pretrained tag or a checkpoint path, "
                         f"e.g. {name}:{(open_clip.list_pretrained_tags_by_model(name) or ['/path/ckpt.pt'])[0]}")
-    if _looks_like_path(source):
+    if looks_like_path(source):
         path = Path(source).expanduser()
         if not path.is_file():
             raise MopeError(f"checkpoint file not found: {path}. Check the path.")
@@ -75,7 +75,7 @@ def load_model(spec: str, device: str | torch.device | None = None) -> Clip:
     return _create(name, source, spec, dev, name=spec, force_quick_gelu=quick)
 
 
-def _looks_like_path(source: str) -> bool:
+def looks_like_path(source: str) -> bool:
     return "/" in source or os.sep in source or source.endswith((".pt", ".pth", ".bin", ".safetensors"))
 
 

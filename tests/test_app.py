@@ -38,7 +38,7 @@ def test_local_paths_outside_the_model_folders_are_refused(settings, tiny_dir, t
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     (tiny_dir.parent / "escape").symlink_to(outside)
-    for spec in (str(outside), f"local-dir:{outside}", f"ViT-B-32:{outside}/ckpt.pt",
+    for spec in (str(outside), f"local-dir:{outside}", f"ViT-B-32:{outside}/ckpt.pt", "ViT-B-32:ckpt.safetensors",
                  str(tiny_dir.parent / "escape"), str(tiny_dir.parent / ".." / "elsewhere")):
         with pytest.raises(mope.MopeError, match="outside the model folder"):
             h.check_spec(spec, settings)

@@ -88,6 +88,15 @@ def test_demo_flow_in_chromium(served):
         expect(page.locator("#heatmap .js-plotly-plot")).to_be_visible()
         expect(page.locator("#heatmap")).to_contain_text("attention heads")
         page.screenshot(path=ARTIFACTS / "2-scores.png", full_page=True)
+        page.reload()  # the browser keeps this person's session: the scores come back
+        page.get_by_role("tab", name="2 · Scores").click()
+        expect(page.locator("#score-status")).to_contain_text("units scored", timeout=30_000)
+        expect(page.locator("#heatmap .js-plotly-plot")).to_be_visible()
+        other = browser.new_context().new_page()  # another person: their own, empty selections
+        other.goto(served)
+        other.get_by_role("tab", name="2 · Scores").click()
+        expect(other.locator("#score-status")).to_contain_text("No scores yet", timeout=30_000)
+        other.close()
 
         page.get_by_role("tab", name="3 · Prune & distill").click()
         expect(page.locator("#plan-table")).to_contain_text("vision", timeout=30_000)

@@ -1,0 +1,33 @@
+import pytest
+
+import mope
+from mope.study import compression_curve
+
+
+@pytest.fixture(scope="module")
+def scored(tiny_dir):
+    clip = mope.load_model(str(tiny_dir), device="cpu")
+    task = mope.load_task("shapes", n=24, seed=5)
+    scores = mope.score(clip, task, towers=["vision"], units=["head", "neurons"], baselines=("magnitude", "random"),
+                        cache=False)
+    return clip, scores, task
+
+
+def test_curve_prunes_more_at_each_budget_and_starts_at_the_dense_model(scored):
+    clip, scores, task = scored
+    df = compression_curve(clip, scores, task, removed=(0.25, 0.75))
+    assert list(df.ranking.unique()) == ["MoPE", "magnitude", "random"] and len(df) == 9
+    dense = mope.evaluate(clip, task)["acc1"]
+    assert (df[df.removed == 0].acc1 == dense).all()
+    for _, g in df.groupby("ranking"):
+        assert list(g.heads + g.groups) == sorted(g.heads + g.groups) and g.heads.iloc[-1] + g.groups.iloc[-1] > 0
+    by_hand = mope.evaluate(mope.prune(clip, mope.plan(scores, mope.Budget(keep=0.25), by="magnitude")), task)["acc1"]
+    assert df[(df.removed == 0.75) & (df.ranking == "magnitude")].acc1.item() == by_hand
+
+
+def test_curve_can_be_cancelled_with_the_rows_so_far(scored):
+    clip, scores, task = scored
+    calls = []
+    with pytest.raises(mope.Cancelled) as stopped:
+        compression_curve(clip, scores, task, removed=(0.5,), should_stop=lambda: calls.append(1) or len(calls) > 1)
+    assert len(stopped.value.rows) == 3 + 1  # the dense rows and the one evaluated before the stop
