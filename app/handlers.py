@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import torch
 from PIL import Image, UnidentifiedImageError
 
 import mope
@@ -31,20 +32,10 @@ from mope.runners import scores_path
 from mope.scoring import baseline_correlations, cached_scores, load_scores, save_scores, unit_table
 from mope.speed import gflops_per_sample, latency_seconds
 
+from .choices import CALIBRATION, EVALUATION, NEW_SESSION, PRESET_MODELS, SHOWN_METRICS
+
 MAX_PIXELS = 40_000_000  # larger uploads are refused before decoding (decompression bombs)
 MAX_ZIP_BYTES = 500 * 2**20  # uncompressed size of an uploaded calibration zip
-CALIBRATION = {"shapes: colour × shape (64 classes)": ("shapes:seed=2000", "zeroshot"),
-               "shapes: retrieval (5 captions per image)": ("shapes:seed=2000", "retrieval"),
-               "uploaded zip of an image folder": (None, "zeroshot"),
-               "server folder": (None, "zeroshot")}
-EVALUATION = {"shapes: colour × shape (held out)": ("shapes", "zeroshot"),
-              "shapes: retrieval (held out)": ("shapes", "retrieval")}
-SHOWN_METRICS = {"zeroshot": ("acc1", "acc5", "mean_per_class_recall"),
-                 "retrieval": ("text_retrieval_recall@1", "text_retrieval_recall@5", "image_retrieval_recall@1",
-                               "image_retrieval_recall@5")}
-NEW_SESSION = {"spec": "demo", "scores": None, "score_job": None, "pd_job": None, "study_job": None}
-
-
 @dataclass
 class Settings:
     """What this app instance may read; it writes under $MOPE_HOME (models, uploads, results, jobs)."""
@@ -213,12 +204,6 @@ def _class_root(folder: Path) -> Path:
         p.is_dir() for p in entries[0].iterdir()) else folder
 
 
-def metric_choices(kind: str) -> list[str]:
-    return (["acc1", "acc5", "mean_per_class_recall", "loss"] if kind == "zeroshot" else
-            ["text_retrieval_recall@5", "image_retrieval_recall@5", "recall_mean", "loss",
-             "text_retrieval_recall@1", "image_retrieval_recall@1"])
-
-
 def start_scores(session: dict, source: str, upload: str | None, folder: str | None, metric: str | None, n: int,
                  towers: list[str], settings: Settings) -> tuple[dict, str]:
     """Cached scores at once; otherwise a score job. Returns (session, message)."""
@@ -371,6 +356,8 @@ def start_prune_distill(session: dict, budget: Budget, by: str, device: str, ste
     session = session_of(session)
     if not session["scores"]:
         raise mope.MopeError("compute MoPE scores first (tab 2): the plan ranks units by them")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise mope.MopeError("this machine has no CUDA GPU: choose auto or cpu")
     data = _training_data(data, settings)
     name = "".join(c if c.isalnum() or c in "-_" else "-" for c in (name or "").strip()) or "pruned"
     out = settings.saved_dir / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -433,6 +420,10 @@ def jobs_table(settings: Settings) -> pd.DataFrame:
                      "started": time.strftime("%H:%M:%S", time.localtime(job["created"])),
                      "result / error": job["error"] or str((job["result"] or {}).get("model", ""))})
     return pd.DataFrame(rows, columns=["job", "kind", "status", "progress", "model", "started", "result / error"])
+
+
+def model_choices(settings: Settings) -> list[str]:
+    return [PRESET_MODELS[0], *saved_models(settings), *PRESET_MODELS[1:]]
 
 
 def saved_models(settings: Settings) -> list[str]:

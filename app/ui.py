@@ -1,7 +1,9 @@
 """The page: four tabs (model, scores, prune & distill, compare) wired to app.handlers.
 
 Per-person selections live in the browser (gr.BrowserState), jobs in the job store; a one-second
-timer follows the running jobs and redraws only when a job moved.
+timer follows the running jobs and redraws only when a job moved. Nothing here imports torch: the
+handlers (and with them torch and open_clip, ~6 s on 2 cores) load at the first event, after the page
+is served.
 """
 from __future__ import annotations
 
@@ -10,12 +12,9 @@ import logging
 
 import gradio as gr
 import pandas as pd
-import torch
-
-import mope
 
 from . import figures
-from . import handlers as h
+from .choices import CALIBRATION, DEVICES, EVALUATION, NEW_SESSION, PRESET_MODELS, metric_choices
 
 log = logging.getLogger("app")
 
@@ -51,15 +50,34 @@ def guarded(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except mope.MopeError as e:
-            raise gr.Error(str(e), print_exception=False) from None
         except gr.Error:
             raise
         except Exception as e:  # the page stays usable; details go to the server log
+            if user_error(e):
+                raise gr.Error(str(e), print_exception=False) from None
             log.exception("handler %s failed", fn.__name__)
             raise gr.Error(f"Something went wrong ({type(e).__name__}: {e}). The app keeps running; the server "
                            "log has the details.", print_exception=False) from None
     return wrapper
+
+
+def user_error(e: Exception) -> bool:
+    """A MopeError: something a person caused, whose message says what to do."""
+    from mope.errors import MopeError
+
+    return isinstance(e, MopeError)
+
+
+class _Handlers:
+    """Stands for app.handlers, imported at the first use (it brings torch and open_clip)."""
+
+    def __getattr__(self, name):
+        from . import handlers
+
+        return getattr(handlers, name)
+
+
+h = _Handlers()
 
 
 def quiet(fn):
@@ -74,11 +92,17 @@ def quiet(fn):
     return wrapper
 
 
-def build(settings: h.Settings | None = None) -> gr.Blocks:
-    settings = settings or h.Settings()
-    S = settings
+def build(settings=None, model_dirs=(), data_dirs=()) -> gr.Blocks:
+    """The page; `settings` (handlers.Settings) or the folders to make one from at the first event."""
+    made = [settings]
+
+    def S():
+        if made[0] is None:
+            made[0] = h.Settings(model_dirs=list(model_dirs), data_dirs=list(data_dirs))
+        return made[0]
+
     with gr.Blocks(title="MoPE-CLIP Explorer") as demo:
-        session = gr.BrowserState(dict(h.NEW_SESSION), storage_key="mope-clip-explorer")
+        session = gr.BrowserState(dict(NEW_SESSION), storage_key="mope-clip-explorer")
         seen = gr.State({})  # what the timer last drew, per job
         gr.Markdown("# MoPE-CLIP Explorer\nSee which parts of a CLIP matter, prune it for real, distill it back, "
                     "and compare — in the browser.")
@@ -86,7 +110,7 @@ def build(settings: h.Settings | None = None) -> gr.Blocks:
             with gr.Tab("1 · Model", id="model"):
                 gr.Markdown(TEACH_MODEL)
                 with gr.Row():
-                    spec = gr.Dropdown(_model_choices(S), value="demo", allow_custom_value=True, scale=4,
+                    spec = gr.Dropdown(PRESET_MODELS, value="demo", allow_custom_value=True, scale=4,
                                        elem_id="model-spec", label="Model: demo, NAME:TAG (e.g. ViT-B-32:openai), hf-hub:ORG/REPO, or a "
                                              "folder in the model folders")
                     load = gr.Button("Load", variant="primary", scale=1)
@@ -96,9 +120,9 @@ def build(settings: h.Settings | None = None) -> gr.Blocks:
             with gr.Tab("2 · Scores", id="scores"):
                 gr.Markdown(TEACH_SCORES)
                 with gr.Row():
-                    source = gr.Dropdown(list(h.CALIBRATION), value=list(h.CALIBRATION)[0], label="Calibration data")
+                    source = gr.Dropdown(list(CALIBRATION), value=list(CALIBRATION)[0], label="Calibration data")
                     n = gr.Number(256, precision=0, minimum=8, maximum=50_000, label="Images", elem_id="calibration-n")
-                    metric = gr.Dropdown([""] + h.metric_choices("zeroshot"), value="", allow_custom_value=False,
+                    metric = gr.Dropdown([""] + metric_choices("zeroshot"), value="", allow_custom_value=False,
                                          label="Metric (empty: acc1 / recall_mean)")
                     towers = gr.CheckboxGroup(["vision", "text"], value=["vision", "text"], label="Towers")
                 with gr.Accordion("Your own calibration data", open=False):
@@ -139,7 +163,7 @@ def build(settings: h.Settings | None = None) -> gr.Blocks:
                 plan_notes = gr.Markdown(elem_id="plan-notes")
                 plan_heatmap = gr.Plot(label="What the plan removes", elem_id="plan-heatmap")
                 with gr.Row():
-                    device = gr.Dropdown(["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else []),
+                    device = gr.Dropdown(DEVICES,
                                          value="auto", label="Device")
                     steps = gr.Number(300, precision=0, minimum=1, label="Distillation steps")
                     batch = gr.Number(64, precision=0, minimum=2, label="Batch size")
@@ -154,7 +178,7 @@ def build(settings: h.Settings | None = None) -> gr.Blocks:
                 evals = gr.Dataframe(label="Eval metrics during distillation", interactive=False)
                 with gr.Accordion("Saved models and all jobs", open=False):
                     with gr.Row():
-                        saved = gr.Dropdown(h.saved_models(S), label="Saved models", scale=4)
+                        saved = gr.Dropdown([], label="Saved models", scale=4)
                         refresh = gr.Button("Refresh", scale=1)
                         zip_button = gr.Button("Zip for download", scale=1)
                     download = gr.File(label="Download", interactive=False)
@@ -163,10 +187,10 @@ def build(settings: h.Settings | None = None) -> gr.Blocks:
             with gr.Tab("4 · Compare", id="compare"):
                 gr.Markdown(TEACH_COMPARE)
                 with gr.Row():
-                    chosen = gr.Dropdown(_model_choices(S), value=["demo"], multiselect=True, max_choices=3,
+                    chosen = gr.Dropdown(PRESET_MODELS, value=["demo"], multiselect=True, max_choices=3,
                                          allow_custom_value=True, label="Models (up to three)", scale=4,
                                          elem_id="compare-models")
-                    evaluation = gr.Dropdown(list(h.EVALUATION), value=list(h.EVALUATION)[0], label="Benchmark")
+                    evaluation = gr.Dropdown(list(EVALUATION), value=list(EVALUATION)[0], label="Benchmark")
                     eval_n = gr.Number(500, precision=0, minimum=10, maximum=10_000, label="Images")
                 run_compare = gr.Button("Compare", variant="primary", elem_id="run-compare")
                 comparison = gr.Dataframe(label="Side by side", interactive=False, elem_id="comparison")
@@ -193,7 +217,7 @@ def build(settings: h.Settings | None = None) -> gr.Blocks:
         pd_views = [pd_status, loss_plot, evals]
 
         def draw_scores(sess, colour, base):
-            sess, df, total, line = h.scores_state(sess, S)
+            sess, df, total, line = h.scores_state(sess, S())
             if df is None:
                 return sess, line, *(figures.empty("No scores yet") for _ in range(3)), None
             finished = total is None
@@ -210,51 +234,57 @@ def build(settings: h.Settings | None = None) -> gr.Blocks:
             try:
                 budget = h.budget_of(*controls)
                 plan, table, notes = h.preview(df, budget, by_column)
-            except mope.MopeError as e:
+            except Exception as e:
+                if not user_error(e):
+                    raise
                 return None, f"**Cannot plan this budget:** {e}", figures.heatmaps(df, "mope")
             return table, notes, figures.heatmaps(df, "mope", removed={u.name for u in plan.removed})
 
         def draw_job(sess):
-            line, curve, history, _ = h.job_state(h.session_of(sess)["pd_job"], S)
+            line, curve, history, _ = h.job_state(h.session_of(sess)["pd_job"], S())
             return line, figures.losses(curve, history), pd.DataFrame(history).round(4) if history else None
 
         def draw_study(sess):
-            study, metric, line = h.study_table(sess, S)
+            study, metric, line = h.study_table(sess, S())
             return line, figures.compression(study, metric) if study is not None else figures.empty(
                 "No study yet", height=340)
 
         def restore(sess, colour, base, by_column, *controls):
             sess = h.session_of(sess)
             try:
-                top, table = h.model_card(sess["spec"], S)
-            except mope.MopeError as e:
+                top, table = h.model_card(sess["spec"], S())
+            except Exception as e:
+                if not user_error(e):
+                    raise
                 failed, sess = sess["spec"], {**sess, "spec": "demo"}
-                top, table = h.model_card("demo", S)
+                top, table = h.model_card("demo", S())
                 top = f"**Could not load {failed}** ({e}); showing the demo model.\n\n" + top
             drawn = draw_scores(sess, colour, base)
             sess = drawn[0]
-            return (sess, gr.update(value=sess["spec"]), top, table, *drawn[1:], *draw_plan(sess, by_column, *controls),
-                    *draw_job(sess), *draw_study(sess), h.jobs_table(S))
+            models = h.model_choices(S())
+            return (sess, gr.update(choices=models, value=sess["spec"]), gr.update(choices=models), top, table,
+                    *drawn[1:], *draw_plan(sess, by_column, *controls), *draw_job(sess), *draw_study(sess),
+                    h.jobs_table(S()), gr.update(choices=h.saved_models(S())))
 
         def load_model(sess, value):
             sess = h.session_of(sess)
-            top, table = h.model_card(value, S)
+            top, table = h.model_card(value, S())
             if value.strip() != sess["spec"]:  # scores belong to a model: a new model starts without them
                 sess = {**sess, "spec": value.strip(), "scores": None, "score_job": None}
             return sess, top, table
 
         def start_scores(sess, src, up, fold, met, count, tw):
-            sess, message = h.start_scores(sess, src, up, fold, met, count, tw, S)
+            sess, message = h.start_scores(sess, src, up, fold, met, count, tw, S())
             gr.Info(message)
             return sess
 
         def cancel_score_job(sess):
-            gr.Info(h.cancel(h.session_of(sess)["score_job"], S))
+            gr.Info(h.cancel(h.session_of(sess)["score_job"], S()))
 
         def tick(sess, last, colour, base, by_column, *controls):
             """Redraw what a job changed since the last tick; components left out of the answer stay as they are."""
             sess = h.session_of(sess)
-            signature = {key: _job_signature(sess[key], S) for key in ("score_job", "pd_job", "study_job")}
+            signature = {key: _job_signature(sess[key], S()) for key in ("score_job", "pd_job", "study_job")}
             signature["scores"] = sess["scores"]
             if signature == last:
                 return {}
@@ -274,43 +304,43 @@ def build(settings: h.Settings | None = None) -> gr.Blocks:
 
         def start_pd(sess, by_column, dev, count, size, pairs, label, *controls):
             sess, message = h.start_prune_distill(sess, h.budget_of(*controls), by_column, dev, count, size, pairs,
-                                                  label, S)
+                                                  label, S())
             gr.Info(message)
             return sess
 
         def cancel_pd_job(sess):
-            gr.Info(h.cancel(h.session_of(sess)["pd_job"], S))
+            gr.Info(h.cancel(h.session_of(sess)["pd_job"], S()))
 
         def resume_pd_job(sess):
             sess = h.session_of(sess)
-            new, message = h.resume(sess["pd_job"], S)
+            new, message = h.resume(sess["pd_job"], S())
             gr.Info(message)
             return {**sess, "pd_job": new}
 
         def refresh_lists():
-            models = h.saved_models(S)
+            models = h.saved_models(S())
             return gr.update(choices=models, value=models[0] if models else None), gr.update(
-                choices=_model_choices(S)), h.jobs_table(S)
+                choices=h.model_choices(S())), h.jobs_table(S())
 
         def start_study(sess):
-            sess, message = h.start_study(sess, S)
+            sess, message = h.start_study(sess, S())
             gr.Info(message)
             return sess
 
         def run_comparison(models, bench, count, progress=gr.Progress()):
-            return h.compare(models, bench, count, S, progress=lambda f, d: progress(f, desc=d))
+            return h.compare(models, bench, count, S(), progress=lambda f, d: progress(f, desc=d))
 
         def use_samples():
-            paths, text = h.sample_images(S)
+            paths, text = h.sample_images(S())
             return paths, text, paths
 
         def run_predictions(models, files, text, top):
-            table = h.predictions(models, files, text, top, S)
+            table = h.predictions(models, files, text, top, S())
             return [(f, None) for f in files], table
 
         restore_inputs = [session, colour_by, baseline, by, *budget_inputs]
-        restore_outputs = [session, spec, headline, card, *score_views, *plan_views, *pd_views, study_status,
-                           study_plot, jobs]
+        restore_outputs = [session, spec, chosen, headline, card, *score_views, *plan_views, *pd_views, study_status,
+                           study_plot, jobs, saved]
         private = {"api_visibility": "private"}
         then_scores = dict(fn=guarded(draw_scores), inputs=[session, colour_by, baseline],
                            outputs=[session, *score_views], **private)
@@ -323,7 +353,7 @@ def build(settings: h.Settings | None = None) -> gr.Blocks:
             **{**then_plan, **public}, api_name="draw_plan")
         compute.click(guarded(start_scores), [session, source, upload, folder, metric, n, towers], session,
                       api_name="start_scores", concurrency_id="heavy").then(**then_scores).then(**then_plan)
-        source.change(lambda s: gr.update(choices=[""] + h.metric_choices(h.CALIBRATION[s][1]), value=""),
+        source.change(lambda s: gr.update(choices=[""] + metric_choices(CALIBRATION[s][1]), value=""),
                       source, metric, **private)
         cancel_scores.click(guarded(cancel_score_job), session, None, **private)
         for control in (colour_by, baseline):
@@ -332,12 +362,12 @@ def build(settings: h.Settings | None = None) -> gr.Blocks:
             control.change(**then_plan, trigger_mode="always_last")
         start.click(guarded(start_pd), [session, by, device, steps, batch, data, name, *budget_inputs], session,
                     api_name="prune_and_distill").then(guarded(draw_job), session, pd_views, **private).then(
-            lambda: h.jobs_table(S), None, jobs, **private)
+            lambda: h.jobs_table(S()), None, jobs, **private)
         cancel_pd.click(guarded(cancel_pd_job), session, None, **private)
         resume_pd.click(guarded(resume_pd_job), session, session, **private).then(guarded(draw_job), session,
                                                                                  pd_views, **private)
         refresh.click(guarded(refresh_lists), None, [saved, chosen, jobs], **private)
-        zip_button.click(guarded(lambda folder_: h.model_zip(folder_, S)), saved, download, api_name="zip_model")
+        zip_button.click(guarded(lambda folder_: h.model_zip(folder_, S())), saved, download, api_name="zip_model")
         run_compare.click(guarded(run_comparison), [chosen, evaluation, eval_n], comparison, api_name="compare",
                           concurrency_id="heavy")
         run_study.click(guarded(start_study), session, session, **private).then(
@@ -352,7 +382,7 @@ def build(settings: h.Settings | None = None) -> gr.Blocks:
     return demo
 
 
-def _job_signature(job_id: str | None, settings: h.Settings):
+def _job_signature(job_id: str | None, settings):
     """What changes when a job moves: status, step, points drawn."""
     if not job_id:
         return None
@@ -361,7 +391,3 @@ def _job_signature(job_id: str | None, settings: h.Settings):
         return (job_id, "gone")
     return (job_id, job["status"], job["progress"].get("step"), len(job["partial"]), len(job["curve"]),
             len(job["history"]))
-
-
-def _model_choices(settings: h.Settings) -> list[str]:
-    return ["demo", *h.saved_models(settings), "ViT-B-32:openai", "ViT-B-16:laion2b_s34b_b88k"]

@@ -1,0 +1,24 @@
+"""The app's fixed choices: calibration and benchmark data, metrics, devices, a new session.
+
+Kept apart from handlers.py so the page can be built and served before torch and open_clip are imported.
+"""
+from __future__ import annotations
+
+CALIBRATION = {"shapes: colour × shape (64 classes)": ("shapes:seed=2000", "zeroshot"),
+               "shapes: retrieval (5 captions per image)": ("shapes:seed=2000", "retrieval"),
+               "uploaded zip of an image folder": (None, "zeroshot"),
+               "server folder": (None, "zeroshot")}
+EVALUATION = {"shapes: colour × shape (held out)": ("shapes", "zeroshot"),
+              "shapes: retrieval (held out)": ("shapes", "retrieval")}
+SHOWN_METRICS = {"zeroshot": ("acc1", "acc5", "mean_per_class_recall"),
+                 "retrieval": ("text_retrieval_recall@1", "text_retrieval_recall@5", "image_retrieval_recall@1",
+                               "image_retrieval_recall@5")}
+NEW_SESSION = {"spec": "demo", "scores": None, "score_job": None, "pd_job": None, "study_job": None}
+PRESET_MODELS = ["demo", "ViT-B-32:openai", "ViT-B-16:laion2b_s34b_b88k"]
+DEVICES = ["auto", "cpu", "cuda"]
+
+
+def metric_choices(kind: str) -> list[str]:
+    return (["acc1", "acc5", "mean_per_class_recall", "loss"] if kind == "zeroshot" else
+            ["text_retrieval_recall@5", "image_retrieval_recall@5", "recall_mean", "loss",
+             "text_retrieval_recall@1", "image_retrieval_recall@1"])
