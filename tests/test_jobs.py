@@ -97,9 +97,12 @@ def test_killed_worker_leaves_failed_jobs_and_the_next_job_runs(home):
 def test_resume_only_a_stopped_distillation(home):
     store = Store()
     job = store.submit("distill", {"teacher": "demo", "student": "x", "out": "y", "steps": 5})
-    store.update(job, status="failed", error="worker died")
+    store.update(job, status="failed", error="worker died", started=1.0)
     again = store.resume(job)
     assert store.get(again)["params"]["resume"] is True and store.get(again)["params"]["steps"] == 5
+    store.cancel(again)  # still queued: it never ran, so it has no checkpoint to continue from
+    with pytest.raises(mope.MopeError, match="cancelled before it started"):
+        store.resume(again)
     with pytest.raises(mope.MopeError, match="only a failed or cancelled distillation"):
         store.resume(store.submit("ping"))
 
