@@ -130,12 +130,10 @@ def losses(curve: list[dict], history: list[dict]) -> go.Figure:
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     for term in [c for c in df.columns if c != "step"]:
         fig.add_trace(go.Scatter(x=df.step, y=df[term], mode="lines", name=term), secondary_y=False)
-    for item in history:
-        for key, value in item.items():
-            if key != "step" and key.startswith(("acc1", "text_retrieval_recall@5", "image_retrieval_recall@5")):
-                fig.add_trace(go.Scatter(x=[item["step"]], y=[value], mode="markers", name=key, legendgroup=key,
-                                         showlegend=item is history[0], marker={"size": 10, "symbol": "diamond"}),
-                              secondary_y=True)
+    evals = pd.DataFrame(history)
+    for key in [k for k in ("acc1", "text_retrieval_recall@5", "image_retrieval_recall@5") if k in evals]:
+        fig.add_trace(go.Scatter(x=evals.step, y=evals[key], mode="lines+markers", name=key, line={"dash": "dot"},
+                                 marker={"size": 9, "symbol": "diamond"}), secondary_y=True)
     fig.update_yaxes(title_text="loss", type="log", secondary_y=False)
     fig.update_yaxes(title_text="eval metric", range=[0, 1], secondary_y=True)
     fig.update_layout(height=340, xaxis_title="step", margin={"t": 30, "b": 40}, legend={"orientation": "h", "y": -0.3})

@@ -80,7 +80,7 @@ class _Handlers:
 h = _Handlers()
 
 
-def quiet(fn):
+def quiet(fn, unchanged: gr.components.Component):
     """For the timer: a failure is logged and the tick draws nothing (no message every second)."""
     @functools.wraps(fn)
     def wrapper(*args):
@@ -88,7 +88,7 @@ def quiet(fn):
             return fn(*args)
         except Exception:
             log.exception("timer tick failed")
-            return {}
+            return {unchanged: gr.skip()}
     return wrapper
 
 
@@ -165,8 +165,8 @@ def build(settings=None, model_dirs=(), data_dirs=()) -> gr.Blocks:
                 with gr.Row():
                     device = gr.Dropdown(DEVICES,
                                          value="auto", label="Device")
-                    steps = gr.Number(300, precision=0, minimum=1, label="Distillation steps")
-                    batch = gr.Number(64, precision=0, minimum=2, label="Batch size")
+                    steps = gr.Number(300, precision=0, minimum=1, label="Distillation steps", elem_id="pd-steps")
+                    batch = gr.Number(64, precision=0, minimum=2, label="Batch size", elem_id="pd-batch")
                     data = gr.Textbox("shapes", label="Training pairs: shapes, pairs:FILE or wds:/dir/shard-*.tar")
                     name = gr.Textbox("pruned", label="Name")
                 with gr.Row():
@@ -174,7 +174,7 @@ def build(settings=None, model_dirs=(), data_dirs=()) -> gr.Blocks:
                     cancel_pd = gr.Button("Cancel")
                     resume_pd = gr.Button("Resume from checkpoint")
                 pd_status = gr.Markdown(elem_id="pd-status")
-                loss_plot = gr.Plot(label="Distillation: losses and eval metrics")
+                loss_plot = gr.Plot(label="Distillation: losses and eval metrics", elem_id="loss-plot")
                 evals = gr.Dataframe(label="Eval metrics during distillation", interactive=False)
                 with gr.Accordion("Saved models and all jobs", open=False):
                     with gr.Row():
@@ -207,7 +207,7 @@ def build(settings=None, model_dirs=(), data_dirs=()) -> gr.Blocks:
                         with gr.Row():
                             samples = gr.Button("Use sample images")
                             predict = gr.Button("Predict", variant="primary", elem_id="predict")
-                gallery = gr.Gallery(label="Images", columns=6, height=180)
+                gallery = gr.Gallery(label="Images", columns=6, height=180, elem_id="gallery")
                 predicted = gr.Dataframe(label="Top-k per model", interactive=False, elem_id="predictions")
 
         budget_inputs = [mode, keep_vision, keep_text, strategy, measure, layers_vision, layers_text, heads_vision,
@@ -287,7 +287,7 @@ def build(settings=None, model_dirs=(), data_dirs=()) -> gr.Blocks:
             signature = {key: _job_signature(sess[key], S()) for key in ("score_job", "pd_job", "study_job")}
             signature["scores"] = sess["scores"]
             if signature == last:
-                return {}
+                return {seen: last}  # a dict keyed by components, so Gradio leaves the others alone
             out = {}
             if signature["score_job"] != last.get("score_job") or sess["scores"] != last.get("scores"):
                 sess, *drawn = draw_scores(sess, colour, base)
@@ -377,7 +377,7 @@ def build(settings=None, model_dirs=(), data_dirs=()) -> gr.Blocks:
                       api_name="predict", concurrency_id="heavy")
         timer = gr.Timer(1.0)
         timer_outputs = [session, seen, *score_views, *plan_views, *pd_views, study_status, study_plot]
-        timer.tick(quiet(tick), [session, seen, colour_by, baseline, by, *budget_inputs],
+        timer.tick(quiet(tick, seen), [session, seen, colour_by, baseline, by, *budget_inputs],
                    timer_outputs, show_progress="hidden", **private)
     return demo
 

@@ -3,7 +3,8 @@
 1. Fine-tuning stage (the paper's setting): the demo model's vision tower pruned to 50% of its
    head+FFN parameters (uniform), ranked by MoPE and, for comparison, by magnitude; each student
    distilled from the unpruned teacher for at most --minutes on this machine (the step count is set from
-   timed probe steps so the cosine schedule ends when the time does); colour×shape acc1 on
+   timed probe steps so the cosine schedule ends when the time does, and the magnitude student gets the
+   same number of steps as the MoPE one); colour×shape acc1 on
    1,000 held-out images before and after, and as a fraction of the teacher's.
 2. Pre-training stage: both towers pruned to 50% by MoPE (retrieval metric), distilled the same way;
    retrieval recalls before and after.
@@ -32,11 +33,13 @@ def timed_stop(deadline: float):
     return lambda: time.time() > deadline
 
 
-def run(name, teacher, student, held_out, args, out, metric_keys, teacher_metrics, rows):
+def run(name, teacher, student, held_out, args, out, metric_keys, teacher_metrics, rows, steps=None) -> int:
+    """Distill within the time budget (for `steps`, else as many as fit); returns the planned steps."""
     before = mope.evaluate(student, held_out)
     start = time.time()
     deadline = start + args.minutes * 60
-    config = DistillConfig(steps=fitting_steps(teacher, student, args, deadline), batch_size=args.batch_size, lr=args.lr, warmup=20, temperature=args.temperature, contrastive=args.contrastive,
+    config = DistillConfig(steps=steps or fitting_steps(teacher, student, args, deadline), batch_size=args.batch_size,
+                           lr=args.lr, warmup=20, temperature=args.temperature, contrastive=args.contrastive,
                            eval_every=10**9, checkpoint_every=10**9)
     distilled = distill(teacher, student, "shapes", config, out / "checkpoints" / name.replace(" ", "_"),
                         should_stop=timed_stop(deadline))
@@ -50,6 +53,7 @@ def run(name, teacher, student, held_out, args, out, metric_keys, teacher_metric
         print(f"{name:32s} {key:26s} teacher {teacher_metrics[key]:.4f} pruned {before[key]:.4f} -> distilled "
               f"{after[key]:.4f} ({after[key] / teacher_metrics[key]:.1%} of teacher; {steps}/{config.steps} steps, "
               f"{seconds:.0f}s)", flush=True)
+    return config.steps
 
 
 def fitting_steps(teacher, student, args, deadline: float) -> int:
@@ -85,11 +89,12 @@ def main() -> None:
     held_out = mope.load_task("shapes", n=1000, seed=1000)
     teacher_zs = mope.evaluate(teacher, held_out)
     scores = score(teacher, calibration, towers=["vision"], units=["head", "neurons"], metric="acc1", cache=False)
+    planned = None  # the magnitude student gets the MoPE student's steps: the same distillation
     for by in ("mope", "magnitude"):
         p = mope.plan(scores, Budget(keep=0.5, towers=("vision",)), by=by)
         print(f"vision 50% by {by}: {p.notes[0]}")
-        run(f"vision 50% by {by}", teacher, mope.prune(teacher, p), held_out, args, out, ["acc1"],
-            teacher_zs, rows)
+        planned = run(f"vision 50% by {by}", teacher, mope.prune(teacher, p), held_out, args, out, ["acc1"],
+                      teacher_zs, rows, steps=planned)
 
     calibration_r = mope.load_task("shapes", kind="retrieval", n=256, seed=2000)
     held_out_r = mope.load_task("shapes", kind="retrieval", n=1000, seed=1000)
