@@ -36,6 +36,8 @@ from .choices import CALIBRATION, EVALUATION, NEW_SESSION, PRESET_MODELS, SHOWN_
 
 MAX_PIXELS = 40_000_000  # larger uploads are refused before decoding (decompression bombs)
 MAX_ZIP_BYTES = 500 * 2**20  # uncompressed size of an uploaded calibration zip
+
+
 @dataclass
 class Settings:
     """What this app instance may read; it writes under $MOPE_HOME (models, uploads, results, jobs)."""
@@ -81,7 +83,7 @@ def allowed_path(path: str | Path, roots: list[Path], what: str) -> Path:
     resolved = Path(path).expanduser().resolve()
     if not any(resolved == r or resolved.is_relative_to(r) for r in roots):
         raise mope.MopeError(f"{path} is outside the {what} folders this app may read "
-                             f"({', '.join(map(str, roots))}); start the app with --{what.split()[0]}s DIR to allow it")
+                             f"({', '.join(map(str, roots))}); start the app with --{what}s DIR to allow it")
     return resolved
 
 
@@ -97,7 +99,7 @@ def check_spec(spec: str, settings: Settings) -> str:
     if path is None and (looks_like_path(spec) or Path(spec).expanduser().exists()):
         path = spec
     if path is not None:
-        allowed_path(path, settings.model_dirs + [DEMO_DIR], "model folder")
+        allowed_path(path, settings.model_dirs + [DEMO_DIR], "model")
     return spec
 
 
@@ -161,7 +163,7 @@ def calibration_spec(source: str, upload: str | None, folder: str | None, settin
     if source == "server folder":
         if not (folder or "").strip():
             raise mope.MopeError("type a folder path inside the allowed data folders")
-        return f"folder:{allowed_path(folder.strip(), settings.data_dirs, 'data folder')}", kind
+        return f"folder:{allowed_path(folder.strip(), settings.data_dirs, 'data')}", kind
     return spec, kind
 
 
@@ -374,7 +376,7 @@ def _training_data(spec: str, settings: Settings) -> str:
     spec = (spec or "shapes").strip()
     head, _, rest = spec.partition(":")
     if head in ("pairs", "wds"):
-        allowed_path(Path(rest).parent if head == "wds" else rest, settings.data_dirs, "data folder")
+        allowed_path(Path(rest).parent if head == "wds" else rest, settings.data_dirs, "data")
     elif spec != "shapes":
         raise mope.MopeError(f"unknown training data '{spec}'; use shapes, pairs:FILE or wds:/path/shard-*.tar")
     return spec
@@ -436,7 +438,7 @@ def model_zip(folder: str, settings: Settings) -> str:
     """A zip of a saved model folder for download (made once, atomically)."""
     if not folder:
         raise mope.MopeError("pick a saved model to download")
-    path = allowed_path(folder, [settings.saved_dir.resolve()], "model folder")
+    path = allowed_path(folder, [settings.saved_dir.resolve()], "model")
     if not (path / "pruning.json").is_file():
         raise mope.MopeError(f"{path} is not a saved model folder")
     target = settings.home / "downloads" / f"{path.parent.name}-{path.name}.zip"

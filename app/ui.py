@@ -267,8 +267,15 @@ def build(settings=None, model_dirs=(), data_dirs=()) -> gr.Blocks:
                     h.jobs_table(S()), gr.update(choices=h.saved_models(S())))
 
         def load_model(sess, value):
+            """A model that fails to load is a message above the card of the model still in use."""
             sess = h.session_of(sess)
-            top, table = h.model_card(value, S())
+            try:
+                top, table = h.model_card(value, S())
+            except Exception as e:
+                if not user_error(e):
+                    raise
+                gr.Warning(str(e))
+                return sess, f"**Could not load `{value}`:** {e}\n\n{h.model_card(sess['spec'], S())[0]}", gr.skip()
             if value.strip() != sess["spec"]:  # scores belong to a model: a new model starts without them
                 sess = {**sess, "spec": value.strip(), "scores": None, "score_job": None}
             return sess, top, table
