@@ -107,7 +107,7 @@ def main() -> None:
     print(f"budget preview, {len(keeps)} slider positions: in-process median {statistics.median(local) * 1e3:.0f} ms "
           f"(max {max(local) * 1e3:.0f}); through the served app median {statistics.median(remote) * 1e3:.0f} ms "
           f"(max {max(remote) * 1e3:.0f})", flush=True)
-    print(f"targets: page interactive <= 10 s, preview <= 300 ms, sweep <= 60 s")
+    print("targets: page interactive <= 10 s, preview <= 300 ms, sweep <= 60 s")
     subprocess.run(["pkill", "-f", f"app --port {url.rsplit(':', 1)[1].strip('/')}"], check=False)
 
 

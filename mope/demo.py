@@ -1,7 +1,6 @@
 """The shipped demo CLIP: its config and the recipe that trains it on the shapes world."""
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path

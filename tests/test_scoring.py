@@ -9,7 +9,7 @@ import torch
 
 import mope
 from mope import scoring
-from mope.evaluate import contrastive_loss, image_embeddings, task_text_embeddings
+from mope.evaluate import contrastive_loss
 from mope.scoring import Cancelled, baseline_correlations, load_scores, save_scores, score, unit_weights
 from mope.units import Unit
 
