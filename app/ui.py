@@ -102,6 +102,7 @@ def build(settings=None, model_dirs=(), data_dirs=()) -> gr.Blocks:
         return made[0]
 
     with gr.Blocks(title="MoPE-CLIP Explorer") as demo:
+        # --- layout: the four tabs ---------------------------------------------------------------------
         session = gr.BrowserState(dict(NEW_SESSION), storage_key="mope-clip-explorer")
         seen = gr.State({})  # what the timer last drew, per job
         gr.Markdown("# MoPE-CLIP Explorer\nSee which parts of a CLIP matter, prune it for real, distill it back, "
@@ -210,6 +211,7 @@ def build(settings=None, model_dirs=(), data_dirs=()) -> gr.Blocks:
                 gallery = gr.Gallery(label="Images", columns=6, height=180, elem_id="gallery")
                 predicted = gr.Dataframe(label="Top-k per model", interactive=False, elem_id="predictions")
 
+        # --- what each part of the page shows, drawn from the session ----------------------------------
         budget_inputs = [mode, keep_vision, keep_text, strategy, measure, layers_vision, layers_text, heads_vision,
                          groups_vision, heads_text, groups_text]
         score_views = [score_status, heatmap, bars, scatter, rho]
@@ -249,6 +251,7 @@ def build(settings=None, model_dirs=(), data_dirs=()) -> gr.Blocks:
             return line, figures.compression(study, metric) if study is not None else figures.empty(
                 "No study yet", height=340)
 
+        # --- events ------------------------------------------------------------------------------------
         def restore(sess, colour, base, by_column, *controls):
             sess = h.session_of(sess)
             try:
@@ -345,6 +348,7 @@ def build(settings=None, model_dirs=(), data_dirs=()) -> gr.Blocks:
             table = h.predictions(models, files, text, top, S())
             return [(f, None) for f in files], table
 
+        # --- wiring: which event runs what; only the main ones are in the HTTP API -----------------------
         restore_inputs = [session, colour_by, baseline, by, *budget_inputs]
         restore_outputs = [session, spec, chosen, headline, card, *score_views, *plan_views, *pd_views, study_status,
                            study_plot, jobs, saved]

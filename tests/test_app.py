@@ -223,3 +223,16 @@ def test_served_page_answers_a_client(tmp_path, monkeypatch):
         demo.close()
         for pid in settings.store().live_workers():
             os.kill(pid, 15)
+
+
+def test_a_restarted_app_finds_the_session_and_its_jobs(settings, scored, monkeypatch):
+    budget = h.budget_of("keep fraction", 0.5, 1.0, "uniform", "params", 0, 0, 0, 0, 0, 0)
+    session, _ = h.start_prune_distill(scored, budget, "mope", "cpu", 2, 8, "shapes", "r", settings)
+    for name in ("_STORES", "_SCORES", "_MODELS", "_CARDS"):  # what a new app process starts without
+        monkeypatch.setattr(h, name, type(getattr(h, name))())
+    fresh = h.Settings(model_dirs=settings.model_dirs, data_dirs=settings.data_dirs, start_worker=False)
+    _, df, _, line = h.scores_state(session, fresh)
+    assert df is not None and "units scored" in line
+    assert "queued" in h.job_state(session["pd_job"], fresh)[0]
+    [job] = run_queued(fresh)
+    assert job["id"] == session["pd_job"] and job["status"] == "done"
