@@ -54,12 +54,10 @@ def score(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequenc
     shard=(rank, world) scores units[rank::world] only (for torchrun); rows keep the global order.
     batch_tokens bounds the tokens of one batched ablation pass (memory, not results).
     """
-    metric = metric or default_metric(task)
-    group_sizes = _validate(clip, task, towers, units, metric, impl, baselines, precision, group_size)
+    metric, group_sizes, fingerprint, model_fp, key = _settle(clip, task, towers, units, metric, impl, group_size,
+                                                               baselines, seed, precision, shard)
     all_units = enumerate_units(clip.model, towers, units, group_sizes)
     todo = all_units if shard is None else all_units[shard[0]::shard[1]]
-    fingerprint, model_fp, key = _keys(clip, task, towers, units, metric, impl, group_sizes, baselines, seed,
-                                       precision, shard)
     if cache:
         hit = _cached_rows(key)
         if hit is not None:
@@ -79,21 +77,21 @@ def cached_scores(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units:
                   metric: str | None = None, impl: str = "fast", group_size: int | None = None,
                   baselines: Sequence[str] = BASELINES, seed: int = 0, precision: str = "fp32") -> pd.DataFrame | None:
     """What score() with these arguments would return from the cache, or None when it would compute."""
-    metric = metric or default_metric(task)
-    group_sizes = _validate(clip, task, towers, units, metric, impl, baselines, precision, group_size)
-    fingerprint, model_fp, key = _keys(clip, task, towers, units, metric, impl, group_sizes, baselines, seed,
-                                       precision, None)
+    metric, group_sizes, fingerprint, model_fp, key = _settle(clip, task, towers, units, metric, impl, group_size,
+                                                               baselines, seed, precision, None)
     hit = _cached_rows(key)
     return None if hit is None else _frame(hit, fingerprint, model_fp, metric, group_sizes)
 
 
-def _keys(clip, task, towers, units, metric, impl, group_sizes, baselines, seed, precision, shard):
-    """(scores fingerprint, model fingerprint, cache key)."""
+def _settle(clip, task, towers, units, metric, impl, group_size, baselines, seed, precision, shard):
+    """Checked settings and their keys: (metric, group sizes, scores fingerprint, model fingerprint, cache key)."""
+    metric = metric or default_metric(task)
+    group_sizes = _validate(clip, task, towers, units, metric, impl, baselines, precision, group_size)
     settings = dict(towers=list(towers), units=list(units), metric=metric, impl=impl, group_sizes=group_sizes,
                     baselines=list(baselines), seed=seed, precision=precision)
     model_fp = model_fingerprint(clip.model)
     fingerprint = key_of(model=model_fp, task=task.fingerprint(), **settings)
-    return fingerprint, model_fp, f"{fingerprint}/{shard}"
+    return metric, group_sizes, fingerprint, model_fp, f"{fingerprint}/{shard}"
 
 
 def _cached_rows(key: str) -> list[dict] | None:
