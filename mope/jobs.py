@@ -207,6 +207,8 @@ class JobContext:
 
     def __init__(self, store: Store, job_id: str):
         self.store, self.job_id, self._last_poll, self._cancel = store, job_id, 0.0, False
+        self._curve: list[dict] = []
+        self._curve_written = time.time()
 
     def progress(self, step: int, total: int, eta: float | None = None, message: str = "") -> None:
         self.store.update(self.job_id, progress={"step": step, "total": total, "eta": eta, "message": message})
@@ -214,8 +216,16 @@ class JobContext:
     def metrics(self, item: dict) -> None:
         self.store.append(self.job_id, "history", item)
 
-    def curve(self, items: list[dict]) -> None:
-        self.store.extend(self.job_id, "curve", items, limit=CURVE_POINTS)
+    def curve(self, item: dict) -> None:
+        """One point of a training curve; points reach the store at most every half second (and at the end)."""
+        self._curve.append(item)
+        if time.time() - self._curve_written > 0.5:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._curve:
+            self.store.extend(self.job_id, "curve", self._curve, limit=CURVE_POINTS)
+        self._curve, self._curve_written = [], time.time()
 
     def partial(self, rows: list[dict]) -> None:
         self.store.update(self.job_id, partial=rows)
@@ -250,7 +260,10 @@ def run_job(store: Store, job: dict) -> None:
     ctx.log(f"{job['kind']} started")
     try:
         with _GPU if job["kind"] != "ping" and _uses_gpu(job["params"]) else nullcontext():
-            result = RUNNERS[job["kind"]](job["params"], ctx)
+            try:
+                result = RUNNERS[job["kind"]](job["params"], ctx)
+            finally:
+                ctx.flush()  # the whole curve is in the store before the job shows as ended
         status = "cancelled" if ctx.should_stop() or store.get(job["id"])["cancel"] else "done"
         store.update(job["id"], status=status, result=result, finished=time.time())
         ctx.log(status)

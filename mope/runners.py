@@ -55,12 +55,11 @@ def _study(p, ctx) -> dict:
     from .cache import mope_home
     from .io import atomic_write_text
     from .scoring import load_scores
-    from .study import compression_curve
+    from .study import NAMES, compression_curve
 
     clip = load_model(p["model"], device=p["device"])
     scores = load_scores(p["scores"])
-    names = {"mope": "MoPE", "magnitude": "magnitude", "random": "random", "taylor": "Taylor"}
-    rankings = {names.get(r, r): r for r in p["rankings"]}
+    rankings = {NAMES.get(r, r): r for r in p["rankings"]}
     df = compression_curve(clip, scores, load_task(p["data"], n=p["n"]), removed=p["removed"], rankings=rankings,
                            towers=p["towers"], should_stop=ctx.should_stop,
                            progress=lambda done, total, eta, rows: (ctx.progress(done, total, eta, "evaluating"),
@@ -112,24 +111,15 @@ def _distill(p, ctx, teacher=None, student=None, out=None) -> dict:
                            eval_every=p.get("eval_every", 100), checkpoint_every=p.get("eval_every", 100))
     eval_task = load_task(p.get("eval_data") or "shapes", n=p.get("eval_n", 500))
 
-    pending, flushed = [], [time.time()]
-
     def progress(step, total, eta, info):
-        losses = ", ".join(f"{k} {v:.4f}" for k, v in info["losses"].items() if k != "step")
-        pending.append(info["losses"])
-        if time.time() - flushed[0] > 0.5 or step == total or info["eval"]:  # one store write per half second
-            ctx.curve(pending[:])
-            pending.clear()
-            flushed[0] = time.time()
-        ctx.progress(step, total, eta, losses)
+        ctx.curve(info["losses"])
+        ctx.progress(step, total, eta, ", ".join(f"{k} {v:.4f}" for k, v in info["losses"].items() if k != "step"))
         if info["eval"]:
             ctx.metrics(info["eval"])
             ctx.log(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in info["eval"].items() if k != "step"))
 
     student = distill(teacher, student, p["data"], config, out, eval_task=eval_task, resume=p["resume"],
                       progress=progress, should_stop=ctx.should_stop)
-    if pending:
-        ctx.curve(pending)
     if ctx.should_stop():
         return {"checkpoint": str(out / "checkpoint")}
     final = out / "final"

@@ -17,7 +17,8 @@ from .plan import Budget, plan
 from .scoring import Cancelled
 from .surgery import prune
 
-RANKINGS = {"MoPE": "mope", "magnitude": "magnitude", "random": "random"}
+NAMES = {"mope": "MoPE", "magnitude": "magnitude", "random": "random", "taylor": "Taylor"}  # column → shown name
+RANKINGS = {NAMES[column]: column for column in ("mope", "magnitude", "random")}
 
 
 def compression_curve(clip: Clip, scores: pd.DataFrame, task: Task, removed: Sequence[float] = (0.25, 0.5, 0.75),
