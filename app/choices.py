@@ -17,8 +17,3 @@ NEW_SESSION = {"spec": "demo", "scores": None, "score_job": None, "pd_job": None
 PRESET_MODELS = ["demo", "ViT-B-32:openai", "ViT-B-16:laion2b_s34b_b88k"]
 DEVICES = ["auto", "cpu", "cuda"]
 
-
-def metric_choices(kind: str) -> list[str]:
-    return (["acc1", "acc5", "mean_per_class_recall", "loss"] if kind == "zeroshot" else
-            ["text_retrieval_recall@5", "image_retrieval_recall@5", "recall_mean", "loss",
-             "text_retrieval_recall@1", "image_retrieval_recall@1"])

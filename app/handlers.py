@@ -24,7 +24,8 @@ from mope import units as mope_units
 from mope.cache import mope_home
 from mope.data import shapes
 from mope.data.tasks import IMAGE_EXTENSIONS
-from mope.evaluate import label_probabilities
+from mope.evaluate import label_probabilities, metric_names
+from mope.io import atomic_write
 from mope.jobs import Store, ensure_worker
 from mope.models import DEMO_DIR, default_device, looks_like_path
 from mope.plan import Budget
@@ -206,6 +207,11 @@ def _class_root(folder: Path) -> Path:
         p.is_dir() for p in entries[0].iterdir()) else folder
 
 
+def metric_choices(source: str) -> list[str]:
+    """The metrics the calibration choice can be scored by; "" for its default (acc1 / recall_mean)."""
+    return [""] + metric_names(CALIBRATION[source][1])
+
+
 def start_scores(session: dict, source: str, upload: str | None, folder: str | None, metric: str | None, n: int,
                  towers: list[str], settings: Settings) -> tuple[dict, str]:
     """Cached scores at once; otherwise a score job. Returns (session, message)."""
@@ -268,9 +274,19 @@ def scores_state(session: dict, settings: Settings) -> tuple[dict, pd.DataFrame 
                                f"{Path(session['scores']).name}")
 
 
+_SKELETONS: dict[tuple, pd.DataFrame] = {}
+
+
 def partial_scores(clip: mope.Clip, towers: list[str], kinds: list[str], rows: list[dict]) -> pd.DataFrame:
-    """Every unit of the model with the MoPE scored so far (NaN for the rest), so heatmaps keep their shape."""
-    skeleton = unit_table(clip, towers, kinds)
+    """Every unit of the model with the MoPE scored so far (NaN for the rest), so heatmaps keep their shape.
+
+    The unit table (sizes, baselines, the model's fingerprint) is built once per model and settings, not at
+    every timer tick of a running job.
+    """
+    key = (clip.spec, str(clip.device), tuple(towers), tuple(kinds))
+    if key not in _SKELETONS:
+        _SKELETONS[key] = unit_table(clip, towers, kinds)
+    skeleton = _SKELETONS[key]
     done = pd.DataFrame(rows, columns=["unit", "mope"]) if rows else pd.DataFrame(columns=["unit", "mope"])
     frame = skeleton.merge(done[["unit", "mope"]], on="unit", how="left").astype({"mope": float})
     frame.attrs["scored"] = len(done)
@@ -424,8 +440,9 @@ def jobs_table(settings: Settings) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["job", "kind", "status", "progress", "model", "started", "result / error"])
 
 
-def model_choices(settings: Settings) -> list[str]:
-    return [PRESET_MODELS[0], *saved_models(settings), *PRESET_MODELS[1:]]
+def model_choices(saved: list[str]) -> list[str]:
+    """The model list: the demo, the saved models (saved_models), then the preset hub models."""
+    return [PRESET_MODELS[0], *saved, *PRESET_MODELS[1:]]
 
 
 def saved_models(settings: Settings) -> list[str]:
@@ -548,13 +565,10 @@ def predictions(specs: list[str], files: list[str], labels_text: str, k: int, se
 def sample_images(settings: Settings, n: int = 6) -> tuple[list[str], str]:
     """(paths, labels): a few shapes-world images written once as PNGs, and labels that include their classes."""
     batch = shapes.sample(n, seed=4242, image_size=192, captions_per_image=1)
-    folder = settings.home / "samples"
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = [folder / f"shape-{i}.png" for i in range(n)]
+    paths = [settings.home / "samples" / f"shape-{i}.png" for i in range(n)]
     for p, im in zip(paths, batch.images):
         if not p.is_file():
-            Image.fromarray(im.numpy()).save(p.with_suffix(".tmp.png"))
-            p.with_suffix(".tmp.png").rename(p)
+            atomic_write(p, lambda tmp, im=im: Image.fromarray(im.numpy()).save(tmp, format="PNG"))
     names = [f"{c} {s}" for c, s in zip(batch.names("colour"), batch.names("shape"))]
     distractors = ["purple hexagon", "orange ring", "cyan cross"]
     return [str(p) for p in paths], ", ".join(dict.fromkeys(names + distractors))

@@ -14,7 +14,7 @@ import gradio as gr
 import pandas as pd
 
 from . import figures
-from .choices import CALIBRATION, DEVICES, EVALUATION, NEW_SESSION, PRESET_MODELS, metric_choices
+from .choices import CALIBRATION, DEVICES, EVALUATION, NEW_SESSION, PRESET_MODELS
 
 log = logging.getLogger("app")
 
@@ -123,7 +123,7 @@ def build(settings=None, model_dirs=(), data_dirs=()) -> gr.Blocks:
                 with gr.Row():
                     source = gr.Dropdown(list(CALIBRATION), value=list(CALIBRATION)[0], label="Calibration data")
                     n = gr.Number(256, precision=0, minimum=8, maximum=50_000, label="Images", elem_id="calibration-n")
-                    metric = gr.Dropdown([""] + metric_choices("zeroshot"), value="", allow_custom_value=False,
+                    metric = gr.Dropdown([""], value="", allow_custom_value=False,
                                          label="Metric (empty: acc1 / recall_mean)")
                     towers = gr.CheckboxGroup(["vision", "text"], value=["vision", "text"], label="Towers")
                 with gr.Accordion("Your own calibration data", open=False):
@@ -222,11 +222,11 @@ def build(settings=None, model_dirs=(), data_dirs=()) -> gr.Blocks:
             sess, df, total, line = h.scores_state(sess, S())
             if df is None:
                 return sess, line, *(figures.empty("No scores yet") for _ in range(3)), None
-            finished = total is None
-            colour = colour if finished and colour in df.columns else "mope"
-            return (sess, line, figures.heatmaps(df, colour), figures.layer_bars(df),
-                    figures.versus(df, base, h.correlations(df)) if finished else figures.empty("Scoring…"),
-                    h.correlations(df) if finished else None)
+            if total is not None:  # still scoring: MoPE only, no baselines yet
+                return sess, line, figures.heatmaps(df, "mope"), figures.layer_bars(df), figures.empty("Scoring…"), None
+            rho = h.correlations(df)
+            colour = colour if colour in df.columns else "mope"
+            return sess, line, figures.heatmaps(df, colour), figures.layer_bars(df), figures.versus(df, base, rho), rho
 
         def draw_plan(sess, by_column, *controls):
             sess = h.session_of(sess)
@@ -252,7 +252,7 @@ def build(settings=None, model_dirs=(), data_dirs=()) -> gr.Blocks:
                 "No study yet", height=340)
 
         # --- events ------------------------------------------------------------------------------------
-        def restore(sess, colour, base, by_column, *controls):
+        def restore(sess, src, colour, base, by_column, *controls):
             sess = h.session_of(sess)
             try:
                 top, table = h.model_card(sess["spec"], S())
@@ -264,10 +264,11 @@ def build(settings=None, model_dirs=(), data_dirs=()) -> gr.Blocks:
                 top = f"**Could not load {failed}** ({e}); showing the demo model.\n\n" + top
             drawn = draw_scores(sess, colour, base)
             sess = drawn[0]
-            models = h.model_choices(S())
+            saved_models = h.saved_models(S())
+            models = h.model_choices(saved_models)
             return (sess, gr.update(choices=models, value=sess["spec"]), gr.update(choices=models), top, table,
-                    *drawn[1:], *draw_plan(sess, by_column, *controls), *draw_job(sess), *draw_study(sess),
-                    h.jobs_table(S()), gr.update(choices=h.saved_models(S())))
+                    gr.update(choices=h.metric_choices(src)), *drawn[1:], *draw_plan(sess, by_column, *controls),
+                    *draw_job(sess), *draw_study(sess), h.jobs_table(S()), gr.update(choices=saved_models))
 
         def load_model(sess, value):
             """A model that fails to load is a message above the card of the model still in use."""
@@ -330,7 +331,7 @@ def build(settings=None, model_dirs=(), data_dirs=()) -> gr.Blocks:
         def refresh_lists():
             models = h.saved_models(S())
             return gr.update(choices=models, value=models[0] if models else None), gr.update(
-                choices=h.model_choices(S())), h.jobs_table(S())
+                choices=h.model_choices(models)), h.jobs_table(S())
 
         def start_study(sess):
             sess, message = h.start_study(sess, S())
@@ -349,8 +350,8 @@ def build(settings=None, model_dirs=(), data_dirs=()) -> gr.Blocks:
             return [(f, None) for f in files], table
 
         # --- wiring: which event runs what; only the main ones are in the HTTP API -----------------------
-        restore_inputs = [session, colour_by, baseline, by, *budget_inputs]
-        restore_outputs = [session, spec, chosen, headline, card, *score_views, *plan_views, *pd_views, study_status,
+        restore_inputs = [session, source, colour_by, baseline, by, *budget_inputs]
+        restore_outputs = [session, spec, chosen, headline, card, metric, *score_views, *plan_views, *pd_views, study_status,
                            study_plot, jobs, saved]
         private = {"api_visibility": "private"}
         then_scores = dict(fn=guarded(draw_scores), inputs=[session, colour_by, baseline],
@@ -364,8 +365,7 @@ def build(settings=None, model_dirs=(), data_dirs=()) -> gr.Blocks:
             **{**then_plan, **public}, api_name="draw_plan")
         compute.click(guarded(start_scores), [session, source, upload, folder, metric, n, towers], session,
                       api_name="start_scores", concurrency_id="heavy").then(**then_scores).then(**then_plan)
-        source.change(lambda s: gr.update(choices=[""] + metric_choices(CALIBRATION[s][1]), value=""),
-                      source, metric, **private)
+        source.change(lambda s: gr.update(choices=h.metric_choices(s), value=""), source, metric, **private)
         cancel_scores.click(guarded(cancel_score_job), session, None, **private)
         for control in (colour_by, baseline):
             control.change(**then_scores)

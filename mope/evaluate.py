@@ -84,9 +84,10 @@ def task_metrics(task: Task, image_emb: torch.Tensor, text_emb: torch.Tensor) ->
     return retrieval_metrics(sim, task.text_to_image)
 
 
-def metric_names(task: Task) -> list[str]:
-    """Metrics a task can be scored by: its own, plus 'loss' (continuous) and, for retrieval, 'recall_mean'."""
-    if task.kind == "zeroshot":
+def metric_names(kind: str) -> list[str]:
+    """Metrics a task of this kind can be scored by: its own, plus 'loss' (continuous) and, for retrieval,
+    'recall_mean'."""
+    if kind == "zeroshot":
         return ["acc1", "acc5", "mean_per_class_recall", "loss"]
     return [f"{d}_retrieval_recall@{k}" for d in ("image", "text") for k in RECALL_KS] + ["recall_mean", "loss"]
 
@@ -101,8 +102,8 @@ def higher_is_better(metric: str) -> bool:
 
 
 def check_metric(task: Task, metric: str) -> None:
-    if metric not in metric_names(task):
-        raise MopeError(f"a {task.kind} task has no metric '{metric}'; use one of {', '.join(metric_names(task))}")
+    if metric not in metric_names(task.kind):
+        raise MopeError(f"a {task.kind} task has no metric '{metric}'; use one of {', '.join(metric_names(task.kind))}")
 
 
 def metric_value(metric: str, task: Task, image_emb: torch.Tensor, text_emb: torch.Tensor,

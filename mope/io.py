@@ -9,7 +9,8 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 
-def _atomic(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Call write(temporary path), then rename the file over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -27,7 +28,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     def write(tmp):
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 def atomic_write_json(path: Path, obj) -> None:
@@ -35,14 +36,14 @@ def atomic_write_json(path: Path, obj) -> None:
 
 
 def atomic_save_safetensors(tensors: dict, path: Path, metadata: dict | None = None) -> None:
-    _atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def atomic_torch_save(obj, path: Path) -> None:
     """torch.save of tensors and plain containers (loadable with weights_only=True)."""
     import torch
 
-    _atomic(path, lambda tmp: torch.save(obj, tmp))
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _umask() -> int:
