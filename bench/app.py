@@ -32,18 +32,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def startup(home: Path) -> tuple[float, float | None, str]:
-    """(seconds to 'ready', seconds to the model card in Chromium or None, url); the app keeps running."""
+def startup(home: Path) -> tuple[float, float | None, str, subprocess.Popen]:
+    """(seconds to 'ready', seconds to the model card in Chromium or None, url, the app's process, still running)."""
     port = free_port()
     log = home / "app.log"
     start = time.perf_counter()
-    subprocess.Popen([sys.executable, "-m", "app", "--port", str(port)], cwd=ROOT, stdout=open(log, "w"),
-                     stderr=subprocess.STDOUT, env={**os.environ, "MOPE_HOME": str(home)})
+    app = subprocess.Popen([sys.executable, "-m", "app", "--port", str(port)], cwd=ROOT, stdout=open(log, "w"),
+                           stderr=subprocess.STDOUT, env={**os.environ, "MOPE_HOME": str(home)})
     while "ready at" not in log.read_text():
         time.sleep(0.05)
     ready = time.perf_counter() - start
     url = f"http://127.0.0.1:{port}/"
-    return ready, card_seconds(url, start), url
+    return ready, card_seconds(url, start), url, app
 
 
 def card_seconds(url: str, start: float) -> float | None:
@@ -66,7 +66,7 @@ def card_seconds(url: str, start: float) -> float | None:
 def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="mope-bench-app-"))
     os.environ["MOPE_HOME"] = str(home)
-    ready, card, url = startup(home)
+    ready, card, url, app = startup(home)
     print(f"start-up: 'ready' after {ready:.1f} s; model card visible in Chromium after "
           + (f"{card:.1f} s" if card is not None else "(playwright not installed)"), flush=True)
 
@@ -108,7 +108,7 @@ def main() -> None:
           f"(max {max(local) * 1e3:.0f}); through the served app median {statistics.median(remote) * 1e3:.0f} ms "
           f"(max {max(remote) * 1e3:.0f})", flush=True)
     print("targets: page interactive <= 10 s, preview <= 300 ms, sweep <= 60 s")
-    subprocess.run(["pkill", "-f", f"app --port {url.rsplit(':', 1)[1].strip('/')}"], check=False)
+    app.terminate()
 
 
 if __name__ == "__main__":
