@@ -1,8 +1,11 @@
 import json
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# every test session gets its own home: caches, jobs and workers never touch ~/.cache/mope or another run
+os.environ["MOPE_HOME"] = tempfile.mkdtemp(prefix="mope-test-")
 
 import open_clip  # noqa: E402
 import pytest  # noqa: E402
