@@ -17,7 +17,8 @@ import argparse
 import open_clip
 
 import mope
-from mope.models import Clip, default_device
+from mope.clip import Clip
+from mope.settings import default_device
 from mope.plan import Budget, plan
 from mope.scoring import unit_table
 from mope.speed import gflops_per_sample, latency_seconds

@@ -3,11 +3,13 @@ from . import units
 from .data.tasks import Task, load_task
 from .errors import MopeError
 from .evaluate import evaluate
-from .models import Clip, load_model
+from .clip import Clip
+from .models import load_model
 from .plan import Budget, Plan, plan
 from .pruned import save_pruned
 from .scoring import Cancelled, baseline_correlations, load_scores, save_scores, score
-from .surgery import prune, prune_model
+from .pipeline import prune_model
+from .surgery import prune
 
 __all__ = ["Budget", "Cancelled", "Clip", "MopeError", "Plan", "Task", "baseline_correlations", "evaluate",
            "load_model", "load_scores", "load_task", "plan", "prune", "prune_model", "save_pruned", "save_scores",

@@ -3,16 +3,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from pathlib import Path
 
 import diskcache
 import torch
 
-
-def mope_home() -> Path:
-    """Data folder for caches and jobs: $MOPE_HOME, default ~/.cache/mope."""
-    return Path(os.environ.get("MOPE_HOME", Path.home() / ".cache" / "mope")).expanduser()
+from .settings import mope_home
 
 
 def open_cache(name: str) -> diskcache.Cache:

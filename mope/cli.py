@@ -79,7 +79,7 @@ def _prune(args) -> None:
     from .plan import Budget, Plan
     from .pruned import save_pruned
     from .scoring import load_scores
-    from .surgery import prune_model
+    from .pipeline import prune_model
 
     out = Path(args.out)
     if out.exists():

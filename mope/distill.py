@@ -21,10 +21,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .clip import Clip
 from .errors import MopeError
 from .evaluate import evaluate
 from .io import atomic_save_safetensors, atomic_torch_save, atomic_write_json
-from .models import Clip
 from .units import TOWERS, tower_blocks
 
 

@@ -6,9 +6,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .clip import Clip
 from .data.tasks import Task, image_batches
 from .errors import MopeError
-from .models import Clip
 
 RECALL_KS = (1, 5, 10)
 

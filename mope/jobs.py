@@ -22,8 +22,8 @@ from typing import Any
 
 import diskcache
 
-from .cache import mope_home
 from .errors import MopeError
+from .settings import jobs_dir
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 LOG_LINES = 200
@@ -54,7 +54,7 @@ class Store:
     """The job store. Safe across threads and processes (SQLite underneath, writes in transactions)."""
 
     def __init__(self, root: str | Path | None = None):
-        self.root = Path(root) if root else mope_home() / "jobs"
+        self.root = Path(root) if root else jobs_dir()
         try:
             self.cache = diskcache.Cache(str(self.root), eviction_policy="none", size_limit=2**40, timeout=60)
             self.cache.get("__probe__")

@@ -5,37 +5,17 @@ import difflib
 import json
 import os
 import socket
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
 
 import open_clip
 import torch
 
+from .clip import Clip
 from .errors import MopeError
+from .settings import DEMO_DIR, default_device
 
-DEMO_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo-clip"
 SPEC_HELP = ("use 'demo', 'NAME:TAG' (e.g. ViT-B-32:laion2b_s34b_b79k), 'NAME:/path/ckpt.pt|.safetensors', "
              "'hf-hub:org/repo', or 'local-dir:/path' / a folder path")
-
-
-@dataclass
-class Clip:
-    """A loaded CLIP: the open_clip module (eval mode) with its tokenizer and image preprocess."""
-
-    model: torch.nn.Module
-    tokenizer: Callable
-    preprocess: Callable
-    name: str
-    spec: str
-    device: torch.device
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-def default_device(device: str | torch.device | None = None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def load_model(spec: str, device: str | torch.device | None = None) -> Clip:

@@ -21,9 +21,9 @@ import torch
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from safetensors.torch import load_file
 
+from .clip import Clip
 from .errors import MopeError
 from .io import atomic_save_safetensors, atomic_write_json
-from .models import Clip
 from .surgery import apply_structure
 from .units import tower_blocks
 

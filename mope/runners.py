@@ -27,9 +27,9 @@ def _evaluate(p, ctx) -> dict:
 
 def scores_path(fingerprint: str) -> Path:
     """Where a scores table is kept for jobs and the app: named by its fingerprint, so one file per result."""
-    from .cache import mope_home
+    from .settings import results_dir
 
-    return mope_home() / "results" / f"scores-{fingerprint[:20]}.csv"
+    return results_dir() / f"scores-{fingerprint[:20]}.csv"
 
 
 def _score(p, ctx) -> dict:
@@ -52,9 +52,9 @@ def _score(p, ctx) -> dict:
 
 def _study(p, ctx) -> dict:
     from . import load_model, load_task
-    from .cache import mope_home
     from .io import atomic_write_text
     from .scoring import load_scores
+    from .settings import results_dir
     from .study import NAMES, compression_curve
 
     clip = load_model(p["model"], device=p["device"])
@@ -64,7 +64,7 @@ def _study(p, ctx) -> dict:
                            towers=p["towers"], should_stop=ctx.should_stop,
                            progress=lambda done, total, eta, rows: (ctx.progress(done, total, eta, "evaluating"),
                                                                     ctx.partial(rows)))
-    path = mope_home() / "results" / f"study-{ctx.job_id}.csv"
+    path = results_dir() / f"study-{ctx.job_id}.csv"
     atomic_write_text(path, df.to_csv(index=False))
     return {"study": str(path), "scores_fingerprint": scores.attrs.get("fingerprint", ""), "metric": df.attrs["metric"]}
 
@@ -83,7 +83,7 @@ def _pruned(p, clip, ctx):
     """The model pruned by the job's budget: ranked by the given scores file, or scored now on the job's data."""
     from . import load_task
     from .scoring import load_scores
-    from .surgery import prune_model
+    from .pipeline import prune_model
 
     budget = _budget(p)
     scores = load_scores(p["scores"]) if p["scores"] else None

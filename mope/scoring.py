@@ -22,11 +22,11 @@ import torch.nn.functional as F
 
 from .ablation import MaskedBlock, ablated, starting_at
 from .cache import key_of, model_fingerprint, open_cache
+from .clip import Clip
 from .data.tasks import Task, image_batches
 from .errors import MopeError
 from .evaluate import (check_metric, contrastive_loss, default_metric, ensemble, higher_is_better, image_embeddings,
                        metric_value, task_text_embeddings, task_texts)
-from .models import Clip
 from .units import (KINDS, TOWERS, Unit, check_group_size, enumerate_units, tower_blocks, unit_flops,
                     unit_params)
 

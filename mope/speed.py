@@ -8,7 +8,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from .models import Clip
+from .clip import Clip
 from .units import TOWERS, tower_summary
 
 

@@ -10,9 +10,9 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
+from .clip import Clip
 from .data.tasks import Task
 from .evaluate import default_metric, evaluate
-from .models import Clip
 from .plan import Budget, plan
 from .scoring import Cancelled
 from .surgery import prune

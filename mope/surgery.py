@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cache import model_fingerprint
+from .clip import Clip
 from .errors import MopeError
-from .models import Clip
 from .units import TOWERS, Unit, tower_blocks, tower_transformer
 
 
@@ -160,43 +161,8 @@ def prune_units(clip: Clip, removed: Iterable[Unit], group_sizes: dict[str, int]
 
 def prune(clip: Clip, plan) -> Clip:
     """Apply a Plan: refuses a plan made from another model's scores."""
-    from .cache import model_fingerprint
-
     if plan.model and plan.model != model_fingerprint(clip.model):
         raise MopeError("these scores were computed on another model (fingerprint mismatch): score this model first")
     pruned = prune_units(clip, plan.removed, plan.group_sizes)
     pruned.info["plan"] = pruned.info.get("plan", []) + [plan.to_dict()]
-    return pruned
-
-
-def prune_model(clip: Clip, task, budget, schedule: str = "width-then-depth", scores=None, by: str = "mope",
-                progress=None, should_stop=None, **score_kw) -> Clip:
-    """Width first (heads and neuron groups ranked by MoPE), then depth: the layers are re-scored on the
-    width-pruned model and the lowest removed — the paper's order. schedule="joint" plans both at once
-    from the original scores.
-    """
-    from dataclasses import replace
-
-    from .plan import check_budget, plan
-    from .scoring import score
-
-    check_budget(budget)
-    if schedule not in ("width-then-depth", "joint"):
-        raise MopeError(f"unknown schedule '{schedule}'; use width-then-depth or joint")
-    towers = sorted(set(budget.towers) | set(budget.per_tower("keep")) | set(budget.per_tower("layers")))
-    kinds = ["head", "neurons"] + (["layer"] if schedule == "joint" else [])
-    if scores is None:
-        scores = score(clip, task, towers=towers, units=kinds, progress=progress, should_stop=should_stop, **score_kw)
-    if schedule == "joint":
-        return prune(clip, plan(scores, budget, by=by))
-    width = replace(budget, layers=None)
-    has_width = bool(width.per_tower("keep") or width.per_tower("heads") or width.per_tower("neurons"))
-    pruned = prune(clip, plan(scores, width, by=by)) if has_width else clip
-    if budget.per_tower("layers"):
-        layer_kw = {**score_kw, "baselines": ()}
-        layer_scores = score(pruned, task, towers=towers, units=["layer"], progress=progress,
-                             should_stop=should_stop, **layer_kw)
-        depth = replace(budget, keep=None, heads=None, neurons=None)
-        pruned = prune(pruned, plan(layer_scores, depth, by="mope"))
-    pruned.info["scores_fingerprint"] = scores.attrs.get("fingerprint", "")
     return pruned

@@ -10,7 +10,7 @@ from mope.ablation import ablated
 from mope.plan import Budget, plan
 from mope.pruned import save_pruned
 from mope.scoring import unit_table
-from mope.surgery import PrunedAttention, prune, prune_model, prune_units
+from mope.surgery import PrunedAttention, prune, prune_units
 from mope.units import Unit, enumerate_units, tower_blocks
 
 GS = {"vision": 64, "text": 64}
@@ -128,12 +128,3 @@ def test_not_a_model_folder(tmp_path):
     with pytest.raises(mope.MopeError, match="not a pruned model"):
         mope.load_model(str(tmp_path), device="cpu")
 
-
-def test_prune_model_width_then_depth_rescores_layers(tiny):
-    task = mope.load_task("shapes", n=8)
-    pruned = prune_model(tiny, task, Budget(keep=0.6, layers=1, towers=("vision",)), metric="loss", cache=False,
-                         baselines=())
-    steps = pruned.info["plan"]
-    assert len(steps) == 2 and all(n.count(".") == 2 for n in steps[0]["removed"])
-    assert [n for n in steps[1]["removed"]] in (["vision.L0"], ["vision.L1"])
-    assert len(tower_blocks(pruned.model, "vision")) == 1

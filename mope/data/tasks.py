@@ -18,6 +18,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import MopeError
+from ..settings import data_dir
 from . import shapes
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -213,7 +214,7 @@ def cifar_task(name: str, root: str | Path | None = None, templates: Sequence[st
     """CIFAR-10/100 test set via torchvision (downloaded once where a network exists)."""
     from torchvision import datasets
 
-    root = Path(root or Path(os.environ.get("MOPE_HOME", Path.home() / ".cache" / "mope")) / "data")
+    root = Path(root) if root else data_dir()
     cls = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}[name]
     try:
         ds = cls(str(root), train=False, download=False)
