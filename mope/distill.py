@@ -52,6 +52,7 @@ class DistillState:
     step: int = 0
     history: list[dict] = field(default_factory=list)  # eval metrics every eval_every steps
     losses: list[dict] = field(default_factory=list)   # loss terms, every step
+    references: dict = field(default_factory=dict)     # eval of the teacher and of the student before step 1
 
 
 def check_compatible(teacher: Clip, student: Clip) -> None:
@@ -133,7 +134,9 @@ def distill(teacher: Clip, student: Clip, data: str, config: DistillConfig, out:
             should_stop: Callable[[], bool] | None = None, image_root: str | None = None) -> Clip:
     """Train `student` to imitate `teacher` on the pairs `data` names; checkpoints in `out`.
 
-    progress(step, total, eta_seconds, info) with info = {"losses": {...}, "eval": {...} or None}.
+    progress(step, total, eta_seconds, info) with info = {"losses": {...}, "eval": {...} or None}; with an
+    eval task, a first call at step 0 (losses {}) carries the student's eval before training (also the
+    first entry of the history) and info["references"] = {"teacher": {...}, "pruned": {...}}.
     Returns the distilled student (also saved to out/final in the pruned-model format).
     """
     from .data.streams import pair_stream
@@ -151,6 +154,11 @@ def distill(teacher: Clip, student: Clip, data: str, config: DistillConfig, out:
     torch.manual_seed(config.seed + rank)  # augmentation draws; a resumed run restores the saved state
     if resume:
         state = _load_checkpoint(out / "checkpoint", model, optimizer)
+    if eval_task is not None and not state.history:
+        state.references = {"teacher": evaluate(teacher, eval_task), "pruned": evaluate(student, eval_task)}
+        state.history.append({"step": 0, **state.references["pruned"]})
+        if progress:
+            progress(0, config.steps, None, {"losses": {}, "eval": state.history[0], "references": state.references})
     transform = _train_transform(model)
     stream = pair_stream(data, transform, config.batch_size, seed=config.seed, start=state.step, rank=rank,
                          world=world, image_root=image_root)
@@ -208,7 +216,7 @@ def distill(teacher: Clip, student: Clip, data: str, config: DistillConfig, out:
     if rank == 0 and state.step > start_step and state.step % config.checkpoint_every:
         _save_checkpoint(out / "checkpoint", model, optimizer, state, config)
     student.info["distill"] = {"config": asdict(config), "data": data, "teacher": teacher.spec, "steps_done": state.step,
-                               "history": state.history, "final_losses": state.losses[-1] if state.losses else {}}
+                               "history": state.history, "references": state.references, "final_losses": state.losses[-1] if state.losses else {}}
     return student
 
 
@@ -251,7 +259,8 @@ def _save_checkpoint(folder: Path, model, optimizer, state: DistillState, config
         atomic_save_safetensors({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, new[0])
         atomic_torch_save({"optimizer": optimizer.state_dict(), "step": state.step, "rng": torch.get_rng_state()}, new[1])
         atomic_write_json(folder / "latest.json", {"step": state.step, "history": state.history,
-                                                   "losses": state.losses[-200:], "config": asdict(config)})
+                                                   "losses": state.losses[-200:], "config": asdict(config),
+                                                   "references": state.references})
     except OSError as e:
         for f in new:
             f.unlink(missing_ok=True)
@@ -276,4 +285,5 @@ def _load_checkpoint(folder: Path, model, optimizer) -> DistillState:
     trainer = torch.load(folder / f"trainer-{step}.pt", weights_only=True)
     optimizer.load_state_dict(trainer["optimizer"])
     torch.set_rng_state(trainer["rng"])
-    return DistillState(step=step, history=meta.get("history", []), losses=meta.get("losses", []))
+    return DistillState(step=step, history=meta.get("history", []), losses=meta.get("losses", []),
+                        references=meta.get("references", {}))

@@ -1,8 +1,9 @@
 """Zero-shot evaluation with CLIP_benchmark metric names."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Mapping, Sequence
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -143,6 +144,33 @@ def evaluate(clip: Clip, task: Task, batch_size: int = 64) -> dict[str, float]:
     if len(task) == 0:
         raise MopeError(f"task {task.name} has no images")
     return task_metrics(task, image_embeddings(clip, task, batch_size), task_text_embeddings(clip, task))
+
+
+def top1_predictions(clip: Clip, task: Task, batch_size: int = 64) -> torch.Tensor:
+    """The class each of the task's images is assigned (zero-shot top-1), (N,) on the CPU."""
+    if task.kind != "zeroshot":
+        raise MopeError(f"task {task.name} is a {task.kind} task: per-class accuracy needs a classification task")
+    return (image_embeddings(clip, task, batch_size) @ task_text_embeddings(clip, task).T).argmax(dim=1)
+
+
+def per_class_accuracy(clips: Mapping[str, Clip], task: Task, batch_size: int = 64) -> pd.DataFrame:
+    """Top-1 accuracy per class of several models side by side, the first model the reference.
+
+    One row per class present in the task: class, images, one column per model, and `change` (the
+    largest drop from the reference among the other models, negative = lost); classes that lost most
+    come first (then by class name).
+    """
+    if not clips:
+        raise MopeError("choose at least one model")
+    labels = task.labels
+    hits = {name: top1_predictions(clip, task, batch_size).eq(labels) for name, clip in clips.items()}
+    present = labels.unique().tolist()
+    rows = [{"class": task.classnames[c], "images": int((labels == c).sum()),
+             **{name: h[labels == c].float().mean().item() for name, h in hits.items()}} for c in present]
+    df = pd.DataFrame(rows)
+    names = list(clips)
+    df["change"] = df[names[1:]].sub(df[names[0]], axis=0).min(axis=1) if len(names) > 1 else 0.0
+    return df.sort_values(["change", "class"], kind="stable").reset_index(drop=True)
 
 
 @torch.inference_mode()

@@ -111,3 +111,45 @@ def load_pruned(folder: Path, spec: str, device: torch.device, name: str | None 
     info = {"model_cfg": source_cfg, "structure": structure, "source_spec": meta.get("source_spec"),
             **{k: meta[k] for k in ("plan", "scores_fingerprint", "distill") if k in meta}}
     return Clip(model, tokenizer, preprocess, name or folder.name, spec, device, info)
+
+
+def provenance(clip: Clip) -> str:
+    """Where a model comes from, in one line: original, pruned (by which plans) and distilled (how long)."""
+    return describe_provenance(clip.info if "structure" in clip.info else None)
+
+
+def folder_provenance(folder: str | Path) -> str:
+    """provenance() of a saved model folder, read from its pruning.json without loading the weights."""
+    meta_file = Path(folder) / "pruning.json"
+    if not meta_file.is_file():
+        return describe_provenance(None)
+    try:
+        return describe_provenance(json.loads(meta_file.read_text()))
+    except (json.JSONDecodeError, OSError, KeyError, TypeError, AttributeError):
+        return "unknown origin (pruning.json is unreadable)"
+
+
+def describe_provenance(meta: dict | None) -> str:
+    """The provenance line from a pruning.json record (or a pruned model's info); None: an original model."""
+    if meta is None:
+        return "original (not pruned)"
+    parts = [f"pruned from {meta.get('source_spec') or 'an unknown model'}"]
+    parts += [_plan_words(p) for p in meta.get("plan", [])]
+    distilled = meta.get("distill")
+    if distilled:
+        planned = distilled.get("config", {}).get("steps")
+        of = f" of {planned}" if planned and planned != distilled.get("steps_done") else ""
+        parts.append(f"distilled {distilled.get('steps_done', 0)}{of} steps from {distilled.get('teacher', '?')}")
+    else:
+        parts.append("not distilled")
+    return "; ".join(parts)
+
+
+def _plan_words(plan: dict) -> str:
+    budget = plan.get("budget", {})
+    asked = [f"{k} {v}" for k in ("keep", "heads", "neurons", "layers") if (v := budget.get(k)) is not None]
+    kinds = [name.split(".")[2].rstrip("0123456789") if name.count(".") == 2 else "layer" for name in plan["removed"]]
+    counts = ", ".join(f"{kinds.count(k)} {w}" for k, w in (("head", "heads"), ("neurons", "neuron groups"),
+                                                            ("layer", "layers")) if kinds.count(k))
+    return (f"plan by {plan.get('by', 'mope')} ({', '.join(asked) or 'explicit'}, {budget.get('strategy', 'uniform')}, "
+            f"{'/'.join(budget.get('towers', []))}): {counts or 'nothing'} removed")

@@ -112,7 +112,10 @@ def _distill(p, ctx, teacher=None, student=None, out=None) -> dict:
     eval_task = load_task(p.get("eval_data") or "shapes", n=p.get("eval_n", 500))
 
     def progress(step, total, eta, info):
-        ctx.curve(info["losses"])
+        if info.get("references"):  # teacher and pruned-before-distillation evals, for the plot's reference lines
+            ctx.store.update(ctx.job_id, references=info["references"])
+        if info["losses"]:
+            ctx.curve(info["losses"])
         ctx.progress(step, total, eta, ", ".join(f"{k} {v:.4f}" for k, v in info["losses"].items() if k != "step"))
         if info["eval"]:
             ctx.metrics(info["eval"])

@@ -1,7 +1,10 @@
 """Measured size and speed of each tower: params, GFLOPs, latency and throughput."""
 from __future__ import annotations
 
+import statistics
 import time
+from collections.abc import Mapping
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -9,6 +12,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from .clip import Clip
+from .errors import MopeError
 from .units import TOWERS, tower_summary
 
 
@@ -35,6 +39,63 @@ def gflops_per_sample(clip: Clip, tower: str) -> float:
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
     return counter.get_total_flops() / 1e9
+
+
+_clock = time.perf_counter  # the timer interleaved_latency reads (a seam for its test)
+
+
+def device_name(device: torch.device) -> str:
+    """The device in words: the GPU's name, or the CPU's model and the threads torch uses."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith("model name")] if cpuinfo.is_file() else []
+    return f"cpu ({names[0] if names else 'unknown model'}, {torch.get_num_threads()} threads)"
+
+
+def interleaved_latency(clips: Mapping[str, Clip], tower: str = "vision", batch: int = 1, repeats: int = 7,
+                        warmup: int = 1) -> pd.DataFrame:
+    """Latency of several models timed back to back on one batch and one device, interleaved: every round
+    runs each model once (the order rotated each round, so none always goes first) and each model's
+    median over the rounds is reported, so a slower or busier moment of a shared machine hits them all.
+    One row per model: median / min / max (ms); attrs["device"] names the device."""
+    names = list(clips)
+    if not names:
+        raise MopeError("choose at least one model to time")
+    devices = {clips[n].device for n in names}
+    if len(devices) > 1:
+        raise MopeError(f"the models sit on different devices ({', '.join(map(str, devices))}): load them on one")
+    inputs = _shared_inputs(clips, tower, batch)
+    times = {n: [] for n in names}
+    device = devices.pop()
+    with torch.inference_mode():
+        for r in range(warmup + repeats):
+            for n in names[r % len(names):] + names[:r % len(names)]:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t = _clock()
+                encode(clips[n], tower, inputs[n])
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if r >= warmup:
+                    times[n].append(_clock() - t)
+    df = pd.DataFrame([{"model": n, "tower": tower, "batch": batch, "median (ms)": statistics.median(t) * 1e3,
+                        "min (ms)": min(t) * 1e3, "max (ms)": max(t) * 1e3, "repeats": repeats} for n, t in times.items()])
+    df.attrs["device"] = device_name(device)
+    return df
+
+
+def _shared_inputs(clips: Mapping[str, Clip], tower: str, batch: int) -> dict[str, torch.Tensor]:
+    """The same batch for every model: one image tensor, or one prompt through each model's tokenizer."""
+    first = next(iter(clips.values()))
+    if tower == "text":
+        return {n: tower_inputs(c, tower, batch) for n, c in clips.items()}
+    x = tower_inputs(first, tower, batch)
+    for n, c in clips.items():
+        if c.model.visual.image_size != first.model.visual.image_size:
+            raise MopeError(f"{n} takes another image size than {first.name}: time models of one architecture")
+    return {n: x for n in clips}
 
 
 def latency_seconds(clip: Clip, tower: str, batch: int, repeats: int = 5) -> float:

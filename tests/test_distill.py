@@ -56,15 +56,19 @@ def test_distill_moves_the_student_towards_the_teacher(tiny_dir, student_dir, tm
 
     start = gap()
     task = mope.load_task("shapes", n=20)
+    before_training, teacher_eval = mope.evaluate(student, task), mope.evaluate(teacher, task)
     seen = []
     distill(teacher, student, "shapes", _config(steps=30, lr=1e-3), tmp_path / "run", eval_task=task,
             progress=lambda step, total, eta, info: seen.append((step, info)))
     assert gap() < start
     assert all(torch.equal(before[k], v) for k, v in teacher.model.state_dict().items())
     assert not any(p.requires_grad for p in teacher.model.parameters())
-    assert [s for s, _ in seen] == list(range(1, 31))
-    assert {"affinity", "feature", "hidden"} <= set(seen[-1][1]["losses"]) and seen[2][1]["eval"]["step"] == 3
-    assert len(student.info["distill"]["history"]) == 10
+    assert [s for s, _ in seen] == list(range(31))
+    assert {"affinity", "feature", "hidden"} <= set(seen[-1][1]["losses"]) and seen[3][1]["eval"]["step"] == 3
+    history = student.info["distill"]["history"]
+    assert len(history) == 11 and history[0] == {"step": 0, **before_training} == seen[0][1]["eval"]
+    assert seen[0][1]["references"] == {"teacher": teacher_eval, "pruned": before_training}
+    assert student.info["distill"]["references"]["teacher"] == teacher_eval
 
 
 def test_resume_continues_exactly(tiny_dir, student_dir, tmp_path):
@@ -151,5 +155,5 @@ def test_torchrun_two_processes(tiny_dir, student_dir, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("distilled 4 steps") == 1  # only rank 0 writes and reports
     meta = json.loads((tmp_path / "ddp" / "final" / "pruning.json").read_text())
-    assert meta["distill"]["steps_done"] == 4 and len(meta["distill"]["history"]) == 2
+    assert meta["distill"]["steps_done"] == 4 and len(meta["distill"]["history"]) == 3
     assert mope.load_model(str(tmp_path / "ddp" / "final"), device="cpu")

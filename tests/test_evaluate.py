@@ -2,7 +2,12 @@ import pytest
 import torch
 
 import mope
-from mope.evaluate import classification_metrics, classifier, retrieval_metrics, text_embeddings
+from mope.evaluate import (
+    classification_metrics,
+    classifier,
+    retrieval_metrics,
+    text_embeddings,
+)
 
 
 def test_perfect_classifier_scores_one():
@@ -62,3 +67,34 @@ def test_results_do_not_depend_on_batch_size(tiny_dir):
     task = mope.load_task("shapes", n=40)
     a, b = mope.evaluate(clip, task, batch_size=7), mope.evaluate(clip, task, batch_size=40)
     assert a == pytest.approx(b, abs=1e-6)
+
+
+def test_per_class_accuracy_side_by_side_lost_most_first(monkeypatch):
+    import importlib
+    from types import SimpleNamespace
+
+    ev = importlib.import_module("mope.evaluate")  # the package attribute `mope.evaluate` is the function
+
+    task = SimpleNamespace(kind="zeroshot", labels=torch.tensor([0, 0, 1, 1, 2, 2, 2]),
+                           classnames=["red", "blue", "green", "unused"])
+    predictions = {"orig": torch.tensor([0, 0, 1, 1, 2, 2, 0]), "pruned": torch.tensor([0, 1, 1, 1, 0, 0, 0]),
+                   "distilled": torch.tensor([1, 1, 1, 1, 2, 2, 2])}
+    monkeypatch.setattr(ev, "top1_predictions", lambda clip, task, batch_size=64: predictions[clip])
+    df = ev.per_class_accuracy({n: n for n in predictions}, task)
+    assert list(df["class"]) == ["red", "green", "blue"]  # red lost 1.0 (distilled), green 2/3, blue nothing
+    red = df.iloc[0]
+    assert (red.images, red.orig, red.pruned, red.distilled) == (2, 1.0, 0.5, 0.0)
+    assert red.change == pytest.approx(-1.0) and df.iloc[1].change == pytest.approx(-2 / 3)
+    assert df.iloc[2].change == 0.0
+
+
+def test_per_class_accuracy_agrees_with_acc1(tiny_dir):
+    from mope.evaluate import per_class_accuracy
+
+    clip = mope.load_model(str(tiny_dir), device="cpu")
+    task = mope.load_task("shapes:target=colour", n=48)
+    df = per_class_accuracy({"tiny": clip}, task)
+    assert df.images.sum() == 48
+    assert (df.tiny * df.images).sum() / 48 == pytest.approx(mope.evaluate(clip, task)["acc1"])
+    with pytest.raises(mope.MopeError, match="classification task"):
+        per_class_accuracy({"tiny": clip}, mope.load_task("shapes", kind="retrieval", n=8))

@@ -185,6 +185,10 @@ def test_prune_score_and_prune_and_distill_jobs(home, tiny_dir):
     assert job["status"] == "done", job["error"]
     final = mope.load_model(job["result"]["model"], device="cpu")
     assert len(final.model.visual.transformer.resblocks) == 1 and final.info["distill"]["steps_done"] == 2
+    assert [h["step"] for h in job["history"]] == [0, 2]  # an eval before the first step, and at the end
+    assert job["references"]["pruned"] == {k: v for k, v in job["history"][0].items() if k != "step"}
+    assert set(job["references"]["teacher"]) == {"acc1", "acc5", "mean_per_class_recall"}
+    assert all(point for point in job["curve"])  # the step-0 report adds no empty loss point
     pruned = store.submit("prune", {"model": str(tiny_dir), "scores": job["result"]["pruned"] + "/nope.csv",
                                     "out": str(home / "p2")})
     work(store, idle_exit=0.5)

@@ -1,7 +1,8 @@
 import pytest
+import torch
 
 import mope
-from mope.speed import gflops_per_sample, speed_table
+from mope.speed import gflops_per_sample, interleaved_latency, speed_table
 from mope.units import Unit
 
 
@@ -25,3 +26,36 @@ def test_flops_are_counted_by_hand_dense_and_pruned(tiny_dir):
 def test_speed_table_rows(tiny_dir):
     df = speed_table(mope.load_model(str(tiny_dir), device="cpu"), batches=(1, 4), repeats=1)
     assert list(df.tower) == ["vision", "vision", "text", "text"] and (df["throughput (/s)"] > 0).all()
+
+
+def test_interleaved_latency_alternates_models_and_reports_medians(tiny_dir, monkeypatch):
+    from mope import speed
+
+    a = mope.load_model(str(tiny_dir), device="cpu")
+    b = mope.surgery.prune_units(a, [Unit("vision", "head", 0, 1)], {"vision": 64, "text": 64})
+    now, calls = [0.0], []
+    scripted = {"a": iter([9.0, 0.003, 0.001, 0.002, 0.010]), "b": iter([9.0, 0.020, 0.040, 0.030, 0.500])}
+
+    def forward_takes_scripted_time(name):
+        def hook(module, args):
+            calls.append(name)
+            now[0] += next(scripted[name])
+        return hook
+
+    for name, clip in (("a", a), ("b", b)):
+        clip.model.visual.register_forward_pre_hook(forward_takes_scripted_time(name))
+    monkeypatch.setattr(speed, "_clock", lambda: now[0])
+    df = speed.interleaved_latency({"a": a, "b": b}, "vision", batch=2, repeats=4, warmup=1)
+    assert calls == ["a", "b", "b", "a", "a", "b", "b", "a", "a", "b"]  # interleaved, order rotated each round
+    got = df.set_index("model")
+    assert got.loc["a", "median (ms)"] == pytest.approx(2.5) and got.loc["b", "median (ms)"] == pytest.approx(35.0)
+    assert got.loc["b", "max (ms)"] == pytest.approx(500.0) and got.loc["a", "min (ms)"] == pytest.approx(1.0)
+    assert df.attrs["device"].startswith("cpu (")
+
+
+def test_interleaved_latency_refuses_models_on_different_devices(tiny_dir):
+    a = mope.load_model(str(tiny_dir), device="cpu")
+    b = mope.load_model(str(tiny_dir), device="cpu")
+    b.device = torch.device("meta")
+    with pytest.raises(mope.MopeError, match="different devices"):
+        interleaved_latency({"a": a, "b": b})
