@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from .errors import MopeError
 from .clip import Clip
+from .errors import MopeError
 from .units import tower_blocks
 
 

@@ -90,12 +90,21 @@ def plan(scores: pd.DataFrame, budget: Budget, by: str = "mope") -> Plan:
         width = _width(rows, budget, notes)
         if width and len(width) == int(rows.width_mask().sum()):
             raise MopeError(f"this budget removes every head and neuron of the {tower} tower: keep more")
+        _check_heads_left(rows, width)
         tower_removed = width + _depth(rows, budget)
         sizes[tower] = _sizes(rows, tower_removed)
         removed += tower_removed
     if not removed:
         raise MopeError("this budget removes nothing: lower keep, or ask for heads / neurons / layers to remove")
     return Plan(removed, sizes, budget, by, dict(scores.attrs.get("group_sizes", {})), scores.attrs.get("model", ""), notes)
+
+
+def _check_heads_left(rows: "_Rows", width: list[Unit]) -> None:
+    """A tower without any head cannot mix its tokens (the class / end token sees only itself): refused."""
+    heads = int((rows.kind == "head").sum())
+    if heads and sum(u.kind == "head" for u in width) == heads:
+        raise MopeError(f"this budget removes every head of the {rows.tower} tower ({heads} of {heads}): "
+                        "its tokens could no longer see each other; remove fewer heads per layer")
 
 
 @dataclass
