@@ -9,11 +9,11 @@ config and loading rebuilds the shapes from pruning.json before reading the weig
 from __future__ import annotations
 
 import copy
-import logging
-from contextlib import contextmanager
 import json
+import logging
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import open_clip
@@ -21,10 +21,10 @@ import torch
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from safetensors.torch import load_file
 
+from .blocks import apply_structure
 from .clip import Clip
 from .errors import MopeError
 from .io import atomic_save_safetensors, atomic_write_json
-from .surgery import apply_structure
 from .units import tower_blocks
 
 FORMAT = 1

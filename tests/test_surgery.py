@@ -7,10 +7,11 @@ import torch
 
 import mope
 from mope.ablation import ablated
+from mope.blocks import PrunedAttention
 from mope.plan import Budget, plan
 from mope.pruned import save_pruned
 from mope.scoring import unit_table
-from mope.surgery import PrunedAttention, prune, prune_units
+from mope.surgery import prune, prune_units
 from mope.units import Unit, enumerate_units, tower_blocks
 
 GS = {"vision": 64, "text": 64}
