@@ -177,7 +177,7 @@ def unpack_zip(path: str | Path, settings: Settings) -> Path:
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
         archive = zipfile.ZipFile(path)
     except (OSError, zipfile.BadZipFile):
-        raise mope.MopeError(f"{path.name} is not a readable .zip file; zip a folder with one sub-folder per class")
+        raise mope.MopeError(f"{path.name} is not a readable .zip file; zip a folder with one sub-folder per class") from None
     target = settings.home / "uploads" / digest
     if target.is_dir():
         return _class_root(target)

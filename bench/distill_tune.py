@@ -44,7 +44,7 @@ def main() -> None:
         deadline = time.time() + args.seconds
         with tempfile.TemporaryDirectory() as out:
             student = distill(teacher, mope.prune(teacher, plan), "shapes", config, out,
-                              should_stop=lambda: time.time() > deadline)
+                              should_stop=lambda deadline=deadline: time.time() > deadline)
         print(f"{name:30s} {student.info['distill']['steps_done']:4d} steps  acc1 "
               f"{mope.evaluate(student, held_out)['acc1']:.3f}", flush=True)
 

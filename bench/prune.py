@@ -18,9 +18,9 @@ import open_clip
 
 import mope
 from mope.clip import Clip
-from mope.settings import default_device
 from mope.plan import Budget, plan
 from mope.scoring import unit_table
+from mope.settings import default_device
 from mope.speed import gflops_per_sample, latency_seconds
 from mope.surgery import prune
 from mope.units import tower_summary

@@ -91,7 +91,7 @@ def main() -> None:
              "text": layer_time(ResidualAttentionBlock(512, 8), torch.randn(len(prompts), 77, 512),
                                 torch.full((77, 77), float("-inf")).triu(1), repeats=3)}
     per_layer_units = {"vision": 12 + 48 + 1, "text": 8 + 32 + 1}
-    projected = sum(per_layer_units[t] * (12 - l) * vit_b[t] for t in TOWERS for l in range(12))
+    projected = sum(per_layer_units[t] * (12 - layer) * vit_b[t] for t in TOWERS for layer in range(12))
     print(f"ViT-B-32 layer pass: vision {vit_b['vision']:.3f} s ({args.n} images), text {vit_b['text']:.3f} s "
           f"({len(prompts)} prompts)")
     print(f"ViT-B-32 projected fast sweep ({sum(per_layer_units.values()) * 12} units): {projected / 60:.1f} min "

@@ -76,10 +76,10 @@ class _progress_bar:
 
 def _prune(args) -> None:
     from . import load_model, load_task
+    from .pipeline import prune_model
     from .plan import Budget, Plan
     from .pruned import save_pruned
     from .scoring import load_scores
-    from .pipeline import prune_model
 
     out = Path(args.out)
     if out.exists():

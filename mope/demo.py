@@ -13,7 +13,6 @@ from .data import shapes
 from .io import atomic_save_safetensors, atomic_write_json
 from .models import DEMO_DIR
 
-
 DEMO_CONFIG = {
     "embed_dim": 128,
     "vision_cfg": {"image_size": 64, "layers": 6, "width": 160, "patch_size": 16, "head_width": 32, "mlp_ratio": 4},

@@ -250,7 +250,7 @@ def _sizes(rows: _Rows, removed: list[Unit]) -> dict[str, int]:
     """Params and FLOPs of the tower's transformer before and after removing `removed`."""
     dropped = {u.layer for u in removed if u.kind == "layer"}
     gone = {(u.kind, u.layer, u.index) for u in removed if u.kind != "layer" and u.layer not in dropped}
-    width_gone = np.array([(k, int(l), int(i)) in gone for k, l, i in zip(rows.kind, rows.layer, rows.index)])
+    width_gone = np.array([(k, int(layer), int(i)) in gone for k, layer, i in zip(rows.kind, rows.layer, rows.index)])
     layer_gone = (rows.kind == "layer") & np.isin(rows.layer, list(dropped))
     out = {}
     for measure in MEASURES:

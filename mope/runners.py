@@ -82,8 +82,8 @@ def _budget(p):
 def _pruned(p, clip, ctx):
     """The model pruned by the job's budget: ranked by the given scores file, or scored now on the job's data."""
     from . import load_task
-    from .scoring import load_scores
     from .pipeline import prune_model
+    from .scoring import load_scores
 
     budget = _budget(p)
     scores = load_scores(p["scores"]) if p["scores"] else None

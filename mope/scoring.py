@@ -25,10 +25,18 @@ from .cache import key_of, model_fingerprint, open_cache
 from .clip import Clip
 from .data.tasks import Task, image_batches
 from .errors import MopeError
-from .evaluate import (check_metric, contrastive_loss, default_metric, ensemble, higher_is_better, image_embeddings,
-                       metric_value, task_text_embeddings, task_texts)
-from .units import (KINDS, TOWERS, Unit, check_group_size, enumerate_units, tower_blocks, unit_flops,
-                    unit_params)
+from .evaluate import (
+    check_metric,
+    contrastive_loss,
+    default_metric,
+    ensemble,
+    higher_is_better,
+    image_embeddings,
+    metric_value,
+    task_text_embeddings,
+    task_texts,
+)
+from .units import KINDS, TOWERS, Unit, check_group_size, enumerate_units, tower_blocks, unit_flops, unit_params
 
 BASELINES = ("magnitude", "random", "taylor")
 TOKEN_BUDGET = 2**17  # tokens per batched ablation pass; bounds memory, not results
@@ -189,7 +197,7 @@ class FastScorer(_Scorer):
     def chunks(self, units):
         self.state: dict[str, dict] = {}
         out = []
-        for (tower, layer), group in itertools.groupby(units, key=lambda u: (u.tower, u.layer)):
+        for (tower, _layer), group in itertools.groupby(units, key=lambda u: (u.tower, u.layer)):
             group = list(group)
             inputs = self.tower_state(tower)["inputs"]
             tokens_per_ablation = inputs.shape[0] * self.tower_state(tower)["hidden"][0].shape[1]

@@ -48,8 +48,10 @@ def test_masked_block_matches_block_and_weight_zeroing(tiny_dir):
         ones_h, ones_f, no = torch.ones(3, h), torch.ones(3, f), torch.zeros(3, dtype=torch.bool)
         with torch.inference_mode():
             assert torch.allclose(masked_block_forward(block, x, mask, ones_h, ones_f, no), block(x, attn_mask=mask), atol=1e-5)
-            hm = ones_h.clone(); hm[:, 1] = 0
-            fm = ones_f.clone(); fm[:, 64:] = 0
+            hm = ones_h.clone()
+            hm[:, 1] = 0
+            fm = ones_f.clone()
+            fm[:, 64:] = 0
             with ablated(clip.model, [Unit(tower, "head", 0, 1), Unit(tower, "neurons", 0, 1)], {tower: 64}):
                 ref = block(x, attn_mask=mask)
             assert torch.allclose(masked_block_forward(block, x, mask, hm, fm, no), ref, atol=1e-5)

@@ -21,7 +21,8 @@ def test_classification_hand_computed():
     labels = torch.tensor([0, 0, 0, 1, 2, 5])
     logits = torch.zeros(6, 7)
     logits[0, 0] = 1                      # right
-    logits[1, 3] = 1; logits[1, 0] = 0.5  # top-2
+    logits[1, 3] = 1                      # top-2
+    logits[1, 0] = 0.5
     logits[2] = torch.tensor([-1, .1, .2, .3, .4, .5, .6])  # wrong: label 0 ranks last
     logits[3, 1] = 1                      # right
     logits[4, 2] = 1                      # right

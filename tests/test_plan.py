@@ -27,7 +27,7 @@ def _vit_b_table(seed=0) -> pd.DataFrame:
                 rows.append((tower, "neurons", layer, g, 2 * 64 * width + 64, 2 * tokens * 2 * 64 * width))
             rows.append((tower, "layer", layer, 0, 12 * width * width, 24 * tokens * width * width))
     df = pd.DataFrame(rows, columns=["tower", "kind", "layer", "index", "params", "flops"])
-    df["unit"] = [f"{t}.L{l}" + (f".{k}{i}" if k != "layer" else "") for t, k, l, i in
+    df["unit"] = [f"{t}.L{layer}" + (f".{k}{i}" if k != "layer" else "") for t, k, layer, i in
                   zip(df.tower, df.kind, df.layer, df["index"])]
     df["mope"] = rng.random(len(df))
     return df

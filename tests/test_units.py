@@ -1,8 +1,7 @@
 import pytest
 
 import mope
-from mope.units import (Unit, check_group_size, default_group_size, enumerate_units, model_summary,
-                        tower_blocks, unit_flops, unit_params)
+from mope.units import Unit, check_group_size, default_group_size, enumerate_units, model_summary, tower_blocks, unit_flops, unit_params
 
 
 @pytest.fixture(scope="module")
