@@ -216,7 +216,8 @@ def distill(teacher: Clip, student: Clip, data: str, config: DistillConfig, out:
     if rank == 0 and state.step > start_step and state.step % config.checkpoint_every:
         _save_checkpoint(out / "checkpoint", model, optimizer, state, config)
     student.info["distill"] = {"config": asdict(config), "data": data, "teacher": teacher.spec, "steps_done": state.step,
-                               "history": state.history, "references": state.references, "final_losses": state.losses[-1] if state.losses else {}}
+                               "history": state.history, "references": state.references,
+                               "final_losses": state.losses[-1] if state.losses else {}}
     return student
 
 
