@@ -25,7 +25,8 @@ def ranks(df: pd.DataFrame, column: str) -> pd.Series:
 
 
 def heatmaps(df: pd.DataFrame, column: str = "mope", removed: set[str] = frozenset()) -> go.Figure:
-    """Layer × head and layer × neuron-group heatmaps per tower; units a plan removes are crossed out.
+    """Layer × head and layer × neuron-group heatmaps per tower, each tower on its own colour scale; units a
+    plan removes are crossed out and the layers it removes shaded across both panels.
 
     Units not scored yet (NaN; df.attrs["scored"] counts the others) are blank: a heatmap fills in while a job runs.
     """
@@ -37,29 +38,57 @@ def heatmaps(df: pd.DataFrame, column: str = "mope", removed: set[str] = frozens
     fig = make_subplots(rows=len(towers), cols=2, subplot_titles=titles, column_widths=[0.3, 0.7],
                         horizontal_spacing=0.08, vertical_spacing=0.18)
     width = width.assign(rank=ranks(width, column))
-    low, high = _colour_range(width[column])
     for r, tower in enumerate(towers, 1):
+        low, high = _colour_range(width.loc[width.tower == tower, column])
+        gone_layers = sorted(int(n.split(".L")[1]) for n in removed if n.startswith(f"{tower}.L") and n.count(".") == 1)
         for c, kind in enumerate(KIND_TITLES, 1):
             part = width[(width.tower == tower) & (width.kind == kind)]
             if part.empty:
                 continue
-            z, text = _grid(part, column)
-            fig.add_trace(go.Heatmap(z=z, customdata=text, hovertemplate="%{customdata}<extra></extra>",
-                                     colorscale="Viridis", zmin=low, zmax=high, showscale=(r, c) == (1, 2),
-                                     colorbar={"title": column, "len": 0.8}), row=r, col=c)
-            gone = part[part.unit.isin(removed)]
-            if len(gone):
-                fig.add_trace(go.Scatter(x=gone["index"], y=gone["layer"], mode="markers", hoverinfo="skip",
-                                         marker={"symbol": "x-thin", "size": 12, "line": {"width": 2, "color": "red"}},
-                                         showlegend=False), row=r, col=c)
-            fig.update_xaxes(title_text="head" if kind == "head" else "neuron group", row=r, col=c)
-            fig.update_yaxes(title_text="layer", autorange="reversed", row=r, col=c)
+            _panel(fig, part, column, (low, high), r, c, colorbar=_colorbar(fig, tower, column, r) if c == 2 else None)
+            _mark_removed(fig, part, removed, gone_layers, r, c)
     scored = df.attrs.get("scored", len(df))
     done = f" — {scored}/{len(df)} units scored" if scored < len(df) else ""
     marked = f" · red × = removed by the plan ({len(removed)})" if removed else ""
     fig.update_layout(height=280 * len(towers) + 60, margin={"t": 70, "b": 40, "l": 50, "r": 20},
                       title={"text": f"{column} per unit (higher = more important){done}{marked}", "font": {"size": 14}})
     return fig
+
+
+def _panel(fig: go.Figure, part: pd.DataFrame, column: str, zrange: tuple[float, float], r: int, c: int,
+           colorbar: dict | None) -> None:
+    """One heatmap with axes that fit its grid even when nothing is scored yet."""
+    z, text = _grid(part, column)
+    fig.add_trace(go.Heatmap(z=z, customdata=text, hovertemplate="%{customdata}<extra></extra>", colorscale="Viridis",
+                             zmin=zrange[0], zmax=zrange[1], showscale=colorbar is not None, colorbar=colorbar),
+                  row=r, col=c)
+    layers, cells = z.shape
+    fig.update_xaxes(title_text="head" if part.kind.iloc[0] == "head" else "neuron group", range=[-0.5, cells - 0.5],
+                     row=r, col=c)
+    fig.update_yaxes(title_text="layer", range=[layers - 0.5, -0.5], dtick=1, row=r, col=c)
+
+
+def _colorbar(fig: go.Figure, tower: str, column: str, row: int) -> dict:
+    """A colour bar beside its own tower's row (each tower has its own scale)."""
+    low, high = fig.get_subplot(row, 2).yaxis.domain
+    return {"title": f"{tower}<br>{column}", "len": (high - low) * 0.95, "y": (low + high) / 2, "yanchor": "middle"}
+
+
+def _mark_removed(fig: go.Figure, part: pd.DataFrame, removed: set[str], gone_layers: list[int], r: int, c: int) -> None:
+    """Red × on removed heads / neuron groups; removed layers shaded across the panel with a label."""
+    gone = part[part.unit.isin(removed) & ~part.layer.isin(gone_layers)]
+    if len(gone):
+        fig.add_trace(go.Scatter(x=gone["index"], y=gone["layer"], mode="markers", hoverinfo="skip",
+                                 marker={"symbol": "x-thin", "size": 12, "line": {"width": 2, "color": "red"}},
+                                 showlegend=False), row=r, col=c)
+    axes = fig.get_subplot(r, c)
+    xref, yref = axes.xaxis.plotly_name.replace("axis", ""), axes.yaxis.plotly_name.replace("axis", "")
+    for layer in gone_layers:
+        fig.add_shape(type="rect", xref=f"{xref} domain", x0=0, x1=1, yref=yref, y0=layer - 0.5, y1=layer + 0.5,
+                      fillcolor="red", opacity=0.35, line={"width": 2, "color": "red"})
+        if c == 1:
+            fig.add_annotation(text=f"L{layer} removed", xref=f"{xref} domain", x=0.5, yref=yref, y=layer,
+                               showarrow=False, font={"color": "white", "size": 11})
 
 
 def _colour_range(values: pd.Series) -> tuple[float, float]:
@@ -108,35 +137,52 @@ def layer_bars(df: pd.DataFrame, column: str = "mope") -> go.Figure:
 
 
 def versus(df: pd.DataFrame, baseline: str, rho: pd.DataFrame) -> go.Figure:
-    """MoPE against a baseline, one point per unit; Spearman ρ per tower and kind in the legend."""
+    """MoPE against a baseline, one point per unit; heads and neuron groups on the left, whole layers on the
+    right on their own axes (their scale would squash the units); Spearman ρ per tower and kind in the legend."""
     if baseline not in df.columns:
         return empty(f"No {baseline} scores in this table")
-    fig = go.Figure()
+    has_layers = (df.kind == "layer").any() and (df.kind != "layer").any()
+    fig = make_subplots(rows=1, cols=2 if has_layers else 1, column_widths=[0.6, 0.4] if has_layers else None,
+                        subplot_titles=["heads and neuron groups", "whole layers"] if has_layers else None)
     for (tower, kind), part in df.groupby(["tower", "kind"], sort=False):
-        r = rho[(rho.tower == tower) & (rho.kind == kind)][baseline]
-        fig.add_trace(go.Scatter(x=part[baseline], y=part["mope"], mode="markers", text=part["unit"],
-                                 name=f"{tower} {kind} (ρ = {float(r.iloc[0]):.2f})" if len(r) else f"{tower} {kind}",
-                                 hovertemplate=f"%{{text}}<br>{baseline} %{{x:.4g}}<br>MoPE %{{y:.4g}}<extra></extra>"))
-    fig.update_layout(height=360, title={"text": f"MoPE vs {baseline} (Spearman ρ in the legend)", "font": {"size": 14}},
-                      xaxis_title=baseline, yaxis_title="MoPE", margin={"t": 50, "b": 40})
+        r = rho[(rho.tower == tower) & (rho.kind == kind)][baseline] if baseline in rho else []
+        name = f"{tower} {kind} (ρ = {float(r.iloc[0]):.2f})" if len(r) and r.iloc[0] == r.iloc[0] else f"{tower} {kind}"
+        fig.add_trace(go.Scatter(x=part[baseline], y=part["mope"], mode="markers", text=part["unit"], name=name,
+                                 hovertemplate=f"%{{text}}<br>{baseline} %{{x:.4g}}<br>MoPE %{{y:.4g}}<extra></extra>"),
+                      row=1, col=2 if has_layers and kind == "layer" else 1)
+    fig.update_xaxes(title_text=baseline)
+    fig.update_yaxes(title_text="MoPE")
+    fig.update_layout(height=380, title={"text": f"MoPE vs {baseline} (Spearman ρ in the legend)", "font": {"size": 14}},
+                      margin={"t": 60, "b": 40})
     return fig
 
 
-def losses(curve: list[dict], history: list[dict]) -> go.Figure:
-    """Distillation loss terms per step, and the eval metrics on a second axis."""
-    if not curve:
+EVAL_KEYS = ("acc1", "text_retrieval_recall@5", "image_retrieval_recall@5")
+
+
+def losses(curve: list[dict], history: list[dict], references: dict | None = None, steps: int | None = None) -> go.Figure:
+    """Distillation loss terms per step, the eval metrics (from step 0, before training) on a second axis, and
+    reference lines: the teacher's metric and the pruned student's before distillation."""
+    if not curve and not history:
         return empty("No training steps yet", height=300)
-    df = pd.DataFrame(curve)
     fig = make_subplots(specs=[[{"secondary_y": True}]])
+    df = pd.DataFrame(curve)
     for term in [c for c in df.columns if c != "step"]:
         fig.add_trace(go.Scatter(x=df.step, y=df[term], mode="lines", name=term), secondary_y=False)
     evals = pd.DataFrame(history)
-    for key in [k for k in ("acc1", "text_retrieval_recall@5", "image_retrieval_recall@5") if k in evals]:
+    last = max([steps or 0, *(df.step if len(df) else []), *(evals.step if len(evals) else [])], default=1)
+    for key in [k for k in EVAL_KEYS if k in evals]:
         fig.add_trace(go.Scatter(x=evals.step, y=evals[key], mode="lines+markers", name=key, line={"dash": "dot"},
                                  marker={"size": 9, "symbol": "diamond"}), secondary_y=True)
+    for who, dash in (("teacher", "dash"), ("pruned", "dashdot")):
+        for key in [k for k in EVAL_KEYS if k in (references or {}).get(who, {})]:
+            label = "teacher" if who == "teacher" else "pruned, before distillation"
+            fig.add_trace(go.Scatter(x=[0, last], y=[references[who][key]] * 2, mode="lines", name=f"{key}: {label}",
+                                     line={"dash": dash, "width": 1.5, "color": "grey" if who == "teacher" else "firebrick"},
+                                     hovertemplate=f"{label}: %{{y:.4f}}<extra></extra>"), secondary_y=True)
     fig.update_yaxes(title_text="loss", type="log", secondary_y=False)
-    fig.update_yaxes(title_text="eval metric", range=[0, 1], secondary_y=True)
-    fig.update_layout(height=340, xaxis_title="step", margin={"t": 30, "b": 40}, legend={"orientation": "h", "y": -0.3})
+    fig.update_yaxes(title_text="eval metric", range=[0, 1.02], secondary_y=True)
+    fig.update_layout(height=360, xaxis_title="step", margin={"t": 30, "b": 40}, legend={"orientation": "h", "y": -0.3})
     return fig
 
 
@@ -148,4 +194,95 @@ def compression(study: pd.DataFrame, metric: str) -> go.Figure:
     fig.update_layout(height=340, xaxis_title="head + FFN parameters removed (%)", yaxis_title=metric,
                       title={"text": "Pruned without distillation: which ranking keeps the most?", "font": {"size": 14}},
                       margin={"t": 50, "b": 40})
+    return fig
+
+
+FORCED_CHOICE = ("CLIP picks among the labels you typed only: the probabilities of each image sum to 100% over them, "
+                 "so an image of something else still gets a confident-looking label.")
+
+
+def probability_bars(images: list[str], labels: list[str], probs: dict[str, np.ndarray],
+                     errors: dict[int, str] | None = None) -> go.Figure:
+    """Per image (one panel each), every label's probability for each model side by side (a forced choice)."""
+    if not images:
+        return empty("No images yet")
+    errors = errors or {}
+    fig = make_subplots(rows=len(images), cols=1, subplot_titles=[_short(n, 60) for n in images],
+                        vertical_spacing=min(0.08, 0.5 / len(images)))
+    for model, (name, p) in enumerate(probs.items()):
+        for i in range(len(images)):
+            if i in errors:
+                continue
+            fig.add_trace(go.Bar(y=labels, x=p[i], orientation="h", name=name, legendgroup=name, showlegend=i == 0,
+                                 marker={"color": PALETTE[model % len(PALETTE)]},
+                                 hovertemplate=f"{name}<br>%{{y}}: %{{x:.1%}}<extra></extra>"), row=i + 1, col=1)
+    for i, message in errors.items():
+        axes = fig.get_subplot(i + 1, 1)
+        fig.add_annotation(text=f"not predicted: {_short(message, 90)}", showarrow=False, font={"color": "firebrick"},
+                           xref=f"{axes.xaxis.plotly_name.replace('axis', '')} domain", x=0.5,
+                           yref=f"{axes.yaxis.plotly_name.replace('axis', '')} domain", y=0.5)
+    fig.update_xaxes(range=[0, 1], tickformat=".0%")
+    fig.update_layout(height=max(220, len(images) * (40 + 16 * len(labels) * max(1, len(probs)) // 2) + 80),
+                      barmode="group", margin={"t": 60, "b": 30, "l": 140},
+                      title={"text": "Probability of each typed label (a forced choice among them)", "font": {"size": 14}},
+                      legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 1, "xanchor": "right"})
+    return fig
+
+
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c")
+
+
+def _short(text: str, n: int) -> str:
+    text = str(text)
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def attention_maps(maps: dict, image: np.ndarray | None = None) -> go.Figure:
+    """One head's attention in each model side by side (HeadAttention records): the class token over the patch
+    grid (vision, beside the image) or the end-of-text token over the prompt's tokens (text); a head the pruning
+    removed is shown as removed."""
+    if not maps:
+        return empty("Pick a head", height=300)
+    first = next(iter(maps.values()))
+    unit = f"{first.tower}.L{first.layer}.head{first.head}"
+    vision = first.tower == "vision"
+    shown = ([("image", None)] if vision and image is not None else []) + list(maps.items())
+    fig = make_subplots(rows=1, cols=len(shown), subplot_titles=[n if m is None else f"{n}" for n, m in shown],
+                        horizontal_spacing=0.06)
+    for c, (name, m) in enumerate(shown, 1):
+        if m is None:
+            fig.add_trace(go.Image(z=image, hoverinfo="skip"), row=1, col=c)
+        elif m.removed:
+            axes = fig.get_subplot(1, c)
+            fig.add_annotation(text=f"{m.removed} by pruning", showarrow=False, font={"size": 15, "color": "firebrick"},
+                               xref=f"{axes.xaxis.plotly_name.replace('axis', '')} domain", x=0.5,
+                               yref=f"{axes.yaxis.plotly_name.replace('axis', '')} domain", y=0.5)
+        elif vision:
+            fig.add_trace(go.Heatmap(z=m.weights.numpy(), colorscale="Inferno", zmin=0, showscale=c == len(shown),
+                                     hovertemplate="patch row %{y}, col %{x}: %{z:.3f}<extra></extra>"), row=1, col=c)
+            fig.update_yaxes(autorange="reversed", scaleanchor=f"x{c if c > 1 else ''}", row=1, col=c)
+        else:
+            fig.add_trace(go.Bar(x=list(range(len(m.tokens))), y=m.weights.numpy(), showlegend=False,
+                                 customdata=m.tokens, hovertemplate="%{customdata}: %{y:.3f}<extra></extra>"),
+                          row=1, col=c)
+            fig.update_xaxes(tickvals=list(range(len(m.tokens))), ticktext=m.tokens, tickangle=-45, row=1, col=c)
+    what = "class token → patches" if vision else "end-of-text token → prompt tokens"
+    fig.update_layout(height=360, margin={"t": 70, "b": 60},
+                      title={"text": f"Attention of {unit} ({what}), original vs pruned", "font": {"size": 14}})
+    return fig
+
+
+def per_class(df: pd.DataFrame, models: list[str], top: int = 20) -> go.Figure:
+    """Top-1 accuracy per class for each model side by side, the classes that lost most first."""
+    if df is None or df.empty:
+        return empty("No per-class accuracy yet", height=300)
+    part = df.head(top)
+    fig = go.Figure()
+    for i, name in enumerate(models):
+        fig.add_trace(go.Bar(x=part["class"], y=part[name], name=name, marker={"color": PALETTE[i % len(PALETTE)]},
+                             hovertemplate=f"{name}<br>%{{x}}: %{{y:.0%}}<extra></extra>"))
+    more = f" (the {top} that lost most of {len(df)})" if len(df) > top else ""
+    fig.update_layout(height=380, barmode="group", yaxis={"range": [0, 1.02], "tickformat": ".0%", "title": "top-1"},
+                      xaxis={"tickangle": -45}, margin={"t": 50, "b": 110}, legend={"orientation": "h", "y": 1.1},
+                      title={"text": f"Accuracy per class, lost most first{more}", "font": {"size": 14}})
     return fig
