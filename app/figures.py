@@ -247,9 +247,9 @@ def attention_maps(maps: dict, image: np.ndarray | None = None) -> go.Figure:
     unit = f"{first.tower}.L{first.layer}.head{first.head}"
     vision = first.tower == "vision"
     shown = ([("image", None)] if vision and image is not None else []) + list(maps.items())
-    fig = make_subplots(rows=1, cols=len(shown), subplot_titles=[n if m is None else f"{n}" for n, m in shown],
+    fig = make_subplots(rows=1, cols=len(shown), subplot_titles=[n for n, _ in shown],
                         horizontal_spacing=0.06)
-    for c, (name, m) in enumerate(shown, 1):
+    for c, (_, m) in enumerate(shown, 1):
         if m is None:
             fig.add_trace(go.Image(z=image, hoverinfo="skip"), row=1, col=c)
         elif m.removed:

@@ -11,7 +11,7 @@ from mope.attention import HeadAttention
 def scores(vision_scale=1.0, text_scale=0.01, layers=True) -> pd.DataFrame:
     rng = np.random.default_rng(0)
     rows = []
-    for tower, n_layers, heads, groups, scale in (("vision", 3, 4, 6, vision_scale), ("text", 2, 2, 4, text_scale)):
+    for tower, n_layers, heads, groups in (("vision", 3, 4, 6), ("text", 2, 2, 4)):
         for layer in range(n_layers):
             for kind, count in (("head", heads), ("neurons", groups)):
                 rows += [{"tower": tower, "kind": kind, "layer": layer, "index": i,
