@@ -76,7 +76,7 @@ class _progress_bar:
 
 def _prune(args) -> None:
     from . import load_model, load_task
-    from .pipeline import prune_model
+    from .pipeline import check_steps, prune_model
     from .plan import Budget, Plan
     from .pruned import save_pruned
     from .scoring import load_scores
@@ -89,9 +89,12 @@ def _prune(args) -> None:
     towers = tuple(_csv_list(args.towers))
     budget = Budget(keep=args.keep, heads=args.heads, neurons=args.neurons,
                     layers=args.depth or None, strategy=args.strategy, measure=args.measure, towers=towers)
-    task = load_task(args.data, n=args.n, seed=args.seed) if (scores is None or args.depth) else None
+    check_steps(args.iterative, args.step_schedule)
+    rescore = scores is None or args.depth or args.iterative > 1
+    task = load_task(args.data, n=args.n, seed=args.seed) if rescore else None
     with _progress_bar("scoring", args.quiet) as progress:
-        pruned = prune_model(clip, task, budget, scores=scores, by=args.by, progress=progress)
+        pruned = prune_model(clip, task, budget, scores=scores, by=args.by, progress=progress,
+                             steps=args.iterative, step_schedule=args.step_schedule)
     save_pruned(pruned, out)
     for step in pruned.info["plan"]:
         print(Plan.from_dict(step).summary().to_string(index=False, float_format=lambda v: f"{v:.4f}"))
@@ -293,6 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heads", type=int, default=None, help="heads removed from every layer (instead of --keep)")
     p.add_argument("--neurons", type=int, default=None, help="neuron groups removed from every layer (instead of --keep)")
     p.add_argument("--depth", type=int, default=0, help="layers removed after width pruning (re-scored on --data)")
+    p.add_argument("--iterative", type=int, default=1, metavar="K",
+                   help="reach the width budget in K steps, re-scoring the pruned model on --data before each (default 1: one-shot)")
+    p.add_argument("--step-schedule", choices=["even", "geometric"], default="even",
+                   help="how the K steps share the removal: even shares or equal ratios (more early)")
     p.add_argument("--towers", default="vision")
     p.add_argument("--strategy", choices=["uniform", "global"], default="uniform")
     p.add_argument("--measure", choices=["params", "flops"], default="params")

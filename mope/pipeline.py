@@ -5,20 +5,31 @@ from dataclasses import replace
 
 from .clip import Clip
 from .errors import MopeError
-from .plan import check_budget, plan
+from .plan import Budget, check_budget, plan
 from .scoring import score
 from .surgery import prune
+from .units import Unit
+
+STEP_SCHEDULES = ("even", "geometric")
 
 
 def prune_model(clip: Clip, task, budget, schedule: str = "width-then-depth", scores=None, by: str = "mope",
-                progress=None, should_stop=None, **score_kw) -> Clip:
+                progress=None, should_stop=None, steps: int = 1, step_schedule: str = "even", **score_kw) -> Clip:
     """Width first (heads and neuron groups ranked by MoPE), then depth: the layers are re-scored on the
     width-pruned model and the lowest removed — the paper's order. schedule="joint" plans both at once
     from the original scores.
+
+    steps=K > 1 reaches the width budget in K steps (iterative MoPE), re-scoring the remaining units on
+    the already-pruned model before each step: one-shot scores describe the unpruned model, which at high
+    compression no longer resembles the model being pruned. step_schedule: even (equal shares of the
+    removed size) or geometric (equal ratios: more early, when scores are cheapest and most reliable).
     """
     check_budget(budget)
     if schedule not in ("width-then-depth", "joint"):
         raise MopeError(f"unknown schedule '{schedule}'; use width-then-depth or joint")
+    check_steps(steps, step_schedule)
+    if steps > 1 and schedule == "joint":
+        raise MopeError("iterative pruning (steps > 1) re-scores between width steps: use schedule width-then-depth")
     towers = sorted(set(budget.towers) | set(budget.per_tower("keep")) | set(budget.per_tower("layers")))
     kinds = ["head", "neurons"] + (["layer"] if schedule == "joint" else [])
     if scores is None:
@@ -27,7 +38,10 @@ def prune_model(clip: Clip, task, budget, schedule: str = "width-then-depth", sc
         return prune(clip, plan(scores, budget, by=by))
     width = replace(budget, layers=None)
     has_width = bool(width.per_tower("keep") or width.per_tower("heads") or width.per_tower("neurons"))
-    pruned = prune(clip, plan(scores, width, by=by)) if has_width else clip
+    if has_width and steps > 1:
+        pruned = _iterative_width(clip, task, width, scores, by, steps, step_schedule, progress, should_stop, score_kw)
+    else:
+        pruned = prune(clip, plan(scores, width, by=by)) if has_width else clip
     if budget.per_tower("layers"):
         layer_kw = {**score_kw, "baselines": ()}
         layer_scores = score(pruned, task, towers=towers, units=["layer"], progress=progress,
@@ -36,3 +50,107 @@ def prune_model(clip: Clip, task, budget, schedule: str = "width-then-depth", sc
         pruned = prune(pruned, plan(layer_scores, depth, by="mope"))
     pruned.info["scores_fingerprint"] = scores.attrs.get("fingerprint", "")
     return pruned
+
+
+def check_steps(steps, step_schedule: str) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise MopeError(f"steps must be a whole number >= 1 (1 = one-shot), got {steps!r}")
+    if step_schedule not in STEP_SCHEDULES:
+        raise MopeError(f"unknown step schedule '{step_schedule}'; use {' or '.join(STEP_SCHEDULES)}")
+
+
+def step_targets(keep: float, steps: int, step_schedule: str = "even") -> list[float]:
+    """The fraction of the original size kept after each of the K steps; the last one is `keep`."""
+    check_steps(steps, step_schedule)
+    if step_schedule == "geometric":
+        return [keep ** (k / steps) for k in range(1, steps + 1)]
+    return [1 - (1 - keep) * k / steps for k in range(1, steps + 1)]
+
+
+def step_counts(count: int, steps: int) -> list[int]:
+    """An explicit per-layer count split into K steps as evenly as whole numbers allow."""
+    return [round(count * k / steps) - round(count * (k - 1) / steps) for k in range(1, steps + 1)]
+
+
+def _step_budget(width: Budget, k: int, steps: int, step_schedule: str, left: dict) -> Budget | None:
+    """Step k's budget on the current model: `left[t]` is the fraction of its size that reaches the target."""
+    keep = {t: f for t, f in left.items() if f < 1.0}
+    counts = {name: {t: step_counts(int(c), steps)[k] for t, c in width.per_tower(name).items()}
+              for name in ("heads", "neurons")}
+    counts = {name: {t: c for t, c in by_tower.items() if c} for name, by_tower in counts.items()}
+    if not keep and not any(counts.values()):
+        return None
+    return replace(width, keep=keep or None, heads=counts["heads"] or None, neurons=counts["neurons"] or None,
+                   towers=tuple(sorted(set(keep) | set(counts["heads"]) | set(counts["neurons"]))))
+
+
+def plan_total(scores, tower: str, measure: str) -> float:
+    """A tower's size as `plan` measures keep: its layer rows, or its width rows when layers were not scored."""
+    rows = scores[scores["tower"] == tower]
+    layers = rows[rows["kind"] == "layer"]
+    return float((layers if len(layers) else rows[rows["kind"].isin(["head", "neurons"])])[measure].sum())
+
+
+def _iterative_width(clip, task, width: Budget, scores, by, steps, step_schedule, progress, should_stop, score_kw):
+    """K width steps, re-scoring the remaining heads and neuron groups on the pruned model before each."""
+    if task is None:
+        raise MopeError("iterative pruning re-scores the pruned model: give calibration data (--data)")
+    towers = sorted(set(width.towers) | set(width.per_tower("keep")) | set(width.per_tower("heads"))
+                    | set(width.per_tower("neurons")))
+    prunable = int(scores[scores["tower"].isin(towers)]["kind"].isin(["head", "neurons"]).sum())
+    if steps > prunable:
+        raise MopeError(f"{steps} steps but only {prunable} prunable heads and neuron groups: use fewer steps")
+    measure, fractions = width.measure, width.per_tower("keep")
+    start = {t: plan_total(scores, t, measure) for t in fractions}
+    gone = dict.fromkeys(fractions, 0.0)
+    pruned, record = clip, []
+    rescore_kw = {**score_kw, "baselines": () if by == "mope" else (by,)}
+    for k in range(steps):
+        if k:
+            scores = score(pruned, task, towers=towers, units=["head", "neurons"], progress=progress,
+                           should_stop=should_stop, **rescore_kw)
+        left = {t: 1 - (start[t] - gone[t] - step_targets(f, steps, step_schedule)[k] * start[t])
+                / plan_total(scores, t, measure) for t, f in fractions.items()}
+        budget = _step_budget(width, k, steps, step_schedule, left)
+        if budget is None:
+            record.append({"step": k + 1, "skipped": "nothing left to remove at this step"})
+            continue
+        step_plan = plan(scores, budget, by=by)
+        for t, size in step_plan.sizes.items():
+            gone[t] = gone.get(t, 0.0) + size[f"{measure}_before"] - size[f"{measure}_after"]
+        record.append(_step_record(k, pruned, scores, step_plan, by))
+        pruned = prune(pruned, step_plan)
+    pruned.info["iterative"] = {"steps": steps, "step_schedule": step_schedule, "by": by, "record": record,
+                                "targets": {t: step_targets(f, steps, step_schedule) for t, f in fractions.items()}}
+    return pruned
+
+
+def _step_record(k: int, model: Clip, scores, step_plan, by: str) -> dict:
+    """What step k removed, named in the source model's indices, with the scores it was ranked by."""
+    removed = {u.name for u in step_plan.removed}
+    rows = scores[scores["unit"].isin(removed)]
+    structure = model.info.get("structure")
+    group_sizes = step_plan.group_sizes
+    return {"step": k + 1, "scores_fingerprint": scores.attrs.get("fingerprint", ""),
+            "kept_after": {t: s[f"{step_plan.budget.measure}_after"] / max(s[f"{step_plan.budget.measure}_before"], 1)
+                           for t, s in step_plan.sizes.items()},
+            "removed": {source_unit(Unit.parse(u), structure, group_sizes).name: float(v)
+                        for u, v in zip(rows["unit"], rows[by])}}
+
+
+def source_unit(unit: Unit, structure: dict | None, group_sizes: dict[str, int]) -> Unit:
+    """A unit of a pruned model named in the indices of the unpruned source model."""
+    if structure is None or unit.tower not in structure:
+        return unit
+    spec = structure[unit.tower]
+    layer = spec["layers"][unit.layer]
+
+    def kept(mapping):
+        return mapping[layer] if layer in mapping else mapping[str(layer)]
+
+    if unit.kind == "head":
+        return Unit(unit.tower, "head", layer, kept(spec["heads"])[unit.index])
+    if unit.kind == "neurons":
+        g = group_sizes.get(unit.tower, 1)
+        return Unit(unit.tower, "neurons", layer, kept(spec["neurons"])[unit.index * g] // g)
+    return Unit(unit.tower, unit.kind, layer, unit.index)

@@ -28,6 +28,7 @@ from .io import atomic_save_safetensors, atomic_write_json
 from .units import tower_blocks
 
 FORMAT = 1
+CARRIED = ("plan", "scores_fingerprint", "distill", "iterative")  # info keys kept in pruning.json
 
 
 def stock_config(clip: Clip) -> dict | None:
@@ -67,7 +68,7 @@ def save_pruned(clip: Clip, folder: str | Path, extra: dict | None = None) -> Pa
         atomic_write_json(tmp / "pruning.json", {
             "format": FORMAT, "stock": stock is not None, "source_spec": clip.info.get("source_spec", clip.spec),
             "source_config": clip.info["model_cfg"], "structure": clip.info["structure"],
-            **{k: v for k, v in clip.info.items() if k in ("plan", "scores_fingerprint", "distill")},
+            **{k: v for k, v in clip.info.items() if k in CARRIED},
             **(extra or {})})
         tmp.rename(folder)
     finally:
@@ -109,7 +110,7 @@ def load_pruned(folder: Path, spec: str, device: torch.device, name: str | None 
         raise MopeError(f"could not load the pruned model in {folder}: {str(e).splitlines()[0][:300]}") from e
     model.eval()
     info = {"model_cfg": source_cfg, "structure": structure, "source_spec": meta.get("source_spec"),
-            **{k: meta[k] for k in ("plan", "scores_fingerprint", "distill") if k in meta}}
+            **{k: meta[k] for k in CARRIED if k in meta}}
     return Clip(model, tokenizer, preprocess, name or folder.name, spec, device, info)
 
 

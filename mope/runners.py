@@ -87,8 +87,10 @@ def _pruned(p, clip, ctx):
 
     budget = _budget(p)
     scores = load_scores(p["scores"]) if p["scores"] else None
-    task = load_task(p["data"], n=p["n"]) if scores is None or budget.per_tower("layers") else None
+    iterative = p.get("iterative", 1)
+    task = load_task(p["data"], n=p["n"]) if scores is None or budget.per_tower("layers") or iterative > 1 else None
     return prune_model(clip, task, budget, scores=scores, by=p.get("by", "mope"), should_stop=ctx.should_stop,
+                       steps=iterative, step_schedule=p.get("step_schedule", "even"),
                        progress=lambda done, total, eta, rows: ctx.progress(done, total, eta, "scoring"))
 
 

@@ -51,6 +51,8 @@ def test_score_then_prune_then_load(tiny_dir, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--keep", "1.0"], "removes nothing"), (["--keep", "0.01"], "removes every head"),
+    (["--keep", "0.5", "--iterative", "0"], "steps must be a whole number >= 1"),
+    (["--keep", "0.5", "--iterative", "99999"], "use fewer steps"),
 ])
 def test_prune_bad_budgets(tiny_dir, tmp_path, args, message):
     scores = tmp_path / "s.csv"
@@ -65,3 +67,11 @@ def test_bench_prints_both_towers(tiny_dir, tmp_path):
     out = run("bench", "--model", str(tiny_dir), "--batch", "2", "--repeats", "1", home=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "vision" in out.stdout and "text" in out.stdout and "throughput" in out.stdout
+
+
+def test_prune_iterative_records_its_steps(tiny_dir, tmp_path):
+    out = run("prune", "--model", str(tiny_dir), "--keep", "0.5", "--iterative", "2", "--step-schedule", "geometric",
+              "--n", "8", "--towers", "vision", "--quiet", "--out", str(tmp_path / "p"), home=tmp_path)
+    assert out.returncode == 0, out.stderr
+    saved = json.loads((tmp_path / "p" / "pruning.json").read_text())
+    assert saved["iterative"]["steps"] == 2 and len(saved["plan"]) == 2

@@ -176,7 +176,7 @@ def test_prune_score_and_prune_and_distill_jobs(home, tiny_dir):
     store = Store()
     scored = store.submit("score", {"model": str(tiny_dir), "n": 8, "towers": ["vision"], "metric": "loss"})
     both = store.submit("prune-and-distill", {"model": str(tiny_dir), "out": str(home / "pd"), "n": 8, "steps": 2,
-                                              "batch_size": 4, "eval_n": 8, "layers": 1})
+                                              "batch_size": 4, "eval_n": 8, "layers": 1, "iterative": 2})
     work(store, idle_exit=0.5)
     job = store.get(scored)
     assert job["status"] == "done", job["error"]
@@ -189,6 +189,7 @@ def test_prune_score_and_prune_and_distill_jobs(home, tiny_dir):
     assert job["references"]["pruned"] == {k: v for k, v in job["history"][0].items() if k != "step"}
     assert set(job["references"]["teacher"]) == {"acc1", "acc5", "mean_per_class_recall"}
     assert all(point for point in job["curve"])  # the step-0 report adds no empty loss point
+    assert len(final.info["iterative"]["record"]) == 2  # width in two re-scored steps, then depth
     pruned = store.submit("prune", {"model": str(tiny_dir), "scores": job["result"]["pruned"] + "/nope.csv",
                                     "out": str(home / "p2")})
     work(store, idle_exit=0.5)

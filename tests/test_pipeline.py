@@ -1,7 +1,14 @@
+import json
+
 import pytest
+import torch
 
 import mope
-from mope.pipeline import prune_model
+from mope import pipeline
+from mope.errors import MopeError
+from mope.pipeline import plan_total, prune_model, step_counts, step_targets
+from mope.surgery import prune_units
+from mope.units import Unit
 from mope.plan import Budget
 from mope.units import tower_blocks
 
@@ -19,3 +26,76 @@ def test_prune_model_width_then_depth_rescores_layers(tiny):
     assert len(steps) == 2 and all(n.count(".") == 2 for n in steps[0]["removed"])
     assert [n for n in steps[1]["removed"]] in (["vision.L0"], ["vision.L1"])
     assert len(tower_blocks(pruned.model, "vision")) == 1
+
+
+def test_step_targets_even_and_geometric_end_at_keep():
+    assert step_targets(0.25, 4) == [0.8125, 0.625, 0.4375, 0.25]
+    geo = step_targets(0.25, 2, "geometric")
+    assert geo[0] == pytest.approx(0.5) and geo[-1] == pytest.approx(0.25)
+    assert step_counts(5, 4) == [1, 1, 2, 1] and sum(step_counts(7, 3)) == 7
+
+
+@pytest.mark.parametrize("steps, schedule, message", [(0, "even", "steps must be"), (-2, "even", "steps must be"),
+                                                      (2.5, "even", "steps must be"), (2, "cubic", "unknown step schedule")])
+def test_bad_steps_are_clear_errors(tiny, steps, schedule, message):
+    with pytest.raises(MopeError, match=message):
+        prune_model(tiny, mope.load_task("shapes", n=4), Budget(keep=0.5), steps=steps, step_schedule=schedule)
+
+
+def test_iterative_rescores_the_pruned_model_between_steps(tiny):
+    task = mope.load_task("shapes", n=8)
+    budget = Budget(keep=0.5, towers=("vision",), strategy="global")
+    calls = []
+    real = pipeline.score
+
+    def spy(clip, *a, **kw):
+        calls.append(clip)
+        return real(clip, *a, **kw)
+
+    pipeline.score = spy
+    try:
+        pruned = prune_model(tiny, task, budget, steps=3, metric="loss", cache=False, baselines=())
+    finally:
+        pipeline.score = real
+    assert len(calls) == 3 and calls[0] is tiny and all(c is not tiny for c in calls[1:])
+    record = pruned.info["iterative"]["record"]
+    assert [r["step"] for r in record] == [1, 2, 3] and len(pruned.info["plan"]) == 3
+    # step 2's units are named in the source model's indices: none of them was removed at step 1
+    assert not set(record[0]["removed"]) & set(record[1]["removed"])
+    # the three steps together reach the budget as closely as the one-shot plan does
+    scores = mope.score(tiny, task, towers=["vision"], units=["head", "neurons"], metric="loss", cache=False,
+                        baselines=())
+    one_shot = mope.plan(scores, budget)
+    kept = record[-1]["kept_after"]["vision"]
+    assert kept < 1 and pruned.info["iterative"]["targets"]["vision"][-1] == 0.5
+    full = plan_total(scores, "vision", "params")
+    iterative_after = full - sum(scores.set_index("unit").loc[list(r["removed"]), "params"].sum() for r in record)
+    assert abs(iterative_after / full - 0.5) <= abs(one_shot.sizes["vision"]["params_after"] / full - 0.5) + 0.1
+
+
+def test_iterative_matches_the_ablated_source_model(tiny):
+    """The units recorded in source indices are exactly what the pruned model lacks."""
+    task = mope.load_task("shapes", n=8)
+    pruned = prune_model(tiny, task, Budget(keep=0.5, towers=("vision",)), steps=2, metric="loss", cache=False,
+                         baselines=())
+    record = pruned.info["iterative"]["record"]
+    removed = [Unit.parse(u) for r in record for u in r["removed"]]
+    again = prune_units(tiny, removed, pruned.info["plan"][0]["group_sizes"])
+    images = torch.stack([tiny.preprocess(task.pil_image(i)) for i in range(4)])
+    with torch.no_grad():
+        assert torch.equal(again.model.encode_image(images), pruned.model.encode_image(images))
+
+
+def test_iterative_saves_its_schedule(tiny, tmp_path):
+    task = mope.load_task("shapes", n=8)
+    pruned = prune_model(tiny, task, Budget(keep=0.6, towers=("vision",)), steps=2, step_schedule="geometric",
+                         metric="loss", cache=False, baselines=())
+    mope.save_pruned(pruned, tmp_path / "m")
+    saved = json.loads((tmp_path / "m" / "pruning.json").read_text())["iterative"]
+    assert saved["steps"] == 2 and saved["step_schedule"] == "geometric" and len(saved["record"]) == 2
+
+
+def test_more_steps_than_units_is_a_clear_error(tiny):
+    with pytest.raises(MopeError, match="prunable heads and neuron groups: use fewer steps"):
+        prune_model(tiny, mope.load_task("shapes", n=4), Budget(keep=0.5), steps=10_000, metric="loss", cache=False,
+                    baselines=())
