@@ -104,7 +104,11 @@ def _iterative_width(clip, task, width: Budget, scores, by, steps, step_schedule
     start = {t: plan_total(scores, t, measure) for t in fractions}
     gone = dict.fromkeys(fractions, 0.0)
     pruned, record = clip, []
-    rescore_kw = {**score_kw, "baselines": () if by == "mope" else (by,)}
+    group_sizes = set(scores.attrs.get("group_sizes", {}).values())
+    if len(group_sizes) > 1:
+        raise MopeError("the towers were scored with different neuron-group sizes: prune them one at a time")
+    rescore_kw = {**score_kw, "baselines": () if by == "mope" else (by,),
+                  "group_size": group_sizes.pop() if group_sizes else score_kw.get("group_size")}
     for k in range(steps):
         if k:
             scores = score(pruned, task, towers=towers, units=["head", "neurons"], progress=progress,

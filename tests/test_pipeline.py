@@ -49,22 +49,23 @@ def test_iterative_rescores_the_pruned_model_between_steps(tiny):
     real = pipeline.score
 
     def spy(clip, *a, **kw):
-        calls.append(clip)
+        calls.append((clip, kw["group_size"]))
         return real(clip, *a, **kw)
 
+    scores = mope.score(tiny, task, towers=["vision"], units=["head", "neurons"], metric="loss", cache=False,
+                        baselines=(), group_size=16)
     pipeline.score = spy
     try:
-        pruned = prune_model(tiny, task, budget, steps=3, metric="loss", cache=False, baselines=())
+        pruned = prune_model(tiny, task, budget, scores=scores, steps=3, metric="loss", cache=False, baselines=())
     finally:
         pipeline.score = real
-    assert len(calls) == 3 and calls[0] is tiny and all(c is not tiny for c in calls[1:])
+    # steps 2 and 3 re-score the pruned models, with the neuron groups of the first table
+    assert len(calls) == 2 and all(c is not tiny and g == 16 for c, g in calls)
     record = pruned.info["iterative"]["record"]
     assert [r["step"] for r in record] == [1, 2, 3] and len(pruned.info["plan"]) == 3
     # step 2's units are named in the source model's indices: none of them was removed at step 1
     assert not set(record[0]["removed"]) & set(record[1]["removed"])
     # the three steps together reach the budget as closely as the one-shot plan does
-    scores = mope.score(tiny, task, towers=["vision"], units=["head", "neurons"], metric="loss", cache=False,
-                        baselines=())
     one_shot = mope.plan(scores, budget)
     kept = record[-1]["kept_after"]["vision"]
     assert kept < 1 and pruned.info["iterative"]["targets"]["vision"][-1] == 0.5
