@@ -13,7 +13,9 @@ import pandas as pd
 from .clip import Clip
 from .data.tasks import Task
 from .evaluate import default_metric, evaluate
-from .plan import Budget, plan
+from .pipeline import prune_model
+from .errors import MopeError
+from .plan import Budget, Plan, plan
 from .scoring import Cancelled
 from .surgery import prune
 
@@ -24,27 +26,48 @@ RANKINGS = {NAMES[column]: column for column in ("mope", "magnitude", "random")}
 def compression_curve(clip: Clip, scores: pd.DataFrame, task: Task, removed: Sequence[float] = (0.25, 0.5, 0.75),
                       rankings: dict[str, str] | None = None, towers: Sequence[str] = ("vision",),
                       metric: str | None = None, progress: Callable | None = None,
-                      should_stop: Callable[[], bool] | None = None) -> pd.DataFrame:
+                      should_stop: Callable[[], bool] | None = None, iterative: Sequence[int] = (),
+                      calibration: Task | None = None, step_schedule: str = "even") -> pd.DataFrame:
     """One row per (fraction of head+FFN params removed, ranking): the metric of the physically pruned model.
 
     rankings maps a display name to a column of `scores` (low scores are removed first). Row 0 of each
-    ranking is the unpruned model. progress(done, total, eta, rows) after each evaluation.
+    ranking is the unpruned model. iterative=(K, …) adds "MoPE iterative ×K" curves: the budget reached
+    in K steps, re-scoring on `calibration` between them (the data `scores` came from). progress(done,
+    total, eta, rows) after each evaluation.
     """
     rankings = rankings or {name: col for name, col in RANKINGS.items() if col in scores.columns}
+    if iterative and calibration is None:
+        raise MopeError("iterative curves re-score the pruned model: give the calibration task the scores came from")
+    curves = {**{name: (col, 1) for name, col in rankings.items()},
+              **{iterative_name(k): ("mope", k) for k in iterative}}
     metric = metric or default_metric(task)
     dense = evaluate(clip, task)[metric]
-    rows = [{"removed": 0.0, "ranking": name, metric: dense, "heads": 0, "groups": 0} for name in rankings]
-    todo = [(r, name) for r in removed for name in rankings]
+    rows = [{"removed": 0.0, "ranking": name, metric: dense, "heads": 0, "groups": 0} for name in curves]
+    todo = [(r, name) for r in removed for name in curves]
     start = time.time()
     for done, (fraction, name) in enumerate(todo, 1):
         if should_stop and should_stop():
             raise Cancelled(rows)
-        p = plan(scores, Budget(keep=1 - fraction, towers=tuple(towers)), by=rankings[name])
-        kinds = [u.kind for u in p.removed]
-        rows.append({"removed": fraction, "ranking": name, metric: evaluate(prune(clip, p), task)[metric],
+        budget = Budget(keep=1 - fraction, towers=tuple(towers))
+        pruned = _pruned(clip, scores, budget, *curves[name], calibration, step_schedule, should_stop)
+        kinds = [u.kind for step in pruned.info["plan"] for u in Plan.from_dict(step).removed]
+        rows.append({"removed": fraction, "ranking": name, metric: evaluate(pruned, task)[metric],
                      "heads": kinds.count("head"), "groups": kinds.count("neurons")})
         if progress:
             progress(done, len(todo), (time.time() - start) / done * (len(todo) - done), rows)
     df = pd.DataFrame(rows)
     df.attrs.update(metric=metric, scores=scores.attrs.get("fingerprint", ""))
     return df
+
+
+def iterative_name(steps: int) -> str:
+    return f"MoPE iterative ×{steps}"
+
+
+def _pruned(clip: Clip, scores: pd.DataFrame, budget: Budget, by: str, steps: int, calibration: Task | None,
+            step_schedule: str, should_stop) -> Clip:
+    """One-shot: the plan of `scores` ranked by `by`; iterative: K steps re-scored with the table's metric."""
+    if steps == 1:
+        return prune(clip, plan(scores, budget, by=by))
+    return prune_model(clip, calibration, budget, scores=scores, by=by, steps=steps, step_schedule=step_schedule,
+                       should_stop=should_stop, metric=scores.attrs.get("metric"), baselines=())
