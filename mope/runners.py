@@ -60,8 +60,10 @@ def _study(p, ctx) -> dict:
     clip = load_model(p["model"], device=p["device"])
     scores = load_scores(p["scores"])
     rankings = {NAMES.get(r, r): r for r in p["rankings"]}
+    calibration = load_task(p["calibration"], n=p["calibration_n"]) if p["calibration"] else None
     df = compression_curve(clip, scores, load_task(p["data"], n=p["n"]), removed=p["removed"], rankings=rankings,
-                           towers=p["towers"], should_stop=ctx.should_stop,
+                           towers=p["towers"], should_stop=ctx.should_stop, iterative=[int(k) for k in p["iterative"]],
+                           calibration=calibration,
                            progress=lambda done, total, eta, rows: (ctx.progress(done, total, eta, "evaluating"),
                                                                     ctx.partial(rows)))
     path = results_dir() / f"study-{ctx.job_id}.csv"

@@ -12,9 +12,9 @@ import pandas as pd
 
 from .clip import Clip
 from .data.tasks import Task
+from .errors import MopeError
 from .evaluate import default_metric, evaluate
 from .pipeline import prune_model
-from .errors import MopeError
 from .plan import Budget, Plan, plan
 from .scoring import Cancelled
 from .surgery import prune

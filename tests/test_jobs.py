@@ -6,6 +6,7 @@ import threading
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 import mope
@@ -194,3 +195,19 @@ def test_prune_score_and_prune_and_distill_jobs(home, tiny_dir):
                                     "out": str(home / "p2")})
     work(store, idle_exit=0.5)
     assert store.get(pruned)["status"] == "failed" and "scores file not found" in store.get(pruned)["error"]
+
+
+def test_study_job_with_an_iterative_curve(home, tiny_dir):
+    clip = mope.load_model(str(tiny_dir), device="cpu")
+    scores = mope.score(clip, mope.load_task("shapes", n=8), towers=["vision"], units=["head", "neurons"],
+                        baselines=("magnitude",))
+    path = home / "scores.csv"
+    mope.save_scores(scores, path)
+    store = Store()
+    job_id = store.submit("study", {"model": str(tiny_dir), "scores": str(path), "n": 8, "removed": [0.5],
+                                    "rankings": ["mope"], "iterative": [2], "calibration": "shapes", "calibration_n": 8})
+    work(store, idle_exit=0.5)
+    job = store.get(job_id)
+    assert job["status"] == "done", job["error"]
+    study = pd.read_csv(job["result"]["study"])
+    assert set(study.ranking) == {"MoPE", "MoPE iterative ×2"}

@@ -7,10 +7,9 @@ import mope
 from mope import pipeline
 from mope.errors import MopeError
 from mope.pipeline import plan_total, prune_model, step_counts, step_targets
-from mope.surgery import prune_units
-from mope.units import Unit
 from mope.plan import Budget
-from mope.units import tower_blocks
+from mope.surgery import prune_units
+from mope.units import Unit, tower_blocks
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 import pytest
 
 import mope
-from mope.study import compression_curve
+from mope.pipeline import prune_model
+from mope.study import compression_curve, iterative_name
 
 
 @pytest.fixture(scope="module")
@@ -31,3 +32,21 @@ def test_curve_can_be_cancelled_with_the_rows_so_far(scored):
     with pytest.raises(mope.Cancelled) as stopped:
         compression_curve(clip, scores, task, removed=(0.5,), should_stop=lambda: calls.append(1) or len(calls) > 1)
     assert len(stopped.value.rows) == 3 + 1  # the dense rows and the one evaluated before the stop
+
+
+def test_curve_adds_iterative_mope_reached_in_k_rescored_steps(scored):
+    clip, scores, task = scored
+    df = compression_curve(clip, scores, task, removed=(0.5,), rankings={"MoPE": "mope"}, iterative=(2,),
+                           calibration=task)
+    assert list(df.ranking.unique()) == ["MoPE", iterative_name(2)]
+    by_hand = prune_model(clip, task, mope.Budget(keep=0.5), scores=scores, steps=2, metric=scores.attrs["metric"],
+                          baselines=())
+    row = df[(df.removed == 0.5) & (df.ranking == iterative_name(2))]
+    assert row.acc1.item() == mope.evaluate(by_hand, task)["acc1"]
+    assert row.heads.item() + row.groups.item() == sum(len(r["removed"]) for r in by_hand.info["iterative"]["record"])
+
+
+def test_iterative_curve_needs_the_calibration_task(scored):
+    clip, scores, task = scored
+    with pytest.raises(mope.MopeError, match="calibration task"):
+        compression_curve(clip, scores, task, removed=(0.5,), iterative=(2,))
