@@ -30,7 +30,7 @@ def _csv_list(text: str, aliases: dict[str, str] | None = None) -> list[str]:
 
 
 def _score(args) -> None:
-    from . import load_model, load_task
+    from . import importance, load_model, load_task
     from .scoring import baseline_correlations, save_scores, score_distributed
 
     clip = load_model(args.model, device=args.device)
@@ -46,7 +46,7 @@ def _score(args) -> None:
     save_scores(df, Path(args.out))
     print(f"{len(df)} units scored on {task.name} ({df['base'].iloc[0]:.4f} {args.metric or 'default metric'} "
           f"unablated) -> {args.out}")
-    if any(b in df.columns for b in ("magnitude", "random", "taylor")):
+    if any(b in df.columns for b in importance.baselines()):
         print("Spearman rank correlation of MoPE with each baseline:")
         print(baseline_correlations(df).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
@@ -254,6 +254,7 @@ def _train_demo(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import importance  # registered criteria name the --baselines and --by choices
     parser = argparse.ArgumentParser(prog="python -m mope", description="MoPE-CLIP Explorer command line")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -281,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default=None, help="acc1 (zeroshot default), recall_mean (retrieval default), loss, …")
     p.add_argument("--impl", choices=["fast", "naive"], default="fast")
     p.add_argument("--group-size", type=int, default=None, help="FFN neurons per group (default: 64 or a divisor)")
-    p.add_argument("--baselines", default="magnitude,random,taylor", help="comma list, or '' for none")
+    p.add_argument("--baselines", default=",".join(importance.baselines()),
+                   help=f"comma list of {', '.join(importance.baselines())}, or '' for none")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast on GPU")
     p.add_argument("--no-cache", action="store_true", help="recompute even when cached scores exist")
     p.add_argument("--device", default=None)
@@ -303,7 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--towers", default="vision")
     p.add_argument("--strategy", choices=["uniform", "global"], default="uniform")
     p.add_argument("--measure", choices=["params", "flops"], default="params")
-    p.add_argument("--by", default="mope", help="rank by this column: mope, magnitude, taylor or random")
+    p.add_argument("--by", default="mope", help=f"rank by this column: {', '.join(importance.names())} (or any "
+                   "column of --scores)")
     p.add_argument("--data", default="shapes", help="calibration data for scoring (layers, or all when no --scores)")
     p.add_argument("--n", type=int, default=256)
     p.add_argument("--seed", type=int, default=None)

@@ -55,11 +55,11 @@ def _study(p, ctx) -> dict:
     from .io import atomic_write_text
     from .scoring import load_scores
     from .settings import results_dir
-    from .study import NAMES, compression_curve
+    from .study import compression_curve, ranking_names
 
     clip = load_model(p["model"], device=p["device"])
     scores = load_scores(p["scores"])
-    rankings = {NAMES.get(r, r): r for r in p["rankings"]}
+    rankings = ranking_names(p["rankings"])
     calibration = load_task(p["calibration"], n=p["calibration_n"]) if p["calibration"] else None
     df = compression_curve(clip, scores, load_task(p["data"], n=p["n"]), removed=p["removed"], rankings=rankings,
                            towers=p["towers"], should_stop=ctx.should_stop, iterative=[int(k) for k in p["iterative"]],

@@ -11,15 +11,13 @@ from __future__ import annotations
 import itertools
 import json
 import time
-import zlib
 from contextlib import nullcontext
 from typing import Callable, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
+from . import importance
 from .ablation import MaskedBlock, ablated, starting_at
 from .cache import key_of, model_fingerprint, open_cache
 from .clip import Clip
@@ -27,7 +25,6 @@ from .data.tasks import Task, image_batches
 from .errors import MopeError
 from .evaluate import (
     check_metric,
-    contrastive_loss,
     default_metric,
     ensemble,
     higher_is_better,
@@ -38,7 +35,6 @@ from .evaluate import (
 )
 from .units import KINDS, TOWERS, Unit, check_group_size, enumerate_units, tower_blocks, unit_flops, unit_params
 
-BASELINES = ("magnitude", "random", "taylor")
 TOKEN_BUDGET = 2**17  # tokens per batched ablation pass; bounds memory, not results
 
 Progress = Callable[[int, int, float | None, list[dict]], None]
@@ -54,7 +50,7 @@ class Cancelled(MopeError):
 
 def score(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequence[str] = KINDS,
           metric: str | None = None, impl: str = "fast", group_size: int | None = None,
-          baselines: Sequence[str] = BASELINES, seed: int = 0, precision: str = "fp32", cache: bool = True,
+          baselines: Sequence[str] | None = None, seed: int = 0, precision: str = "fp32", cache: bool = True,
           progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
           shard: tuple[int, int] | None = None, batch_tokens: int = TOKEN_BUDGET) -> pd.DataFrame:
     """One row per unit: tower, kind, layer, index, unit, mope, base, ablated, params, flops, baselines.
@@ -83,7 +79,7 @@ def score(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequenc
 
 def cached_scores(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequence[str] = KINDS,
                   metric: str | None = None, impl: str = "fast", group_size: int | None = None,
-                  baselines: Sequence[str] = BASELINES, seed: int = 0, precision: str = "fp32") -> pd.DataFrame | None:
+                  baselines: Sequence[str] | None = None, seed: int = 0, precision: str = "fp32") -> pd.DataFrame | None:
     """What score() with these arguments would return from the cache, or None when it would compute."""
     metric, group_sizes, fingerprint, model_fp, key = _settle(clip, task, towers, units, metric, impl, group_size,
                                                                baselines, seed, precision, None)
@@ -96,7 +92,7 @@ def _settle(clip, task, towers, units, metric, impl, group_size, baselines, seed
     metric = metric or default_metric(task)
     group_sizes = _validate(clip, task, towers, units, metric, impl, baselines, precision, group_size)
     settings = dict(towers=list(towers), units=list(units), metric=metric, impl=impl, group_sizes=group_sizes,
-                    baselines=list(baselines), seed=seed, precision=precision)
+                    baselines=list(importance.check_baselines(baselines)), seed=seed, precision=precision)
     model_fp = model_fingerprint(clip.model)
     fingerprint = key_of(model=model_fp, task=task.fingerprint(), **settings)
     return metric, group_sizes, fingerprint, model_fp, f"{fingerprint}/{shard}"
@@ -126,9 +122,7 @@ def _validate(clip, task, towers, units, metric, impl, baselines, precision, gro
             raise MopeError(f"unknown unit kind '{k}'; use head, neurons and/or layer")
     if impl not in ("fast", "naive"):
         raise MopeError(f"unknown impl '{impl}'; use fast or naive")
-    for b in baselines:
-        if b not in BASELINES:
-            raise MopeError(f"unknown baseline '{b}'; use {', '.join(BASELINES)}")
+    importance.check_baselines(baselines)
     if precision not in ("fp32", "bf16", "fp16"):
         raise MopeError(f"unknown precision '{precision}'; use fp32, bf16 or fp16")
     if precision != "fp32" and clip.device.type != "cuda":
@@ -269,24 +263,12 @@ class FastScorer(_Scorer):
 
 # --- baselines ------------------------------------------------------------------------------------------
 
-def unit_weights(model: torch.nn.Module, unit: Unit, group_size: int) -> list[tuple[torch.nn.Parameter, tuple]]:
-    """(parameter, index) pairs of the weights a unit owns: what magnitude and Taylor sum over."""
-    block = tower_blocks(model, unit.tower)[unit.layer]
-    if unit.kind == "layer":
-        return [(p, (...,)) for p in block.parameters()]
-    if unit.kind == "head":
-        attn, hd = block.attn, block.attn.head_dim
-        inner = attn.in_proj_weight.shape[0] // 3  # q, k, v blocks of in_proj_weight
-        rows = torch.cat([torch.arange(j * inner + unit.index * hd, j * inner + (unit.index + 1) * hd) for j in range(3)])
-        return [(attn.in_proj_weight, (rows,)), (attn.out_proj.weight, (slice(None), slice(unit.index * hd, (unit.index + 1) * hd)))]
-    cols = slice(unit.index * group_size, (unit.index + 1) * group_size)
-    return [(block.mlp.c_fc.weight, (cols,)), (block.mlp.c_proj.weight, (slice(None), cols))]
-
-
 def unit_table(clip: Clip, towers: Sequence[str] = TOWERS, units: Sequence[str] = KINDS,
-               group_size: int | None = None, baselines: Sequence[str] = ("magnitude", "random"),
+               group_size: int | None = None, baselines: Sequence[str] | None = None,
                task: Task | None = None, seed: int = 0) -> pd.DataFrame:
-    """The units with their sizes and baseline scores, without MoPE (cheap; Taylor needs a task)."""
+    """The units with their sizes and baseline scores, without MoPE (cheap). Default baselines: those that
+    need no task (magnitude, random); Taylor needs `task`."""
+    baselines = importance.baselines(needs_task=False) if baselines is None else baselines
     group_sizes = check_group_size(clip.model, towers, group_size)
     todo = enumerate_units(clip.model, towers, units, group_sizes)
     rows = [{"tower": u.tower, "kind": u.kind, "layer": u.layer, "index": u.index, "unit": u.name} for u in todo]
@@ -303,54 +285,15 @@ def unit_rows(clip: Clip, task: Task | None, units: list[Unit], group_sizes: dic
     model = clip.model
     rows = [{"params": unit_params(model, u, group_sizes[u.tower]), "flops": unit_flops(model, u, group_sizes[u.tower])}
             for u in units]
-    if "magnitude" in baselines:
-        for row, u in zip(rows, units):
-            row["magnitude"] = float(torch.sqrt(sum((p.detach()[i].float() ** 2).sum() for p, i in
-                                                    unit_weights(model, u, group_sizes[u.tower]))))
-    if "random" in baselines:
-        for row, u in zip(rows, units):  # seeded per unit, so a shard draws what one process draws
-            row["random"] = float(np.random.default_rng([seed, zlib.crc32(u.name.encode())]).random())
-    if "taylor" in baselines:
-        if task is None:
-            raise MopeError("the Taylor baseline needs a task (its loss gives the gradients)")
-        grads = _loss_gradients(clip, task)
-        for row, u in zip(rows, units):
-            row["taylor"] = float(sum((p.detach()[i] * grads[p][i]).abs().sum() for p, i in
-                                      unit_weights(model, u, group_sizes[u.tower])))
+    for name in importance.check_baselines(baselines):
+        for row, value in zip(rows, importance.criterion(name)(clip, units, group_sizes, task=task, seed=seed)):
+            row[name] = value
     return rows
-
-
-def _loss_gradients(clip: Clip, task: Task, batch_size: int = 64) -> dict:
-    """Gradients of the task's contrastive loss (see evaluate.contrastive_loss) for every parameter."""
-    model = clip.model
-    params = [p for p in model.parameters()]
-    grads = {p: torch.zeros_like(p) for p in params}
-    scale = model.logit_scale.exp().detach()
-    tokens = clip.tokenizer(task_texts(task)).to(clip.device)
-    batches = list(image_batches(task, clip.preprocess, batch_size if task.kind == "zeroshot" else len(task)))
-    start = 0
-    for x in batches:
-        with torch.enable_grad():
-            text = model.encode_text(tokens, normalize=True)
-            if task.kind == "zeroshot":
-                text = ensemble(text, len(task.classnames))
-            image = model.encode_image(x.to(clip.device), normalize=True)
-            if task.kind == "zeroshot":
-                labels = task.labels[start:start + len(x)].to(clip.device)
-                loss = F.cross_entropy(scale * image @ text.T, labels, reduction="sum") / len(task)
-            else:
-                loss = contrastive_loss(task, image, text, scale)
-            g = torch.autograd.grad(loss, params, allow_unused=True)
-        for p, gi in zip(params, g):
-            if gi is not None:
-                grads[p] += gi
-        start += len(x)
-    return grads
 
 
 def baseline_correlations(df: pd.DataFrame) -> pd.DataFrame:
     """Spearman rank correlation between MoPE and each baseline, per tower and unit kind."""
-    present = [b for b in BASELINES if b in df.columns]
+    present = [b for b in importance.baselines() if b in df.columns]
     out = []
     for (tower, kind), g in df.groupby(["tower", "kind"], sort=False):
         row = {"tower": tower, "kind": kind, "units": len(g)}
@@ -358,6 +301,15 @@ def baseline_correlations(df: pd.DataFrame) -> pd.DataFrame:
             row[b] = g["mope"].rank().corr(g[b].rank()) if len(g) > 1 else float("nan")
         out.append(row)
     return pd.DataFrame(out)
+
+
+@importance.register("mope", label="MoPE", needs_task=True, baseline=False)
+def mope_importance(clip: Clip, units: Sequence[Unit], group_sizes: dict[str, int], task: Task | None = None,
+                    seed: int = 0) -> list[float]:
+    """The drop in the task's default metric when the unit is removed (exact ablation, the fast path)."""
+    metric = default_metric(task)
+    check_metric(task, metric)
+    return [r["mope"] for r in FastScorer(clip, task, metric, group_sizes, "fp32").run(list(units), None, None)]
 
 
 # --- files and many processes ----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
+from . import importance
 from .clip import Clip
 from .data.tasks import Task
 from .errors import MopeError
@@ -19,8 +20,13 @@ from .plan import Budget, Plan, plan
 from .scoring import Cancelled
 from .surgery import prune
 
-NAMES = {"mope": "MoPE", "magnitude": "magnitude", "random": "random", "taylor": "Taylor"}  # column → shown name
-RANKINGS = {NAMES[column]: column for column in ("mope", "magnitude", "random")}
+DEFAULT_RANKINGS = ("mope", "magnitude", "random")  # score columns a study compares unless told otherwise
+
+
+def ranking_names(columns: Sequence[str]) -> dict[str, str]:
+    """Shown name → score column: registered criteria by their label (MoPE, Taylor …), others as they are."""
+    labels = importance.labels()
+    return {labels.get(column, column): column for column in columns}
 
 
 def compression_curve(clip: Clip, scores: pd.DataFrame, task: Task, removed: Sequence[float] = (0.25, 0.5, 0.75),
@@ -35,7 +41,7 @@ def compression_curve(clip: Clip, scores: pd.DataFrame, task: Task, removed: Seq
     in K steps, re-scoring on `calibration` between them (the data `scores` came from). progress(done,
     total, eta, rows) after each evaluation.
     """
-    rankings = rankings or {name: col for name, col in RANKINGS.items() if col in scores.columns}
+    rankings = rankings or ranking_names([c for c in DEFAULT_RANKINGS if c in scores.columns])
     if iterative and calibration is None:
         raise MopeError("iterative curves re-score the pruned model: give the calibration task the scores came from")
     curves = {**{name: (col, 1) for name, col in rankings.items()},

@@ -9,9 +9,7 @@ import torch
 
 import mope
 from mope import scoring
-from mope.evaluate import contrastive_loss
-from mope.scoring import Cancelled, baseline_correlations, load_scores, save_scores, score, unit_weights
-from mope.units import Unit
+from mope.scoring import Cancelled, baseline_correlations, load_scores, save_scores, score
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -111,39 +109,6 @@ def _empty_task():
     task = mope.load_task("shapes", n=8)
     task.images, task.labels = task.images[:0], task.labels[:0]
     return task
-
-
-def test_baselines_by_hand(tiny):
-    task = mope.load_task("shapes", n=16)
-    df = score(tiny, task, metric="loss", cache=False, seed=3).set_index("unit")
-    block = tiny.model.visual.transformer.resblocks[1]
-    w_in, w_out = block.attn.in_proj_weight.detach(), block.attn.out_proj.weight.detach()
-    rows = [r for j in range(3) for r in range(j * 64 + 32, j * 64 + 48)]  # head 2, head_dim 16, width 64
-    want = torch.sqrt((w_in[rows] ** 2).sum() + (w_out[:, 32:48] ** 2).sum())
-    assert df.loc["vision.L1.head2", "magnitude"] == pytest.approx(want.item(), rel=1e-5)
-    again = score(tiny, task, metric="loss", cache=False, seed=3).set_index("unit")
-    assert (again["random"] == df["random"]).all()
-    assert not (score(tiny, task, metric="loss", cache=False, seed=4)["random"].values == df["random"].values).any()
-    # Taylor: |w · dL/dw| summed over the unit, with the loss over the whole set in one pass
-    model = tiny.model
-    with torch.enable_grad():
-        loss = contrastive_loss(task, _grad_images(tiny, task), _grad_text(tiny, task), model.logit_scale.exp().detach())
-        params = [p for p, _ in unit_weights(model, Unit("text", "neurons", 1, 1), 64)]
-        grads = torch.autograd.grad(loss, params)
-    idx = [i for _, i in unit_weights(model, Unit("text", "neurons", 1, 1), 64)]
-    want = sum((p.detach()[i] * g[i]).abs().sum() for p, g, i in zip(params, grads, idx))
-    assert df.loc["text.L1.neurons1", "taylor"] == pytest.approx(want.item(), rel=1e-4)
-
-
-def _grad_images(clip, task):
-    x = torch.stack([clip.preprocess(task.pil_image(i)) for i in range(len(task))])
-    return clip.model.encode_image(x, normalize=True)
-
-
-def _grad_text(clip, task):
-    from mope.evaluate import ensemble
-    prompts = [t.format(c) for c in task.classnames for t in task.templates]
-    return ensemble(clip.model.encode_text(clip.tokenizer(prompts), normalize=True), len(task.classnames))
 
 
 def test_correlations():
