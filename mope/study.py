@@ -55,7 +55,7 @@ def compression_curve(clip: Clip, scores: pd.DataFrame, task: Task, removed: Seq
         if should_stop and should_stop():
             raise Cancelled(rows)
         budget = Budget(keep=1 - fraction, towers=tuple(towers))
-        pruned = _pruned(clip, scores, budget, *curves[name], calibration, step_schedule, should_stop)
+        pruned = curve_model(clip, scores, budget, *curves[name], calibration, step_schedule, should_stop)
         kinds = [u.kind for step in pruned.info["plan"] for u in Plan.from_dict(step).removed]
         rows.append({"removed": fraction, "ranking": name, metric: evaluate(pruned, task)[metric],
                      "heads": kinds.count("head"), "groups": kinds.count("neurons")})
@@ -70,8 +70,8 @@ def iterative_name(steps: int) -> str:
     return f"MoPE iterative ×{steps}"
 
 
-def _pruned(clip: Clip, scores: pd.DataFrame, budget: Budget, by: str, steps: int, calibration: Task | None,
-            step_schedule: str, should_stop) -> Clip:
+def curve_model(clip: Clip, scores: pd.DataFrame, budget: Budget, by: str, steps: int, calibration: Task | None,
+                step_schedule: str = "even", should_stop=None) -> Clip:
     """One-shot: the plan of `scores` ranked by `by`; iterative: K steps re-scored with the table's metric."""
     if steps == 1:
         return prune(clip, plan(scores, budget, by=by))
