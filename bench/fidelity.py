@@ -53,8 +53,8 @@ def main() -> None:
                                         for r in rows if r["seed"] == s), flush=True)
         if args.distill_steps:
             rows += distilled_rows(clip, scores, calibration, held_out, rankings, args, s)
-    df = pd.DataFrame(rows)
-    df.to_csv(out / "fidelity.csv", index=False)
+        df = pd.DataFrame(rows)
+        df.to_csv(out / "fidelity.csv", index=False)  # after every seed: a stopped run keeps what it measured
     plot(df[~df.distilled], out / "fidelity.png")
     for distilled, part in df.groupby("distilled"):
         print(f"\n{'after ' + str(args.distill_steps) + ' distillation steps' if distilled else 'no distillation'}:")
