@@ -57,16 +57,18 @@ class Plan:
     group_sizes: dict[str, int] = field(default_factory=dict)
     model: str = ""  # fingerprint of the model the scores describe
     notes: list[str] = field(default_factory=list)
+    stability: dict | None = None  # mope.stability.plan_stability's result, when measured
 
     def to_dict(self) -> dict:
         return {"removed": [u.name for u in self.removed], "sizes": self.sizes, "budget": asdict(self.budget),
-                "by": self.by, "group_sizes": self.group_sizes, "model": self.model, "notes": self.notes}
+                "by": self.by, "group_sizes": self.group_sizes, "model": self.model, "notes": self.notes,
+                "stability": self.stability}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Plan":
         budget = Budget(**{**d["budget"], "towers": tuple(d["budget"]["towers"])})
         return cls([Unit.parse(n) for n in d["removed"]], d["sizes"], budget, d.get("by", "mope"),
-                   d.get("group_sizes", {}), d.get("model", ""), d.get("notes", []))
+                   d.get("group_sizes", {}), d.get("model", ""), d.get("notes", []), d.get("stability"))
 
     def summary(self) -> pd.DataFrame:
         rows = []

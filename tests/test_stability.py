@@ -1,0 +1,50 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from mope.errors import MopeError
+from mope.plan import Budget
+from mope.stability import plan_stability, stability_line
+
+
+def table(per_image: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A one-layer vision table of 4 heads whose MoPE is the row mean of `per_image`."""
+    names = [f"vision.L0.head{i}" for i in range(4)]
+    scores = pd.DataFrame({"tower": "vision", "kind": "head", "layer": 0, "index": range(4), "unit": names,
+                           "mope": per_image.mean(axis=1), "params": 10, "flops": 10})
+    return scores, pd.DataFrame(per_image, index=names)
+
+
+def test_a_clear_winner_is_always_removed():
+    rng = np.random.default_rng(0)
+    per_image = rng.normal(0, 0.01, (4, 64)) + np.array([[0.0], [1.0], [1.0], [1.0]])
+    scores, matrix = table(per_image)
+    result = plan_stability(scores, Budget(heads=1), matrix, resamples=50)
+    assert result["per_unit"] == {"vision.L0.head0": 1.0} and result["stable"] == 1 and result["mean_overlap"] == 1.0
+    assert "1 of the 1 removed units" in stability_line(result)
+
+
+def test_a_coin_toss_between_two_equal_units_is_unstable():
+    rng = np.random.default_rng(0)
+    per_image = rng.normal(0, 1.0, (4, 64)) + np.array([[0.0], [0.0], [5.0], [5.0]])
+    scores, matrix = table(per_image)
+    result = plan_stability(scores, Budget(heads=1), matrix, resamples=200)
+    [frequency] = result["per_unit"].values()
+    assert 0.2 < frequency < 0.8 and result["stable"] == 0
+
+
+def test_no_per_image_results_is_a_clear_error():
+    scores, matrix = table(np.zeros((4, 8)))
+    with pytest.raises(MopeError, match="no per-image results"):
+        plan_stability(scores, Budget(heads=1), matrix.rename(index=lambda n: "other"), resamples=5)
+    with pytest.raises(MopeError, match="resamples"):
+        plan_stability(scores, Budget(heads=1), matrix, resamples=0)
+
+
+def test_the_plan_carries_its_stability_through_a_round_trip():
+    from mope.plan import Plan, plan
+    from mope.stability import with_stability
+
+    scores, matrix = table(np.random.default_rng(1).normal(0, 0.1, (4, 16)) + np.arange(4)[:, None])
+    p = with_stability(plan(scores, Budget(heads=2)), scores, matrix, resamples=20)
+    assert p.stability["units"] == 2 and Plan.from_dict(p.to_dict()).stability == p.stability
