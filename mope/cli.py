@@ -11,10 +11,18 @@ from .errors import MopeError
 
 def _eval(args) -> None:
     from . import evaluate, load_model, load_task
+    from .results import check_out_file
 
+    if args.out and args.format != "clip_benchmark":
+        raise MopeError("--out writes CLIP_benchmark's JSON: add --format clip_benchmark")
+    if args.out:
+        check_out_file(args.out)
     clip = load_model(args.model, device=args.device)
     task = load_task(args.data, kind=args.task, n=args.n, seed=args.seed, image_root=args.image_root)
     metrics = evaluate(clip, task, batch_size=args.batch_size)
+    if args.format == "clip_benchmark":
+        _write_clip_benchmark(args, task.kind, metrics)
+        return
     if args.json:
         print(json.dumps({"model": clip.spec, "task": task.name, "images": len(task), "skipped": task.skipped,
                           "metrics": metrics}))
@@ -22,6 +30,29 @@ def _eval(args) -> None:
     print(f"model {clip.name}  task {task.name}  images {len(task)}" + (f"  skipped {task.skipped}" if task.skipped else ""))
     for name, value in metrics.items():
         print(f"  {name:<28} {value:.4f}")
+
+
+def _write_clip_benchmark(args, kind: str, metrics: dict) -> None:
+    from .results import clip_benchmark_record, write_clip_benchmark
+
+    record = clip_benchmark_record(args.model, args.data, kind, metrics)
+    if args.out:
+        print(f"{record['task']} of {args.model} on {args.data} -> {write_clip_benchmark(record, args.out)}")
+    else:
+        print(json.dumps(record))
+
+
+def _export(args) -> None:
+    from . import load_model
+    from .export import check_export, export
+
+    check_export(args.out, args.format)  # before the model loads: a bad format or folder fails at once
+    clip = load_model(args.model, device=args.device or "cpu")
+    meta = export(clip, args.out, format=args.format, opset=args.opset)
+    for tower in ("vision", "text"):
+        print(f"{tower:<6} {Path(args.out) / meta['files'][tower]}  max |onnxruntime - torch| = "
+              f"{meta['max_abs_diff'][tower]:.2e}")
+    print(f"opset {meta['opset']}, dynamic batch; inputs and preprocessing in {Path(args.out) / 'export.json'}")
 
 
 def _csv_list(text: str, aliases: dict[str, str] | None = None) -> list[str]:
@@ -268,7 +299,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--format", choices=["text", "clip_benchmark"], default="text",
+                   help="clip_benchmark: CLIP_benchmark's result JSON (to --out, or printed)")
+    p.add_argument("--out", default=None, help="new file for the clip_benchmark JSON")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("export", help="both towers as ONNX graphs (dynamic batch), checked with onnxruntime")
+    p.add_argument("--model", default="demo", help="model spec (demo, NAME:TAG, hf-hub:…, a pruned-model folder)")
+    p.add_argument("--format", default="onnx", help="onnx")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 23: onnxruntime's fused Attention op)")
+    p.add_argument("--device", default=None, help="where the model loads (default cpu); export runs on the CPU")
+    p.add_argument("--out", required=True, help="new folder for image.onnx, text.onnx and export.json")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("score", help="MoPE score of every unit (one row per unit, CSV)")
     p.add_argument("--model", default="demo")

@@ -1,18 +1,17 @@
-"""The pruned-model folder: open_clip_config.json + open_clip_model.safetensors + pruning.json.
+"""The pruned-model folder: open_clip_config.json + open_clip_model.safetensors + pruning.json + README.md.
 
 pruning.json records what was kept (layers, heads, neurons per tower, in the source model's indices),
 the source model spec and config, the plan and the scores' fingerprint. Where the pruned shape fits a
 stock open_clip config (no head removed, one FFN width per tower), open_clip_config.json describes the
 pruned model and the folder also loads with plain open_clip `local-dir:`; otherwise it holds the source
-config and loading rebuilds the shapes from pruning.json before reading the weights.
+config and loading rebuilds the shapes from pruning.json before reading the weights. README.md is the
+model card (mope.card).
 """
 from __future__ import annotations
 
 import copy
 import json
 import logging
-import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,9 +21,10 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from safetensors.torch import load_file
 
 from .blocks import apply_structure
+from .card import model_card
 from .clip import Clip
 from .errors import MopeError
-from .io import atomic_save_safetensors, atomic_write_json
+from .io import atomic_folder, atomic_save_safetensors, atomic_write_json, atomic_write_text
 from .units import tower_blocks
 
 FORMAT = 1
@@ -50,15 +50,14 @@ def stock_config(clip: Clip) -> dict | None:
 
 
 def save_pruned(clip: Clip, folder: str | Path, extra: dict | None = None) -> Path:
-    """Write the pruned model to a new folder, atomically (a temporary folder renamed at the end)."""
+    """Write the pruned model to a new hub-ready folder, atomically (a temporary folder renamed at the end):
+    open_clip_config.json, open_clip_model.safetensors, pruning.json and a README.md model card."""
     folder = Path(folder).expanduser()
     if folder.exists():
         raise MopeError(f"{folder} already exists: choose a new output folder (nothing was written)")
     if "structure" not in clip.info or "model_cfg" not in clip.info:
         raise MopeError("this model was not pruned by mope: nothing to save as a pruned model")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
+    with atomic_folder(folder) as tmp:
         stock = stock_config(clip)
         preprocess_cfg = dict(getattr(clip.model.visual, "preprocess_cfg", {}))
         atomic_write_json(tmp / "open_clip_config.json", {"model_cfg": stock or clip.info["model_cfg"],
@@ -70,10 +69,7 @@ def save_pruned(clip: Clip, folder: str | Path, extra: dict | None = None) -> Pa
             "source_config": clip.info["model_cfg"], "structure": clip.info["structure"],
             **{k: v for k, v in clip.info.items() if k in CARRIED},
             **(extra or {})})
-        tmp.rename(folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        atomic_write_text(tmp / "README.md", model_card(clip, folder.name, stock is not None))
     return folder
 
 
