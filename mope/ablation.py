@@ -5,7 +5,9 @@ Two forms:
   columns of attn.out_proj.weight, a neuron's column of mlp.c_proj.weight) and turns removed layers
   into identities; everything is restored bit-exactly on exit. The reference (naive) path.
 - `MaskedBlock`: one block run with per-sample head and neuron masks, so many ablations of one layer
-  share a batched forward pass. The fast path.
+  share a batched forward pass. The fast path. It runs open_clip's own block forward (on a twin of the
+  block whose attention takes a head mask and whose FFN activation is scaled by the neuron mask), so
+  the block's code is not copied here and the shared model is never modified.
 """
 from __future__ import annotations
 
@@ -13,10 +15,10 @@ from contextlib import contextmanager
 from typing import Iterable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .units import Unit, tower_blocks, tower_transformer
+from .blocks import attend
+from .units import BlockView, Unit, tower_blocks, tower_transformer
 
 
 @contextmanager
@@ -31,11 +33,11 @@ def ablated(model: nn.Module, units: Iterable[Unit], group_sizes: dict[str, int]
                 if unit.kind == "layer":
                     hooks.append(block.register_forward_hook(_identity_hook))
                     continue
+                view = BlockView(block)
                 if unit.kind == "head":
-                    weight, width = block.attn.out_proj.weight, block.attn.head_dim
+                    weight, cols = block.attn.out_proj.weight, view.head_columns(unit.index)
                 else:
-                    weight, width = block.mlp.c_proj.weight, group_sizes[unit.tower]
-                cols = slice(unit.index * width, (unit.index + 1) * width)
+                    weight, cols = block.mlp.c_proj.weight, view.neuron_slice(unit.index, group_sizes[unit.tower])
                 saved.append((weight, cols, weight[:, cols].clone()))
                 weight[:, cols] = 0
         yield model
@@ -74,20 +76,44 @@ class MaskedBlock(nn.Module):
 
 def masked_block_forward(block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None,
                          head_mask: torch.Tensor, neuron_mask: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-    attn = block.attn
-    b, s, _ = x.shape
-    h, hd = attn.num_heads, attn.head_dim
-    if h:
-        qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
-        q, k, v = qkv.view(b, s, 3, h, hd).permute(2, 0, 3, 1, 4)
-        mask = attn_mask.to(x.dtype) if attn_mask is not None else None
-        heads = F.scaled_dot_product_attention(q, k, v, attn_mask=mask) * head_mask.to(x.dtype).view(b, h, 1, 1)
-        y = x + block.ls_1(attn.out_proj(heads.transpose(1, 2).reshape(b, s, h * hd)))
-    else:  # every head already pruned away: the layer adds out_proj.bias
-        y = x + block.ls_1(attn.out_proj.bias.to(x.dtype).expand_as(x))
-    hidden = block.mlp.gelu(block.mlp.c_fc(block.ln_2(y))) * neuron_mask.to(x.dtype).unsqueeze(1)
-    y = y + block.ls_2(block.mlp.c_proj(hidden))
-    return torch.where(skip.view(b, 1, 1), x, y)
+    """open_clip's own forward of `block` on x, with per-sample head and neuron masks and skipped layers.
+
+    The forward runs on a twin of the block whose attention is `attend` with a head mask and whose FFN
+    activation is multiplied by the neuron mask; the block itself is not changed (other threads may use it).
+    """
+    mlp = _twin(block.mlp, gelu=_Scaled(block.mlp.gelu, neuron_mask.to(x.dtype).unsqueeze(1)))
+    y = _twin(block, attn=_HeadMasked(block.attn, head_mask), mlp=mlp).forward(x, attn_mask=attn_mask)
+    return torch.where(skip.view(-1, 1, 1), x, y)
+
+
+def _twin(module: nn.Module, **swapped: nn.Module) -> nn.Module:
+    """A shallow twin of `module` (same class, forward, parameters and other children) with some children swapped."""
+    twin = object.__new__(type(module))
+    twin.__dict__.update(module.__dict__)
+    object.__setattr__(twin, "_modules", {**module._modules, **swapped})
+    return twin
+
+
+class _HeadMasked(nn.Module):
+    """Stands in for a block's attention (same call signature) with a per-sample head mask."""
+
+    def __init__(self, attn: nn.Module, head_mask: torch.Tensor):
+        super().__init__()
+        self.attn, self.head_mask = attn, head_mask
+
+    def forward(self, query, key=None, value=None, need_weights=False, attn_mask=None):
+        return attend(self.attn, query, attn_mask, self.head_mask), None
+
+
+class _Scaled(nn.Module):
+    """A module's output times a fixed tensor (the FFN activation times the neuron mask)."""
+
+    def __init__(self, module: nn.Module, scale: torch.Tensor):
+        super().__init__()
+        self.module, self.scale = module, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x) * self.scale
 
 
 @contextmanager

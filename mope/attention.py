@@ -19,7 +19,7 @@ from PIL import Image
 
 from .clip import Clip
 from .errors import MopeError
-from .units import tower_blocks
+from .units import BlockView, tower_blocks
 
 
 @dataclass
@@ -89,7 +89,8 @@ def head_attention(clip: Clip, tower: str, layer: int, head: int, image: Image.I
 @torch.inference_mode()
 def _head_probs(clip: Clip, tower: str, block: int, position: int, x: torch.Tensor) -> torch.Tensor:
     """(batch, tokens, tokens) softmax attention of one head, from the input its attention module got."""
-    attn = tower_blocks(clip.model, tower)[block].attn
+    view = BlockView(tower_blocks(clip.model, tower)[block])
+    attn = view.attn
     seen = {}
 
     def capture(module, args, kwargs):
@@ -103,10 +104,9 @@ def _head_probs(clip: Clip, tower: str, block: int, position: int, x: torch.Tens
         pass
     finally:
         hook.remove()
-    q_in, hd = seen["x"].float(), attn.head_dim
-    inner = attn.in_proj_weight.shape[0] // 3
+    q_in, hd = seen["x"].float(), view.head_dim
     w, b = attn.in_proj_weight.float(), attn.in_proj_bias.float()
-    rows = [slice(k * inner + position * hd, k * inner + (position + 1) * hd) for k in range(2)]
+    rows = view.head_rows(position)[:2]  # the head's q and k rows
     q, k = (q_in @ w[r].T + b[r] for r in rows)
     logits = q @ k.transpose(-1, -2) / hd ** 0.5
     if seen["mask"] is not None:

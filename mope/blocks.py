@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .units import tower_transformer
+from .units import BlockView, split_qkv, tower_transformer
 
 
 class PrunedAttention(nn.Module):
@@ -29,14 +29,25 @@ class PrunedAttention(nn.Module):
         self.out_proj = _quiet_linear(inner, embed_dim)
 
     def forward(self, query, key=None, value=None, need_weights=False, attn_mask=None):
-        b, s, _ = query.shape
-        if self.num_heads == 0:  # no head left: the layer still adds out_proj.bias
-            return self.out_proj.bias.expand(b, s, self.embed_dim).to(query.dtype), None
-        qkv = F.linear(query, self.in_proj_weight.to(query.dtype), self.in_proj_bias.to(query.dtype))
-        q, k, v = qkv.view(b, s, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        mask = attn_mask.to(query.dtype) if attn_mask is not None else None
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.out_proj(out.transpose(1, 2).reshape(b, s, -1)), None
+        return attend(self, query, attn_mask), None
+
+
+def attend(attn: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+           head_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Self-attention of `attn` (nn.MultiheadAttention's parameters, or a PrunedAttention) on x (batch first):
+    in_proj, scaled dot-product attention per head, out_proj. head_mask (batch, heads): 1 keeps a head's
+    output, 0 removes it. With no head left, the layer adds out_proj.bias."""
+    b, s, _ = x.shape
+    heads, hd = attn.num_heads, attn.head_dim
+    if heads == 0:
+        return attn.out_proj.bias.expand(b, s, attn.embed_dim).to(x.dtype)
+    qkv = F.linear(x, attn.in_proj_weight.to(x.dtype), attn.in_proj_bias.to(x.dtype))
+    q, k, v = split_qkv(qkv, heads, hd)
+    mask = attn_mask.to(x.dtype) if attn_mask is not None else None
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    if head_mask is not None:
+        out = out * head_mask.to(x.dtype).view(b, heads, 1, 1)
+    return attn.out_proj(out.transpose(1, 2).reshape(b, s, heads * hd))
 
 
 def _quiet_linear(in_features: int, out_features: int, **kw) -> nn.Linear:
@@ -60,7 +71,7 @@ def apply_structure(model: nn.Module, structure: dict, copy_weights: bool = True
             heads = [int(h) for h in by_layer(spec["heads"], i)]
             neurons = [int(n) for n in by_layer(spec["neurons"], i)]
             if len(heads) != block.attn.num_heads:
-                block.attn = _pruned_attention(block.attn, heads, copy_weights)
+                block.attn = _pruned_attention(block, heads, copy_weights)
             if len(neurons) != block.mlp.c_fc.out_features:
                 block.mlp.c_fc = _take_linear(block.mlp.c_fc, torch.tensor(neurons, dtype=torch.long), dim=0)
                 block.mlp.c_proj = _take_linear(block.mlp.c_proj, torch.tensor(neurons, dtype=torch.long), dim=1)
@@ -74,12 +85,12 @@ def by_layer(mapping: dict, layer: int):
     return mapping[layer] if layer in mapping else mapping[str(layer)]
 
 
-def _pruned_attention(attn: nn.Module, heads: list[int], copy_weights: bool) -> PrunedAttention:
-    hd, d = attn.head_dim, attn.embed_dim
-    new = PrunedAttention(d, len(heads), hd).to(attn.in_proj_weight.device, attn.in_proj_weight.dtype)
-    cols = torch.tensor([h * hd + j for h in heads for j in range(hd)], dtype=torch.long)
-    inner = attn.in_proj_weight.shape[0] // 3  # embed_dim, or fewer for an already pruned attention
-    rows = torch.cat([cols + k * inner for k in range(3)]) if len(cols) else cols
+def _pruned_attention(block: nn.Module, heads: list[int], copy_weights: bool) -> PrunedAttention:
+    attn = block.attn
+    new = PrunedAttention(attn.embed_dim, len(heads), attn.head_dim).to(attn.in_proj_weight.device,
+                                                                         attn.in_proj_weight.dtype)
+    view = BlockView(block)
+    cols, rows = view.columns_of_heads(heads), view.rows_of_heads(heads)
     with torch.no_grad():
         new.in_proj_weight.copy_(attn.in_proj_weight[rows])
         new.in_proj_bias.copy_(attn.in_proj_bias[rows])

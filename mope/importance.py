@@ -27,7 +27,7 @@ from .clip import Clip
 from .data.tasks import Task, image_batches
 from .errors import MopeError
 from .evaluate import contrastive_loss, ensemble, task_texts
-from .units import Unit, tower_blocks
+from .units import Unit, unit_weights
 
 
 class ImportanceFn(Protocol):
@@ -100,20 +100,6 @@ def check_baselines(requested: Sequence[str] | None) -> tuple[str, ...]:
 
 
 # --- the baselines ---------------------------------------------------------------------------------------
-
-def unit_weights(model: torch.nn.Module, unit: Unit, group_size: int) -> list[tuple[torch.nn.Parameter, tuple]]:
-    """(parameter, index) pairs of the weights a unit owns: what magnitude and Taylor sum over."""
-    block = tower_blocks(model, unit.tower)[unit.layer]
-    if unit.kind == "layer":
-        return [(p, (...,)) for p in block.parameters()]
-    if unit.kind == "head":
-        attn, hd = block.attn, block.attn.head_dim
-        inner = attn.in_proj_weight.shape[0] // 3  # q, k, v blocks of in_proj_weight
-        rows = torch.cat([torch.arange(j * inner + unit.index * hd, j * inner + (unit.index + 1) * hd) for j in range(3)])
-        return [(attn.in_proj_weight, (rows,)), (attn.out_proj.weight, (slice(None), slice(unit.index * hd, (unit.index + 1) * hd)))]
-    cols = slice(unit.index * group_size, (unit.index + 1) * group_size)
-    return [(block.mlp.c_fc.weight, (cols,)), (block.mlp.c_proj.weight, (slice(None), cols))]
-
 
 @register("magnitude")
 def magnitude(clip: Clip, units: Sequence[Unit], group_sizes: dict[str, int], task: Task | None = None,

@@ -5,6 +5,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+import torch
 from torch import nn
 
 from .errors import MopeError
@@ -32,6 +33,92 @@ def tower_module(model: nn.Module, tower: str) -> nn.Module:
 
 def heads_of(block: nn.Module) -> int:
     return block.attn.num_heads
+
+
+class BlockView:
+    """Where a block's heads and FFN neurons live in its weights: the one place that knows the layout.
+
+    Head h owns rows h*hd:(h+1)*hd of each of the q, k and v thirds of attn.in_proj_weight (and
+    in_proj_bias) and columns h*hd:(h+1)*hd of attn.out_proj.weight; in between, the attention's
+    (batch, seq, 3 · heads · hd) projection splits as (3, heads, hd) (see `split_qkv`). FFN neuron j owns
+    row j of mlp.c_fc (weight and bias) and column j of mlp.c_proj.weight. Works for
+    nn.MultiheadAttention and for a head-pruned attention alike.
+    """
+
+    def __init__(self, block: nn.Module):
+        self.block, self.attn = block, block.attn
+
+    @property
+    def heads(self) -> int:
+        return self.attn.num_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.attn.head_dim
+
+    @property
+    def width(self) -> int:
+        return self.attn.embed_dim
+
+    @property
+    def ffn(self) -> int:
+        return self.block.mlp.c_fc.out_features
+
+    def head_columns(self, head: int) -> slice:
+        """The head's columns of out_proj.weight (and its slice of the concatenated head outputs)."""
+        return slice(head * self.head_dim, (head + 1) * self.head_dim)
+
+    def head_rows(self, head: int) -> list[slice]:
+        """The head's q, k and v rows of in_proj_weight / in_proj_bias."""
+        inner = self.attn.in_proj_weight.shape[0] // 3  # heads · hd: the q, k, v thirds
+        hd = self.head_dim
+        return [slice(k * inner + head * hd, k * inner + (head + 1) * hd) for k in range(3)]
+
+    def columns_of_heads(self, heads: Sequence[int]) -> torch.Tensor:
+        """out_proj columns of `heads`, in that order."""
+        hd = self.head_dim
+        return torch.tensor([h * hd + j for h in heads for j in range(hd)], dtype=torch.long)
+
+    def rows_of_heads(self, heads: Sequence[int]) -> torch.Tensor:
+        """in_proj rows of `heads`: their q rows, then their k rows, then their v rows."""
+        cols = self.columns_of_heads(heads)
+        inner = self.attn.in_proj_weight.shape[0] // 3
+        return torch.cat([cols + k * inner for k in range(3)]) if len(cols) else cols
+
+    @staticmethod
+    def neuron_slice(group: int, group_size: int) -> slice:
+        """A neuron group's rows of mlp.c_fc and columns of mlp.c_proj."""
+        return slice(group * group_size, (group + 1) * group_size)
+
+    def weights(self, kind: str, index: int, group_size: int) -> list[tuple[nn.Parameter, tuple]]:
+        """(parameter, index) pairs of the weights a head, neuron group or the layer owns."""
+        if kind == "layer":
+            return [(p, (...,)) for p in self.block.parameters()]
+        if kind == "head":
+            return [(self.attn.in_proj_weight, (self.rows_of_heads([index]),)),
+                    (self.attn.out_proj.weight, (slice(None), self.head_columns(index)))]
+        cols = self.neuron_slice(index, group_size)
+        mlp = self.block.mlp
+        return [(mlp.c_fc.weight, (cols,)), (mlp.c_proj.weight, (slice(None), cols))]
+
+    def params(self, kind: str, group_size: int) -> int:
+        """Parameters one head, one neuron group or the layer owns: what surgery removes."""
+        if kind == "head":
+            return 3 * self.head_dim * self.width + 3 * self.head_dim + self.head_dim * self.width
+        if kind == "neurons":
+            return group_size * self.width + group_size + group_size * self.width
+        return sum(p.numel() for p in self.block.parameters())
+
+
+def split_qkv(qkv: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
+    """(batch, seq, 3 · heads · hd) in_proj output → (3, batch, heads, seq, hd): q, k, v per head."""
+    b, s, _ = qkv.shape
+    return qkv.view(b, s, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+
+
+def unit_weights(model: nn.Module, unit: "Unit", group_size: int) -> list[tuple[nn.Parameter, tuple]]:
+    """(parameter, index) pairs of the weights a unit owns: what magnitude and Taylor sum over."""
+    return BlockView(tower_blocks(model, unit.tower)[unit.layer]).weights(unit.kind, unit.index, group_size)
 
 
 def tower_summary(model: nn.Module, tower: str) -> dict:
@@ -124,20 +211,9 @@ def enumerate_units(model: nn.Module, towers: Sequence[str] = TOWERS, kinds: Seq
     return units
 
 
-def head_dim(block: nn.Module) -> int:
-    return block.attn.head_dim
-
-
 def unit_params(model: nn.Module, unit: Unit, group_size: int) -> int:
     """Parameters the unit owns: what surgery removes."""
-    block = tower_blocks(model, unit.tower)[unit.layer]
-    width = block.attn.embed_dim
-    if unit.kind == "head":
-        hd = head_dim(block)
-        return 3 * hd * width + 3 * hd + hd * width
-    if unit.kind == "neurons":
-        return group_size * width + group_size + group_size * width
-    return sum(p.numel() for p in block.parameters())
+    return BlockView(tower_blocks(model, unit.tower)[unit.layer]).params(unit.kind, group_size)
 
 
 def tokens_of(model: nn.Module, tower: str) -> int:
@@ -150,13 +226,10 @@ def tokens_of(model: nn.Module, tower: str) -> int:
 
 def unit_flops(model: nn.Module, unit: Unit, group_size: int) -> int:
     """Forward FLOPs (2 × multiply-adds) per sample the unit costs in its tower's transformer."""
-    block = tower_blocks(model, unit.tower)[unit.layer]
-    width, seq = block.attn.embed_dim, tokens_of(model, unit.tower)
+    view = BlockView(tower_blocks(model, unit.tower)[unit.layer])
+    width, hd, seq = view.width, view.head_dim, tokens_of(model, unit.tower)
     if unit.kind == "head":
-        hd = head_dim(block)
         return 2 * seq * (4 * hd * width) + 2 * 2 * seq * seq * hd
     if unit.kind == "neurons":
         return 2 * seq * 2 * group_size * width
-    heads, ffn = heads_of(block), block.mlp.c_fc.out_features
-    hd = head_dim(block)
-    return heads * (2 * seq * 4 * hd * width + 4 * seq * seq * hd) + 2 * seq * 2 * ffn * width
+    return view.heads * (2 * seq * 4 * hd * width + 4 * seq * seq * hd) + 2 * seq * 2 * view.ffn * width

@@ -5,10 +5,9 @@ import mope
 from mope import importance, study
 from mope.cli import build_parser
 from mope.evaluate import contrastive_loss
-from mope.importance import unit_weights
 from mope.plan import Budget, plan
 from mope.scoring import baseline_correlations, score, unit_table
-from mope.units import Unit, check_group_size, enumerate_units
+from mope.units import Unit, check_group_size, enumerate_units, unit_weights
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,19 @@
 import pytest
+import torch
 
 import mope
-from mope.units import Unit, check_group_size, default_group_size, enumerate_units, model_summary, tower_blocks, unit_flops, unit_params
+from mope.blocks import attend
+from mope.units import (
+    BlockView,
+    Unit,
+    check_group_size,
+    default_group_size,
+    enumerate_units,
+    model_summary,
+    tower_blocks,
+    unit_flops,
+    unit_params,
+)
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +66,25 @@ def test_summary(tiny):
     assert s["vision"]["layers"] == 2 and s["vision"]["heads"] == [4, 4] and s["vision"]["ffn"] == [128, 128]
     assert s["text"]["heads"] == [2, 2]
     assert s["vision"]["params"] + s["text"]["params"] + 1 == s["params"]  # + logit_scale
+
+
+def test_block_view_locates_each_head_and_neuron_group(tiny):
+    block = tower_blocks(tiny.model, "vision")[1]
+    view, attn = BlockView(block), block.attn
+    x = torch.randn(2, 5, view.width, generator=torch.Generator().manual_seed(0))
+    for h in range(view.heads):
+        q_rows, k_rows, v_rows = view.head_rows(h)
+        w, b = attn.in_proj_weight, attn.in_proj_bias
+        q, k, v = (x @ w[r].T + b[r] for r in (q_rows, k_rows, v_rows))
+        alone = torch.softmax(q @ k.transpose(1, 2) / view.head_dim ** 0.5, -1) @ v
+        want = alone @ attn.out_proj.weight[:, view.head_columns(h)].T + attn.out_proj.bias
+        only_h = torch.zeros(2, view.heads)
+        only_h[:, h] = 1
+        with torch.inference_mode():
+            assert torch.allclose(attend(attn, x, head_mask=only_h), want, atol=1e-5)
+        assert torch.equal(view.rows_of_heads([h]), torch.cat([torch.arange(r.start, r.stop) for r in view.head_rows(h)]))
+        assert sum(p[i].numel() for p, i in view.weights("head", h, 64)) + 3 * view.head_dim == view.params("head", 64)
+    cols = view.neuron_slice(1, 64)
+    assert (cols.start, cols.stop) == (64, 128)
+    assert sum(p[i].numel() for p, i in view.weights("neurons", 1, 64)) + 64 == view.params("neurons", 64)
+    assert view.params("layer", 64) == sum(p.numel() for p in block.parameters())
