@@ -26,11 +26,11 @@ from mope.data.tasks import IMAGE_EXTENSIONS
 from mope.evaluate import label_probabilities, metric_names
 from mope.io import atomic_write
 from mope.jobs import Store, ensure_worker
-from mope.models import looks_like_path
 from mope.plan import Budget
 from mope.runners import scores_path
 from mope.scoring import baseline_correlations, cached_scores, load_scores, save_scores, unit_table
 from mope.settings import DEMO_DIR, default_device, mope_home
+from mope.specs import looks_like_path
 from mope.speed import gflops_per_sample, latency_seconds
 
 from .choices import CALIBRATION, EVALUATION, NEW_SESSION, PRESET_MODELS, SHOWN_METRICS

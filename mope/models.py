@@ -13,50 +13,41 @@ import torch
 from .clip import Clip
 from .errors import MopeError
 from .settings import DEMO_DIR, default_device
-
-SPEC_HELP = ("use 'demo', 'NAME:TAG' (e.g. ViT-B-32:laion2b_s34b_b79k), 'NAME:/path/ckpt.pt|.safetensors', "
-             "'hf-hub:org/repo', or 'local-dir:/path' / a folder path")
+from .specs import MODEL_HELP, ModelSpec
 
 
-def load_model(spec: str, device: str | torch.device | None = None) -> Clip:
-    """Load a CLIP described by `spec` (see SPEC_HELP) in eval mode on `device` (CUDA if present)."""
-    spec = spec.strip()
-    dev = default_device(device)
-    if spec == "demo":
+def load_model(spec: str | ModelSpec, device: str | torch.device | None = None) -> Clip:
+    """Load the CLIP a spec names (see specs.MODEL_HELP) in eval mode on `device` (CUDA if present)."""
+    spec = spec if isinstance(spec, ModelSpec) else ModelSpec.parse(spec)
+    text, dev = spec.text, default_device(device)
+    if spec.source == "demo":
         if not (DEMO_DIR / "open_clip_model.safetensors").is_file():
             raise MopeError(f"the demo model is missing from {DEMO_DIR}; reinstall, or train it with "
                             "'python -m mope train-demo'")
-        return _load_local_dir(DEMO_DIR, spec, dev, name="demo (shapes CLIP)")
-    if spec.startswith("local-dir:"):
-        return _load_local_dir(Path(spec[len("local-dir:"):]), spec, dev)
-    if spec.startswith("hf-hub:"):
-        _require_network(spec)
-        return _create(spec, None, spec, dev, name=spec)
-    if Path(spec).expanduser().is_dir() or (":" not in spec and looks_like_path(spec)):
-        return _load_local_dir(Path(spec), spec, dev)
-    name, sep, source = spec.partition(":")
+        return _load_local_dir(DEMO_DIR, text, dev, name="demo (shapes CLIP)")
+    if spec.source == "folder":
+        return _load_local_dir(spec.path, text, dev)
+    if spec.source == "hub":
+        _require_network(text)
+        return _create(text, None, text, dev, name=text)
+    name = spec.name
     if name not in open_clip.list_models():
         close = difflib.get_close_matches(name, open_clip.list_models(), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise MopeError(f"unknown model '{name}' in spec '{spec}'.{hint} {SPEC_HELP}")
-    if not sep or not source:
-        raise MopeError(f"'{spec}' names no weights: add a pretrained tag or a checkpoint path, "
+        raise MopeError(f"unknown model '{name}' in spec '{text}'.{hint} {MODEL_HELP}")
+    if spec.source == "checkpoint":
+        if not spec.path.is_file():
+            raise MopeError(f"checkpoint file not found: {spec.path}. Check the path.")
+        return _create(name, str(spec.path), text, dev, name=f"{name} ({spec.path.name})")
+    if spec.tag is None:
+        raise MopeError(f"'{text}' names no weights: add a pretrained tag or a checkpoint path, "
                         f"e.g. {name}:{(open_clip.list_pretrained_tags_by_model(name) or ['/path/ckpt.pt'])[0]}")
-    if looks_like_path(source):
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise MopeError(f"checkpoint file not found: {path}. Check the path.")
-        return _create(name, str(path), spec, dev, name=f"{name} ({path.name})")
     tags = open_clip.list_pretrained_tags_by_model(name)
-    if source not in tags:
-        raise MopeError(f"unknown pretrained tag '{source}' for {name}; known tags: {', '.join(tags) or 'none'}")
-    _require_network(spec)
-    quick = bool(open_clip.get_pretrained_cfg(name, source).get("quick_gelu", False))
-    return _create(name, source, spec, dev, name=spec, force_quick_gelu=quick)
-
-
-def looks_like_path(source: str) -> bool:
-    return "/" in source or os.sep in source or source.endswith((".pt", ".pth", ".bin", ".safetensors"))
+    if spec.tag not in tags:
+        raise MopeError(f"unknown pretrained tag '{spec.tag}' for {name}; known tags: {', '.join(tags) or 'none'}")
+    _require_network(text)
+    quick = bool(open_clip.get_pretrained_cfg(name, spec.tag).get("quick_gelu", False))
+    return _create(name, spec.tag, text, dev, name=text, force_quick_gelu=quick)
 
 
 def _require_network(spec: str) -> None:

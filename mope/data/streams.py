@@ -12,23 +12,28 @@ import torch
 from PIL import Image
 
 from ..errors import MopeError
+from ..specs import DataSpec
 from . import shapes
 from .tasks import _open_rgb, _resolve, read_pairs
 
 Batch = tuple[int, torch.Tensor, list[str]]
 
 
-def pair_stream(spec: str, transform: Callable, batch_size: int, seed: int = 0, start: int = 0,
+def pair_stream(spec: str | DataSpec, transform: Callable, batch_size: int, seed: int = 0, start: int = 0,
                 rank: int = 0, world: int = 1, image_root: str | None = None) -> Iterator[Batch]:
     """(step, transformed images, captions) from `shapes`, `pairs:FILE` or `wds:PATTERN` (.tar shards)."""
-    head, _, rest = spec.partition(":")
-    if spec == "shapes" or head == "shapes":
+    spec = training_spec(spec)
+    if spec.source == "shapes":
         return _shapes(transform, batch_size, seed * 1000 + rank, start)
-    if head == "pairs":
-        return _pairs(rest, image_root, transform, batch_size, seed, start, rank, world)
-    if head == "wds":
-        return _webdataset(rest, transform, batch_size, seed, start, rank, world)
-    raise MopeError(f"unknown training data '{spec}'; use shapes, pairs:FILE or wds:/path/shard-*.tar")
+    if spec.source == "pairs":
+        return _pairs(spec.path, image_root, transform, batch_size, seed, start, rank, world)
+    return _webdataset(spec.path, transform, batch_size, seed, start, rank, world)
+
+
+def training_spec(spec: str | DataSpec) -> DataSpec:
+    """The spec of training pairs (shapes, pairs:FILE, wds:PATTERN); a clear error for anything else.
+    Its local_path is what to check against allowed folders."""
+    return (spec if isinstance(spec, DataSpec) else DataSpec.parse(spec)).for_training()
 
 
 def _shapes(transform, batch_size, seed, start) -> Iterator[Batch]:

@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import MopeError
 from ..settings import data_dir
+from ..specs import DataSpec
 from . import shapes
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -228,27 +229,26 @@ def cifar_task(name: str, root: str | Path | None = None, templates: Sequence[st
                 templates=templates, labels=torch.tensor(ds.targets))
 
 
-def load_task(spec: str, kind: str | None = None, n: int | None = None, seed: int | None = None,
+def load_task(spec: str | DataSpec, kind: str | None = None, n: int | None = None, seed: int | None = None,
               image_root: str | None = None) -> Task:
-    """Build the task a data spec names; n keeps the first n images, seed applies to shapes."""
-    spec = spec.strip()
-    head, _, rest = spec.partition(":")
-    if head == "shapes":
-        options = dict(kv.split("=", 1) for kv in rest.split(",") if "=" in kv)
-        unknown = set(options) - {"target", "seed", "n"} | {kv for kv in rest.split(",") if kv and "=" not in kv}
-        if unknown:
-            raise MopeError(f"unknown shapes option(s) {sorted(unknown)}; use shapes:target=colour_shape|shape|colour,seed=N")
+    """Build the task a data spec names (see specs.TASK_HELP).
+
+    kind: zeroshot or retrieval (checked against what the data is; shapes can be either). n: how many
+    images — shapes generates n, other data keeps a seeded random sample of n (Task.subset). seed: the
+    shapes world's seed (default: the held-out seed).
+    """
+    spec = (spec if isinstance(spec, DataSpec) else DataSpec.parse(spec)).for_task()
+    if spec.source == "shapes":
+        options = spec.options
         return shapes_task(target=options.get("target", "colour_shape"), n=n or int(options.get("n", 1000)),
                            seed=seed if seed is not None else int(options.get("seed", SHAPES_HELD_OUT_SEED)),
                            kind=kind or "zeroshot")
-    if head == "folder":
-        task = folder_task(rest)
-    elif head == "pairs":
-        task = pairs_task(rest, image_root)
-    elif spec in ("cifar10", "cifar100"):
-        task = cifar_task(spec)
+    if spec.source == "folder":
+        task = folder_task(spec.path)
+    elif spec.source == "pairs":
+        task = pairs_task(spec.path, image_root)
     else:
-        raise MopeError(f"unknown data spec '{spec}'; use shapes[:target=…,seed=…], folder:PATH, pairs:FILE, cifar10 or cifar100")
+        task = cifar_task(spec.source)
     if kind and kind != task.kind:
-        raise MopeError(f"'{spec}' is a {task.kind} task, not {kind}")
+        raise MopeError(f"'{spec.text}' is a {task.kind} task, not {kind}")
     return task.subset(n)
