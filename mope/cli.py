@@ -240,7 +240,7 @@ def _jobs(args) -> None:
         raise MopeError(f"'jobs {args.action}' needs a job id")
     if args.action == "submit":
         if not args.kind:
-            raise MopeError("'jobs submit' needs --kind (ping, evaluate, score, study, prune, distill, prune-and-distill)")
+            raise MopeError("'jobs submit' needs --kind (ping, evaluate, score, study, prune, distill, prune-and-distill, export)")
         params = dict(_param(kv) for kv in args.param)
         job_id = store.submit(args.kind, params)
         pid = None if args.no_worker else ensure_worker(store, concurrency=args.concurrency)
@@ -398,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("jobs", help="submit, list, show, cancel, resume background jobs")
     p.add_argument("action", choices=["submit", "list", "show", "cancel", "logs", "resume"])
     p.add_argument("id", nargs="?", help="job id (show, cancel, logs, resume)")
-    p.add_argument("--kind", default=None, help="submit: ping, evaluate, score, study, prune, distill, prune-and-distill")
+    p.add_argument("--kind", default=None, help="submit: ping, evaluate, score, study, prune, distill, prune-and-distill, export")
     p.add_argument("--param", action="append", default=[], help="submit: KEY=VALUE (JSON values allowed), repeatable")
     p.add_argument("--no-worker", action="store_true", help="submit: do not start a worker")
     p.add_argument("--concurrency", type=int, default=1)

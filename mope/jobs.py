@@ -50,6 +50,7 @@ KINDS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
                                              "data": "shapes", "n": 256, "distill_data": "shapes",
                                              "eval_data": "shapes", "eval_n": 500, "eval_every": 100, "steps": 500,
                                              "batch_size": 64, "lr": 5e-4, "resume": False, "device": None}),
+    "export": (("model", "out"), {"format": "onnx"}),
 }
 
 

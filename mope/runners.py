@@ -151,5 +151,19 @@ def _prune_and_distill(p, ctx) -> dict:
     return {"pruned": str(pruned_dir), **_distill(params, ctx, teacher=teacher, student=student, out=out)}
 
 
+def _export(p, ctx) -> dict:
+    from . import load_model
+    from .export import check_export, export
+
+    check_export(p["out"], p["format"])  # before the model loads
+    clip = load_model(p["model"], device="cpu")
+
+    def progress(done, total, eta, info):
+        ctx.progress(done, total, eta, f"{info['tower']} tower exported, max |onnxruntime - torch| {info['max_abs_diff']:.1e}")
+
+    meta = export(clip, p["out"], format=p["format"], progress=progress)
+    return {"export": str(p["out"]), "max_abs_diff": meta["max_abs_diff"], "opset": meta["opset"]}
+
+
 RUNNERS = {"ping": _ping, "evaluate": _evaluate, "score": _score, "study": _study, "prune": _prune,
-           "distill": _distill, "prune-and-distill": _prune_and_distill}
+           "distill": _distill, "prune-and-distill": _prune_and_distill, "export": _export}

@@ -103,3 +103,18 @@ def test_cli_export_and_its_errors(tiny_dir, tmp_path, capsys):
         assert main(["export", *args]) == 2
         assert message in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx"]
+
+
+def test_export_job_reports_each_tower_and_refuses_a_taken_folder(tiny_dir, tmp_path, monkeypatch):
+    from mope.jobs import Store, work
+
+    monkeypatch.setenv("MOPE_HOME", str(tmp_path / "home"))
+    store = Store()
+    ok = store.submit("export", {"model": str(tiny_dir), "out": str(tmp_path / "onnx")})
+    taken = store.submit("export", {"model": str(tiny_dir), "out": str(tmp_path / "onnx")})
+    work(store, idle_exit=0.5)
+    job = store.get(ok)
+    assert job["status"] == "done" and set(job["result"]["max_abs_diff"]) == {"vision", "text"}
+    assert job["progress"]["step"] == 2 and "text tower exported" in job["progress"]["message"]
+    failed = store.get(taken)
+    assert failed["status"] == "failed" and "already exists" in failed["error"]
