@@ -68,7 +68,11 @@ def model_card(clip: Clip, folder_name: str, stock: bool) -> str:
 
 
 def _size_section(clip: Clip) -> str:
-    after, before = tower_sizes(clip), source_sizes(clip)
+    try:
+        after = tower_sizes(clip)
+    except Exception as e:  # noqa: BLE001 — the card never stops a model from being saved
+        return f"## Size\n\nThe sizes could not be measured ({type(e).__name__}: {str(e)[:200]})."
+    before = source_sizes(clip)
     rows = ["| tower | layers | heads per layer | FFN width per layer | params | GFLOPs per sample |",
             "|---|---|---|---|---|---|"]
     for tower in TOWERS:

@@ -53,3 +53,12 @@ def test_card_of_a_stock_model_shows_plain_open_clip_loading(tiny):
     assert 'open_clip.create_model_and_transforms("local-dir:shallow")' in card
     assert "Not distilled; no metrics were measured" in card and "--model shallow" in card
     assert _row(card, "text")[1] == "2"  # unchanged: no arrow
+
+
+def test_a_model_whose_sizes_cannot_be_measured_still_gets_a_card(tiny, monkeypatch):
+    import mope.card
+
+    pruned = prune_units(tiny, [Unit("vision", "layer", 1)], {"vision": 64, "text": 64})
+    monkeypatch.setattr(mope.card, "tower_sizes", lambda clip: 1 / 0)
+    card = model_card(pruned, "odd", stock=True)
+    assert "The sizes could not be measured (ZeroDivisionError" in card and "## How to load" in card
