@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import open_clip
-
 from .errors import MopeError
 from .io import atomic_write_text
+from .specs import ModelSpec
 
 TASKS = {"zeroshot": "zeroshot_classification", "retrieval": "zeroshot_retrieval"}
 
@@ -21,10 +20,12 @@ TASKS = {"zeroshot": "zeroshot_classification", "retrieval": "zeroshot_retrieval
 def model_and_pretrained(spec: str) -> tuple[str, str]:
     """CLIP_benchmark's (model, pretrained) pair for a model spec: NAME:TAG → (NAME, TAG),
     NAME:/ckpt → (NAME, /ckpt); any other spec (demo, hf-hub:…, a folder) is the model, pretrained ''."""
-    name, sep, source = spec.partition(":")
-    if sep and source and name in open_clip.list_models():
-        return name, source
-    return spec, ""
+    parsed = ModelSpec.parse(spec)
+    if parsed.source == "pretrained":
+        return parsed.name, parsed.tag or ""
+    if parsed.source == "checkpoint":
+        return parsed.name, str(parsed.path)
+    return parsed.text, ""
 
 
 def clip_benchmark_record(spec: str, dataset: str, kind: str, metrics: dict[str, float],
