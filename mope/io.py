@@ -8,8 +8,6 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from safetensors.torch import save_file
-
 
 def atomic_write(path: Path, write) -> None:
     """Call write(temporary path), then rename the file over `path`."""
@@ -38,6 +36,8 @@ def atomic_write_json(path: Path, obj) -> None:
 
 
 def atomic_save_safetensors(tensors: dict, path: Path, metadata: dict | None = None) -> None:
+    from safetensors.torch import save_file  # here, not above: the job worker starts without torch
+
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 

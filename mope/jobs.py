@@ -3,31 +3,44 @@
 A job is a dict: id, kind, params, status (queued → running → done | failed | cancelled), progress
 (step, total, message, eta), history (eval metrics over time), curve (training losses over steps),
 partial (result rows so far, e.g. the units scored), log (last lines), result, timestamps,
-error, worker (pid running it), cancel (requested). The store is one diskcache Cache under
-$MOPE_HOME/jobs (eviction off: nothing vanishes). Workers claim jobs inside a transaction, so two
-workers never run the same job; a worker that dies leaves its jobs `running` under a dead pid, and
-the next look at the store (any worker, the CLI, the app) marks them failed with the reason.
+error, worker (pid running it) and worker_start (that process's start time), cancel (requested).
+The store is one diskcache Cache under $MOPE_HOME/jobs (eviction off: nothing vanishes).
+
+One worker per store: the worker holds an exclusive flock on `jobs/worker.lock` for as long as it lives
+(the kernel lets go when it dies, however it dies). `ensure_worker` takes that lock itself and hands it to
+the worker it starts, so of many near-simultaneous submissions exactly one starts a worker. A worker that
+exits idle lets go of the lock first and then looks at the queue once more, so a job submitted meanwhile
+is never stranded. Jobs claimed by a worker that died (its pid gone, or reused by another process: the
+start time differs) are marked failed with the reason at the next look at the store. GPU jobs take a
+machine-wide lock (a flock in the system's temporary folder), so one job at a time uses a GPU across every
+worker and store on the machine.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import diskcache
 
 from .errors import MopeError
+from .io import atomic_write_json
 from .settings import jobs_dir
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 LOG_LINES = 200
 CURVE_POINTS = 5000
+LOCK_DIR = Path(tempfile.gettempdir())  # machine-wide: the GPU locks live here
+WORKER_LOCK_FD = "MOPE_WORKER_LOCK_FD"  # the inherited, already locked worker.lock of a started worker
 
 # kind → (required params, optional params with defaults)
 KINDS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
@@ -129,8 +142,8 @@ class Store:
 
     # --- claiming, liveness --------------------------------------------------------------------------
 
-    def claim(self, worker: int) -> dict | None:
-        """The oldest queued job, now running under `worker`; None when the queue is empty."""
+    def claim(self, worker: int, worker_start: str | None = None) -> dict | None:
+        """The oldest queued job, now running under pid `worker` (started at `worker_start`); None when none."""
         while True:
             with self.cache.transact():
                 _, job_id = self.cache.pull(prefix="queue")
@@ -139,16 +152,23 @@ class Store:
                 job = self.cache.get(f"job:{job_id}")
                 if job is None or job["status"] != "queued":
                     continue  # cancelled while queued
-                job.update(status="running", worker=worker, started=time.time())
+                job.update(status="running", worker=worker, worker_start=worker_start, started=time.time())
                 self.cache.set(f"job:{job_id}", job)
                 return job
 
-    def heartbeat(self, worker: int) -> None:
-        self.cache.set(f"worker:{worker}", time.time(), expire=30)
+    def has_queued(self) -> bool:
+        return self.cache.peek(prefix="queue")[0] is not None
 
     def live_workers(self) -> list[int]:
-        return [int(k.split(":")[1]) for k in self.cache.iterkeys()
-                if isinstance(k, str) and k.startswith("worker:") and self.cache.get(k) is not None]
+        """The pid of the worker serving this store, when one is alive (its lock held, its pid and start time
+        as recorded); [] otherwise."""
+        with _flocked(self.root / SPAWN_LOCK):
+            fd = _try_flock(self.root / WORKER_LOCK)
+            if fd is not None:
+                os.close(fd)
+                return []
+        marker = _read_marker(self.root)
+        return [marker["pid"]] if marker and _alive(marker["pid"], marker["start"]) else []
 
     def reap(self) -> None:
         """Jobs running under a worker that is gone become failed, with the reason."""
@@ -156,10 +176,10 @@ class Store:
             if not (isinstance(key, str) and key.startswith("job:")):
                 continue
             job = self.cache.get(key)
-            if job and job["status"] == "running" and not _alive(job["worker"]):
+            if job and job["status"] == "running" and not _alive(job["worker"], job.get("worker_start")):
                 with self.cache.transact():
                     job = self.cache.get(key)
-                    if job["status"] == "running" and not _alive(job["worker"]):
+                    if job["status"] == "running" and not _alive(job["worker"], job.get("worker_start")):
                         job.update(status="failed", finished=time.time(),
                                    error=f"the worker (pid {job['worker']}) died while running this job"
                                          + ("; resume it to continue from its last checkpoint"
@@ -167,19 +187,126 @@ class Store:
                         self.cache.set(key, job)
 
 
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
+def process_start(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot, /proc/PID/stat field 22): with the pid it names
+    one process, even after the pid is reused. None when there is no such live process (or only a zombie);
+    "" where there is no /proc to ask."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
+        return None
     except PermissionError:
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None if Path("/proc/self/stat").exists() else ""
+    state, *fields = stat[stat.rindex(")") + 2:].split()
+    return None if state == "Z" else fields[18]
+
+
+def _alive(pid: int | None, start: str | None = None) -> bool:
+    """Whether process `pid` lives (not a zombie) and, when `start` is given, is the one that started then."""
+    if not pid:
+        return False
+    now = process_start(pid)
+    return now is not None and (start is None or now == start)
+
+
+# --- one worker per store, one job per GPU ---------------------------------------------------------------
+
+WORKER_LOCK, SPAWN_LOCK, WORKER_MARKER = "worker.lock", "spawn.lock", "worker.json"
+
+
+def _try_flock(path: Path) -> int | None:
+    """A descriptor holding an exclusive flock on `path`, or None when another holds it."""
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+@contextmanager
+def _flocked(path: Path):
+    """A short critical section under an exclusive flock on `path` (waits for it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _write_marker(root: Path, pid: int) -> None:
+    atomic_write_json(root / WORKER_MARKER, {"pid": pid, "start": process_start(pid)})
+
+
+def _read_marker(root: Path) -> dict | None:
+    import json
+
+    try:
+        marker = json.loads((root / WORKER_MARKER).read_text())
+        return marker if isinstance(marker.get("pid"), int) else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+class _WorkerLock:
+    """The store's worker lock as held by this worker: taken (or inherited from ensure_worker), let go, retaken.
+    Every taking happens under the spawn lock, so a look at the lock never blocks a worker from taking it."""
+
+    def __init__(self, root: Path):
+        self.root, self.fd = root, None
+
+    def take(self) -> bool:
+        inherited = os.environ.pop(WORKER_LOCK_FD, "")
+        if inherited.isdigit() and _is_open(int(inherited)):
+            self.fd = int(inherited)
+        else:
+            with _flocked(self.root / SPAWN_LOCK):
+                self.fd = _try_flock(self.root / WORKER_LOCK)
+        if self.fd is not None:
+            _write_marker(self.root, os.getpid())
+        return self.fd is not None
+
+    def let_go(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
         return True
-    try:  # a zombie (killed, not yet reaped by its parent) is not alive
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except OSError:
-        return True
+        return False
+
+
+@contextmanager
+def gpu_turn(device: str, should_stop, waiting=lambda: None):
+    """Hold `device` (cuda, cuda:N) machine-wide while the block runs: a flock on a file in the system's
+    temporary folder, so jobs of every worker, thread and store on this machine take turns. Yields True once
+    held, or False when should_stop() said so while waiting; waiting() is called once if the GPU is busy."""
+    index = device.partition(":")[2] or "0"
+    path = LOCK_DIR / f"mope-gpu{index}.lock"
+    fd = None
+    try:
+        while (fd := _try_flock(path)) is None:
+            if waiting:
+                waiting()
+                waiting = None
+            if should_stop():
+                yield False
+                return
+            time.sleep(0.2)
+        yield True
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def validate(kind: str, params: dict) -> dict:
@@ -244,28 +371,27 @@ class JobContext:
         return self._cancel
 
 
-_GPU = threading.Lock()  # GPU jobs run one at a time
-
-
-def _uses_gpu(params: dict) -> bool:
+def _gpu(job: dict) -> str | None:
+    """The GPU a job would use (cuda, cuda:N), or None for a CPU job."""
+    if job["kind"] == "ping":
+        return None
     import torch
 
-    device = params.get("device")
-    return (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    device = job["params"].get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    return device if device.startswith("cuda") else None
 
 
 def run_job(store: Store, job: dict) -> None:
     """Run one claimed job to its end, recording the outcome."""
-    from contextlib import nullcontext
-
     from .runners import RUNNERS
 
     ctx = JobContext(store, job["id"])
     ctx.log(f"{job['kind']} started")
     try:
-        with _GPU if job["kind"] != "ping" and _uses_gpu(job["params"]) else nullcontext():
+        result = None
+        with _device_turn(job, ctx) as ready:
             try:
-                result = RUNNERS[job["kind"]](job["params"], ctx)
+                result = RUNNERS[job["kind"]](job["params"], ctx) if ready else None
             finally:
                 ctx.flush()  # the whole curve is in the store before the job shows as ended
         status = "cancelled" if ctx.should_stop() or store.get(job["id"])["cancel"] else "done"
@@ -282,17 +408,42 @@ def run_job(store: Store, job: dict) -> None:
         ctx.log("failed: " + (message if isinstance(e, MopeError) else traceback.format_exc(limit=3)))
 
 
+@contextmanager
+def _device_turn(job: dict, ctx: JobContext):
+    """True once the job may run: at once on a CPU, after its turn on a GPU; False when cancelled waiting."""
+    gpu = _gpu(job)
+    if gpu is None:
+        yield True
+        return
+    with gpu_turn(gpu, ctx.should_stop, lambda: ctx.log(f"waiting for {gpu}: another job on this machine uses it")) as ready:
+        yield ready
+
+
 def work(store: Store, concurrency: int = 1, idle_exit: float | None = None, poll: float = 0.2) -> None:
-    """The worker loop: claim and run jobs on `concurrency` threads; exit after idle_exit idle seconds."""
+    """The worker loop: claim and run jobs on `concurrency` threads; exit after idle_exit idle seconds.
+
+    Refuses to start while another worker serves the store (one worker per store)."""
+    lock = _WorkerLock(store.root)
+    if not lock.take():
+        marker = _read_marker(store.root) or {}
+        raise MopeError(f"a worker (pid {marker.get('pid', '?')}) already runs the jobs of {store.root}; it takes "
+                        "new jobs as they come (use --concurrency for more at once)")
+    try:
+        _serve(store, lock, concurrency, idle_exit, poll)
+    finally:
+        lock.let_go()
+
+
+def _serve(store: Store, lock: _WorkerLock, concurrency: int, idle_exit: float | None, poll: float) -> None:
     pid = os.getpid()
+    start = process_start(pid)
     store.reap()
     idle_since = time.time()
     running: list[threading.Thread] = []
     while True:
-        store.heartbeat(pid)
         running = [t for t in running if t.is_alive()]
         if len(running) < concurrency:
-            job = store.claim(pid)
+            job = store.claim(pid, start)
             if job is not None:
                 thread = threading.Thread(target=run_job, args=(store, job), daemon=True)
                 thread.start()
@@ -302,16 +453,30 @@ def work(store: Store, concurrency: int = 1, idle_exit: float | None = None, pol
         if running:
             idle_since = time.time()
         elif idle_exit is not None and time.time() - idle_since > idle_exit:
-            return
+            lock.let_go()  # then one more look: a job submitted while the lock was held is not left behind
+            if not store.has_queued() or not lock.take():
+                return
+            idle_since = time.time()
         time.sleep(poll)
 
 
 def ensure_worker(store: Store, concurrency: int = 1, idle_exit: float = 60.0) -> int | None:
-    """Start a background worker unless one is alive; returns the new worker's pid."""
-    if store.live_workers():
-        return None
-    with open(store.root / "worker.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "mope", "worker", "--concurrency", str(concurrency),
-                                 "--idle-exit", str(idle_exit)], stdout=log, stderr=log, start_new_session=True,
-                                env={**os.environ, "MOPE_HOME": str(store.root.parent)})
+    """Start a background worker unless one serves the store; returns the new worker's pid, else None.
+
+    Atomic: the store's worker lock is taken here and handed to the new worker, so among any number of
+    simultaneous callers (threads or processes) exactly one starts a worker."""
+    with _flocked(store.root / SPAWN_LOCK):
+        fd = _try_flock(store.root / WORKER_LOCK)
+        if fd is None:
+            return None
+        try:
+            with open(store.root / "worker.log", "ab") as log:
+                # what `python -m mope worker` runs, without building the CLI (its choices load torch)
+                code = f"from mope.jobs import Store, work; work(Store(), {int(concurrency)}, {float(idle_exit)!r})"
+                proc = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=log, pass_fds=(fd,),
+                                        start_new_session=True, env={**os.environ, WORKER_LOCK_FD: str(fd),
+                                                                     "MOPE_HOME": str(store.root.parent)})
+            _write_marker(store.root, proc.pid)
+        finally:
+            os.close(fd)
     return proc.pid

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import mope
-from mope.jobs import Store, work
+from mope.jobs import Store, _alive, ensure_worker, gpu_turn, work
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,19 +109,99 @@ def test_resume_only_a_stopped_distillation(home):
 
 
 def test_load_200_jobs_from_4_processes_none_lost_none_twice(home):
-    submit = ("import sys; from mope.jobs import Store; s = Store(); "
-              "print(' '.join(s.submit('ping') for _ in range(50)))")
-    workers = [_worker(home, "--concurrency", "2", "--idle-exit", "3") for _ in range(2)]
+    submit = ("from mope.jobs import Store, ensure_worker; s = Store(); "
+              "print(' '.join(s.submit('ping') for _ in range(50))); ensure_worker(s, concurrency=2, idle_exit=3)")
+    busy = Store().submit("ping", {"seconds": 600})
+    worker = _worker(home, "--concurrency", "2", "--idle-exit", "3")
+    assert _wait(lambda: Store().get(busy)["status"] == "running")
+    second = _worker(home)  # one worker per store: a second one is refused
+    assert second.wait(timeout=120) == 2 and b"already runs the jobs" in second.stderr.read()
+    assert Store().live_workers() == [worker.pid]
+    Store().cancel(busy)
     clients = [subprocess.Popen([sys.executable, "-c", submit], env=_env(home), cwd=ROOT, stdout=subprocess.PIPE,
                                 text=True) for _ in range(4)]
     ids = [i for c in clients for i in c.communicate(timeout=120)[0].split()]
     assert len(ids) == 200 and len(set(ids)) == 200
     store = Store()
     assert _wait(lambda: all(store.get(i)["status"] == "done" for i in ids), 180)
-    for w in workers:
-        w.wait(timeout=60)
+    worker.wait(timeout=60)
     for i in ids:
         assert sum("started" in line for line in store.get(i)["log"]) == 1
+
+
+_SUBMITTER = """
+import sys, time
+from pathlib import Path
+from mope.jobs import Store, ensure_worker
+store = Store()
+print("ready", flush=True)
+while not Path(sys.argv[1]).exists():
+    time.sleep(0.001)
+store.submit("ping")
+print(ensure_worker(store, idle_exit=2) or "-", flush=True)
+"""
+
+
+def test_20_simultaneous_submissions_start_exactly_one_worker(home):
+    go = home / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", _SUBMITTER, str(go)], env=_env(home), cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True) for _ in range(6)]
+    assert all(p.stdout.readline().strip() == "ready" for p in procs)
+    barrier, started = threading.Barrier(15), []
+
+    def submit():
+        store = Store()
+        barrier.wait()
+        store.submit("ping")
+        started.append(ensure_worker(store, idle_exit=2))
+
+    threads = [threading.Thread(target=submit) for _ in range(14)]
+    for t in threads:
+        t.start()
+    go.touch()
+    barrier.wait()
+    for t in threads:
+        t.join(60)
+    started += [None if out.strip() == "-" else int(out) for out in (p.communicate(timeout=60)[0] for p in procs)]
+    pids = [pid for pid in started if pid is not None]
+    assert len(started) == 20 and len(pids) == 1, started
+    store = Store()
+    assert _wait(lambda: len(store.jobs()) == 20 and all(j["status"] == "done" for j in store.jobs()), 120)
+    assert {j["worker"] for j in store.jobs()} == set(pids)
+    assert _wait(lambda: not _alive(pids[0]), 60)  # it exits once idle
+
+
+@pytest.mark.parametrize("how", ["idle", "killed"])
+def test_a_job_submitted_after_the_worker_is_gone_runs_within_5_s(home, how):
+    store = Store()
+    first = store.submit("ping", {"seconds": 60 if how == "killed" else 0})
+    pid = ensure_worker(store, idle_exit=0.5)
+    assert _wait(lambda: store.get(first)["status"] in ("running", "done"))
+    if how == "killed":
+        os.kill(pid, signal.SIGKILL)
+    assert _wait(lambda: not _alive(pid))
+    start = time.time()
+    job = store.submit("ping")
+    assert ensure_worker(store, idle_exit=0.5) not in (None, pid)
+    assert _wait(lambda: store.get(job)["status"] == "done", 5), (time.time() - start, store.get(job))
+    assert store.get(first)["status"] == ("failed" if how == "killed" else "done")
+
+
+def test_the_gpu_is_taken_in_turns_across_processes(tmp_path, monkeypatch):
+    monkeypatch.setattr("mope.jobs.LOCK_DIR", tmp_path)
+    hold = ("import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "print('held', flush=True); time.sleep(2)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path / "mope-gpu1.lock")], stdout=subprocess.PIPE,
+                              text=True)
+    assert holder.stdout.readline().strip() == "held"
+    waited = []
+    with gpu_turn("cuda:0", lambda: False) as ready:  # another GPU: no wait
+        assert ready
+    start = time.time()
+    with gpu_turn("cuda:1", lambda: False, lambda: waited.append(time.time())) as ready:
+        assert ready and holder.poll() is not None and len(waited) == 1  # its turn came once the holder exited
+        with gpu_turn("cuda:1", lambda: time.time() - start > 3) as again:  # one turn at a time, even in a process
+            assert not again  # cancelled while waiting
 
 
 def test_corrupted_store_is_reported_not_reset(home):
