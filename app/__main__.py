@@ -32,24 +32,28 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("app").setLevel(logging.INFO)
 
-    from .ui import build, h
+    from .state import AppState
+    from .ui import build
 
     for folder in ("downloads", "samples"):
         (home / folder).mkdir(parents=True, exist_ok=True)
-    demo = build(model_dirs=args.models, data_dirs=args.data)
+    state = AppState(home, model_dirs=args.models, data_dirs=args.data)
+    demo = build(state)
     demo.launch(server_name=args.host, server_port=args.port, auth=tuple(args.auth.split(":", 1)) if args.auth else None,
                 share=False, max_file_size="200mb", allowed_paths=[str(home / "downloads"), str(home / "samples")],
                 prevent_thread_lock=True, quiet=True)
     print(f"MoPE-CLIP Explorer ready at {demo.local_url} ({time.time() - started:.1f} s after start)", flush=True)
-    threading.Thread(target=warm_up, args=(h,), daemon=True).start()
+    threading.Thread(target=warm_up, args=(state,), daemon=True).start()
     demo.block_thread()
 
 
-def warm_up(h) -> None:
+def warm_up(state) -> None:
     """Load and measure the demo model, so the first page's model card comes quickly."""
     try:
-        h.model_card("demo", h.Settings())
-    except Exception as e:  # the page reports it when it asks for the card
+        from .handlers.model import model_card
+
+        model_card("demo", state)
+    except Exception as e:  # noqa: BLE001 (the page reports it when it asks for the card)
         logging.getLogger("app").warning("demo model not loaded: %s", e)
 
 

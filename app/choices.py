@@ -1,4 +1,4 @@
-"""The app's fixed choices: calibration and benchmark data, metrics, devices, a new session.
+"""The app's fixed choices: calibration and benchmark data, metrics, devices.
 
 Kept apart from handlers.py so the page can be built and served before torch and open_clip are imported.
 """
@@ -13,7 +13,6 @@ EVALUATION = {"shapes: colour × shape (held out)": ("shapes", "zeroshot"),
 SHOWN_METRICS = {"zeroshot": ("acc1", "acc5", "mean_per_class_recall"),
                  "retrieval": ("text_retrieval_recall@1", "text_retrieval_recall@5", "image_retrieval_recall@1",
                                "image_retrieval_recall@5")}
-NEW_SESSION = {"spec": "demo", "scores": None, "score_job": None, "pd_job": None, "study_job": None}
 PRESET_MODELS = ["demo", "ViT-B-32:openai", "ViT-B-16:laion2b_s34b_b88k"]
 DEVICES = ["auto", "cpu", "cuda"]
 

@@ -72,7 +72,9 @@ def main() -> None:
 
     import mope
     from app import figures
-    from app import handlers as h
+    from app.handlers import prune as hp
+    from app.handlers import scores as hs
+    from app.state import AppState
     from mope.scoring import save_scores, score
 
     clip = mope.load_model("demo", device="cpu")
@@ -83,21 +85,23 @@ def main() -> None:
     sweep = time.perf_counter() - t
     print(f"full MoPE sweep (demo, {len(scores)} units, 256 images, acc1, with baselines): {sweep:.1f} s", flush=True)
 
-    path = home / "scores.csv"
+    path = home / "results" / "scores-bench.csv"  # where the app may read scores from
     save_scores(scores, path)
+    state = AppState(home, start_worker=False)
     keeps = [round(0.05 * i, 2) for i in range(1, 20)]  # every slider position that removes something
     local = []
     for keep in keeps:
         t = time.perf_counter()
-        plan, table, notes = h.preview(h.scores_table(str(path)), h.budget_of(
+        plan, table, notes = hp.preview(hs.scores_table(str(path), state), hp.budget_of(
             "keep fraction", keep, 1.0, "uniform", "params", 0, 0, 0, 0, 0, 0), "mope")
-        figures.heatmaps(h.scores_table(str(path)), "mope", removed={u.name for u in plan.removed}).to_json()
+        figures.heatmaps(hs.scores_table(str(path), state), "mope", removed={u.name for u in plan.removed}).to_json()
         local.append(time.perf_counter() - t)
 
     from gradio_client import Client
 
     client = Client(url, verbose=False)
-    session = {**h.NEW_SESSION, "scores": str(path)}
+    session, before = state.sessions.open(None)  # the app's session store: a session whose scores are these
+    state.sessions.save(session, {**before, "scores": str(path)}, before)
     remote = []
     for keep in keeps:
         t = time.perf_counter()

@@ -8,14 +8,23 @@ from PIL import Image
 
 import mope
 from app import figures
-from app import handlers as h
+from app.choices import CALIBRATION, EVALUATION
+from app.handlers import compare as hc
+from app.handlers import jobs as hj
+from app.handlers import model as hm
+from app.handlers import prune as hp
+from app.handlers import scores as hs
+from app.security import check_spec, unpack_zip
+from app.session import NEW_SESSION
+from app.state import AppState
 from mope.jobs import run_job
 
 
 @pytest.fixture
 def settings(tmp_path, monkeypatch, tiny_dir):
     monkeypatch.setenv("MOPE_HOME", str(tmp_path / "home"))
-    return h.Settings(model_dirs=[tiny_dir.parent], data_dirs=[tmp_path / "data"], start_worker=False)
+    return AppState(model_dirs=[tiny_dir.parent], data_dirs=[tmp_path / "data"], upload_dirs=[tmp_path],
+                    start_worker=False)
 
 
 def run_queued(settings) -> list[dict]:
@@ -28,7 +37,7 @@ def run_queued(settings) -> list[dict]:
 
 
 def test_model_card_measures_the_model(settings, tiny_dir):
-    headline, card = h.model_card(str(tiny_dir), settings)
+    headline, card = hm.model_card(str(tiny_dir), settings)
     assert list(card.tower) == ["vision", "text"] and card.loc[0, "heads / layer"] == "4"
     assert (card["GFLOPs / sample"] > 0).all() and (card["latency, batch 1 (ms)"] > 0).all()
     assert "M parameters" in headline
@@ -41,52 +50,52 @@ def test_local_paths_outside_the_model_folders_are_refused(settings, tiny_dir, t
     for spec in (str(outside), f"local-dir:{outside}", f"ViT-B-32:{outside}/ckpt.pt", "ViT-B-32:ckpt.safetensors",
                  str(tiny_dir.parent / "escape"), str(tiny_dir.parent / ".." / "elsewhere")):
         with pytest.raises(mope.MopeError, match="outside the model folder"):
-            h.check_spec(spec, settings)
-    assert h.check_spec(f" {tiny_dir} ", settings) == str(tiny_dir)
-    assert h.check_spec("ViT-B-32:openai", settings) == "ViT-B-32:openai"
+            check_spec(spec, settings)
+    assert check_spec(f" {tiny_dir} ", settings) == str(tiny_dir)
+    assert check_spec("ViT-B-32:openai", settings) == "ViT-B-32:openai"
 
 
 def test_a_model_that_fails_to_load_is_a_message(settings):
     with pytest.raises(mope.MopeError, match="unknown model"):
-        h.model_card("ViT-B-99:nope", settings)
+        hm.model_card("ViT-B-99:nope", settings)
 
 
 def test_scores_job_then_cached_scores_at_once(settings, tiny_dir):
-    session = {**h.NEW_SESSION, "spec": str(tiny_dir)}
-    source = list(h.CALIBRATION)[0]
-    session, message = h.start_scores(session, source, None, None, "", 16, ["vision"], settings)
+    session = {**NEW_SESSION, "spec": str(tiny_dir)}
+    source = next(iter(CALIBRATION))
+    session, message = hs.start_scores(session, source, None, None, "", 16, ["vision"], settings)
     assert session["score_job"] and "Scoring started" in message
-    _, df, total, line = h.scores_state(session, settings)
+    _, df, total, line = hs.scores_state(session, settings)
     assert df.mope.isna().all() and total == len(df) == 14 and "queued" in line  # the empty grid, to fill in
     [job] = run_queued(settings)
     assert job["status"] == "done" and len(job["partial"]) == job["result"]["units"]
-    session, df, total, line = h.scores_state(session, settings)
+    session, df, total, line = hs.scores_state(session, settings)
     assert session["score_job"] is None and session["scores"] and total is None
     assert set(df.kind) == {"head", "neurons", "layer"} and "units scored" in line
-    again, message = h.start_scores({**session, "scores": None}, source, None, None, "", 16, ["vision"], settings)
+    again, message = hs.start_scores({**session, "scores": None}, source, None, None, "", 16, ["vision"], settings)
     assert again["scores"] == session["scores"] and again["score_job"] is None and "Cached" in message
 
 
 @pytest.fixture
 def scored(settings, tiny_dir):
-    session = {**h.NEW_SESSION, "spec": str(tiny_dir)}
-    session, _ = h.start_scores(session, list(h.CALIBRATION)[0], None, None, "", 16, ["vision", "text"], settings)
+    session = {**NEW_SESSION, "spec": str(tiny_dir)}
+    session, _ = hs.start_scores(session, next(iter(CALIBRATION)), None, None, "", 16, ["vision", "text"], settings)
     run_queued(settings)
-    return h.scores_state(session, settings)[0]
+    return hs.scores_state(session, settings)[0]
 
 
 def test_heatmaps_fill_in_and_mark_what_the_plan_removes(settings, scored):
-    df = h.scores_table(scored["scores"])
-    clip = h.get_model(scored["spec"], settings)
-    partial = figures.heatmaps(h.partial_scores(clip, ["vision", "text"], ["head", "neurons", "layer"],
-                                                df.iloc[:5].to_dict("records")))
+    df = hs.scores_table(scored["scores"], settings)
+    clip = hm.get_model(scored["spec"], settings)
+    partial = figures.heatmaps(hs.partial_scores(clip, ["vision", "text"], ["head", "neurons", "layer"],
+                                                 df.iloc[:5].to_dict("records"), settings))
     z = np.asarray(partial.data[0].z, dtype=float)
     assert z.shape == (2, 4) and np.isnan(z).sum() == 4 and f"5/{len(df)} units scored" in partial.layout.title.text
     full = figures.heatmaps(df)
     assert len([t for t in full.data if t.type == "heatmap"]) == 4 and full.layout.height > 0
     assert "rank" in full.data[0].customdata[0][0] and "MoPE" in full.data[0].customdata[0][0]
-    plan, table, notes = h.preview(df, h.budget_of("keep fraction", 0.5, 1.0, "uniform", "params", 0, 0, 0, 0, 0, 0),
-                                   "mope")
+    plan, table, _notes = hp.preview(df, hp.budget_of("keep fraction", 0.5, 1.0, "uniform", "params", 0, 0, 0, 0, 0,
+                                                      0), "mope")
     row = table.set_index("tower").loc["vision"]
     assert row["params after"] < row["params before"] and plan.removed
     marked = figures.heatmaps(df, removed={u.name for u in plan.removed})
@@ -95,57 +104,57 @@ def test_heatmaps_fill_in_and_mark_what_the_plan_removes(settings, scored):
 
 
 def test_budget_controls_make_the_budget_they_show():
-    b = h.budget_of("explicit counts", 0.5, 0.5, "global", "flops", 1, 0, 2, 3, 0, 1)
+    b = hp.budget_of("explicit counts", 0.5, 0.5, "global", "flops", 1, 0, 2, 3, 0, 1)
     assert b.heads == {"vision": 2} and b.neurons == {"vision": 3, "text": 1} and b.layers == {"vision": 1}
     assert b.keep is None and b.strategy == "global" and b.measure == "flops" and b.towers == ("text", "vision")
-    b = h.budget_of("keep fraction", 0.4, 1.0, "uniform", "params", 0, 0, 5, 5, 5, 5)
+    b = hp.budget_of("keep fraction", 0.4, 1.0, "uniform", "params", 0, 0, 5, 5, 5, 5)
     assert b.keep == {"vision": 0.4} and b.heads is None and b.towers == ("vision",)
 
 
-def test_an_impossible_budget_is_a_message(scored):
-    df = h.scores_table(scored["scores"])
+def test_an_impossible_budget_is_a_message(settings, scored):
+    df = hs.scores_table(scored["scores"], settings)
     with pytest.raises(mope.MopeError):
-        h.preview(df, h.budget_of("explicit counts", 1, 1, "uniform", "params", 0, 0, 0, 0, 0, 0), "mope")
+        hp.preview(df, hp.budget_of("explicit counts", 1, 1, "uniform", "params", 0, 0, 0, 0, 0, 0), "mope")
 
 
 def test_prune_and_distill_job_saves_a_model_to_compare_and_download(settings, scored, tiny_dir):
-    budget = h.budget_of("keep fraction", 0.5, 1.0, "uniform", "params", 0, 0, 0, 0, 0, 0)
-    session, message = h.start_prune_distill(scored, budget, "mope", "cpu", 4, 8, "shapes", "my model!", settings)
+    budget = hp.budget_of("keep fraction", 0.5, 1.0, "uniform", "params", 0, 0, 0, 0, 0, 0)
+    session, _message = hp.start_prune_distill(scored, budget, "mope", "cpu", 4, 8, "shapes", "my model!", settings)
     [job] = run_queued(settings)
     assert job["status"] == "done", job["error"]
-    line, curve, history, result = h.job_state(session["pd_job"], settings)
+    line, curve, history, result = hj.job_state(session["pd_job"], settings)
     assert [c["step"] for c in curve] == [1, 2, 3, 4] and {"affinity", "feature", "hidden"} <= set(curve[0])
     assert history and "acc1" in history[-1] and "Saved" in line
-    plan = h.preview(h.scores_table(scored["scores"]), budget, "mope")[0]
+    plan = hp.preview(hs.scores_table(scored["scores"], settings), budget, "mope")[0]
     pruned = mope.load_model(result["pruned"])
     assert pruned.info["plan"][0]["removed"] == [u.name for u in plan.removed]  # the previewed plan, exactly
-    models = h.saved_models(settings)
+    models = hm.saved_models(settings)
     assert result["model"] in models and result["pruned"] in models and "my-model-" in result["model"]
-    archive = h.model_zip(result["model"], settings)
+    archive = hp.model_zip(result["model"], settings)
     assert "pruning.json" in zipfile.ZipFile(archive).namelist()
-    table = h.compare([str(tiny_dir), result["model"]], list(h.EVALUATION)[0], 20, settings)
+    table = hc.compare([str(tiny_dir), result["model"]], next(iter(EVALUATION)), 20, settings)
     assert table["params (M)"].iloc[1] < table["params (M)"].iloc[0] and "acc1" in table
-    assert h.jobs_table(settings).loc[0, "status"] == "done"
+    assert hj.jobs_table(settings).loc[0, "status"] == "done"
     with pytest.raises(mope.MopeError, match="outside"):
-        h.model_zip(str(tiny_dir), settings)
+        hp.model_zip(str(tiny_dir), settings)
 
 
 def test_cancel_a_queued_distillation(settings, scored):
-    budget = h.budget_of("keep fraction", 0.5, 1.0, "uniform", "params", 0, 0, 0, 0, 0, 0)
-    session, _ = h.start_prune_distill(scored, budget, "mope", "cpu", 3, 8, "shapes", "c", settings)
-    assert "Cancel requested" in h.cancel(session["pd_job"], settings)
-    assert run_queued(settings) == [] and "was cancelled" in h.job_state(session["pd_job"], settings)[0]
+    budget = hp.budget_of("keep fraction", 0.5, 1.0, "uniform", "params", 0, 0, 0, 0, 0, 0)
+    session, _ = hp.start_prune_distill(scored, budget, "mope", "cpu", 3, 8, "shapes", "c", settings)
+    assert "Cancel requested" in hj.cancel(session["pd_job"], settings)
+    assert run_queued(settings) == [] and "was cancelled" in hj.job_state(session["pd_job"], settings)[0]
     with pytest.raises(mope.MopeError, match="before it started"):
-        h.resume(session["pd_job"], settings)
+        hj.resume(session["pd_job"], settings)
     with pytest.raises(mope.MopeError, match="no job to cancel"):
-        h.cancel(None, settings)
+        hj.cancel(None, settings)
 
 
 def test_study_of_these_scores(settings, scored):
-    session, _ = h.start_study(scored, settings)
+    session, _ = hc.start_study(scored, settings)
     [job] = run_queued(settings)
     assert job["status"] == "done", job["error"]
-    study, metric, line = h.study_table(session, settings)
+    study, metric, _line = hc.study_table(session, settings)
     assert set(study.ranking) == {"MoPE", "magnitude", "random"} and sorted(set(study.removed)) == [0, .25, .5, .75]
     assert figures.compression(study, metric).layout.height == 340
 
@@ -158,33 +167,33 @@ def test_uploaded_zip_becomes_a_calibration_folder(settings, tmp_path):
                 path = tmp_path / f"{cls}{i}.png"
                 Image.new("RGB", (8, 8), (i * 90, 0, 0)).save(path)
                 z.write(path, f"animals/{cls}/{i}.png")
-    spec, kind = h.calibration_spec("uploaded zip of an image folder", str(good), None, settings)
+    spec, kind = hs.calibration_spec("uploaded zip of an image folder", str(good), None, settings)
     assert kind == "zeroshot" and mope.load_task(spec).classnames == ["cat", "dog"]
     evil = tmp_path / "evil.zip"
     with zipfile.ZipFile(evil, "w") as z:
         z.writestr("../../evil.png", b"x")
     with pytest.raises(mope.MopeError, match="unsafe path"):
-        h.unpack_zip(evil, settings)
+        unpack_zip(evil, settings)
     (tmp_path / "notzip.zip").write_text("hello")
     with pytest.raises(mope.MopeError, match="not a readable .zip"):
-        h.unpack_zip(tmp_path / "notzip.zip", settings)
+        unpack_zip(tmp_path / "notzip.zip", settings)
     with pytest.raises(mope.MopeError, match="outside the data folder"):
-        h.calibration_spec("server folder", None, "/etc", settings)
+        hs.calibration_spec("server folder", None, "/etc", settings)
 
 
 def test_predictions_and_bad_uploads(settings, tiny_dir, tmp_path):
-    paths, labels = h.sample_images(settings)
-    table = h.predictions(["demo", str(tiny_dir)], paths, labels, 2, settings)
+    paths, labels = hc.sample_images(settings)
+    table = hc.predictions(["demo", str(tiny_dir)], paths, labels, 2, settings)
     assert list(table.columns) == ["image", "demo", "tiny0/tiny-clip"] and len(table) == len(paths)
     assert all(cell.count("%") == 2 for cell in table["demo"])
     (tmp_path / "notes.txt").write_text("not an image")
     with pytest.raises(mope.MopeError, match="notes.txt is not an image"):
-        h.predictions(["demo"], [str(tmp_path / "notes.txt")], "cat", 1, settings)
+        hc.predictions(["demo"], [str(tmp_path / "notes.txt")], "cat", 1, settings)
     Image.new("1", (8000, 6000)).save(tmp_path / "huge.png")
     with pytest.raises(mope.MopeError, match="megapixel limit"):
-        h.predictions(["demo"], [str(tmp_path / "huge.png")], "cat", 1, settings)
+        hc.predictions(["demo"], [str(tmp_path / "huge.png")], "cat", 1, settings)
     with pytest.raises(mope.MopeError, match="at least one label"):
-        h.predictions(["demo"], paths, " , ,", 1, settings)
+        hc.predictions(["demo"], paths, " , ,", 1, settings)
 
 
 def test_served_page_answers_a_client(tmp_path, monkeypatch):
@@ -196,26 +205,28 @@ def test_served_page_answers_a_client(tmp_path, monkeypatch):
     from app.ui import build
 
     monkeypatch.setenv("MOPE_HOME", str(tmp_path / "home"))
-    settings = h.Settings()
+    settings = AppState()
     demo = build(settings)
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
     try:
         assert demo.local_url.startswith("http://127.0.0.1:")
         client = Client(demo.local_url, verbose=False)
-        session, headline, card = client.predict(dict(h.NEW_SESSION), "demo", api_name="/load_model")
+        session, headline, card = client.predict("", "demo", api_name="/load_model")  # no id yet: a new session
         assert "demo" in headline and card["data"][0][0] == "vision"
-        session = client.predict(session, list(h.CALIBRATION)[0], None, "", "", 16, ["vision"], api_name="/start_scores")
-        assert session["score_job"]
+        assert len(session) == 43 and settings.sessions.open(session)[0] == session  # the browser holds only an id
+        assert client.predict(session, next(iter(CALIBRATION)), None, "", "", 16, ["vision"],
+                              api_name="/start_scores") == session
+        assert settings.sessions.open(session)[1]["score_job"]
         deadline = time.time() + 240
-        while not session["scores"] and time.time() < deadline:
+        while not settings.sessions.open(session)[1]["scores"] and time.time() < deadline:
             time.sleep(1)
-            session, status, *_ = client.predict(session, "mope", "magnitude", api_name="/draw_scores")
-        assert session["scores"], status
-        table, notes, figure = client.predict(session, "mope", "keep fraction", 0.5, 1.0, "uniform", "params", 0, 0,
+            _, status, *_ = client.predict(session, "mope", "magnitude", api_name="/draw_scores")
+        assert settings.sessions.open(session)[1]["scores"], status
+        table, _notes, _figure = client.predict(session, "mope", "keep fraction", 0.5, 1.0, "uniform", "params", 0, 0,
                                               0, 0, 0, 0, api_name="/draw_plan")
         vision = dict(zip(table["headers"], table["data"][0]))
         assert vision["tower"] == "vision" and vision["params after"] < vision["params before"]
-        comparison = client.predict(["demo"], list(h.EVALUATION)[0], 50, api_name="/compare")
+        comparison = client.predict(["demo"], next(iter(EVALUATION)), 50, api_name="/compare")
         assert comparison["headers"][:2] == ["model", "params (M)"] and comparison["data"][0][0] == "demo"
         _, headline, _ = client.predict(session, "/etc", api_name="/load_model")
         assert "Could not load" in headline and "outside the model folder" in headline and "demo" in headline
@@ -225,14 +236,18 @@ def test_served_page_answers_a_client(tmp_path, monkeypatch):
             os.kill(pid, 15)
 
 
-def test_a_restarted_app_finds_the_session_and_its_jobs(settings, scored, monkeypatch):
-    budget = h.budget_of("keep fraction", 0.5, 1.0, "uniform", "params", 0, 0, 0, 0, 0, 0)
-    session, _ = h.start_prune_distill(scored, budget, "mope", "cpu", 2, 8, "shapes", "r", settings)
-    for name in ("_STORES", "_SCORES", "_MODELS", "_CARDS"):  # what a new app process starts without
-        monkeypatch.setattr(h, name, type(getattr(h, name))())
-    fresh = h.Settings(model_dirs=settings.model_dirs, data_dirs=settings.data_dirs, start_worker=False)
-    _, df, _, line = h.scores_state(session, fresh)
+def test_a_restarted_app_finds_the_session_and_its_jobs(settings, scored):
+    budget = hp.budget_of("keep fraction", 0.5, 1.0, "uniform", "params", 0, 0, 0, 0, 0, 0)
+    session_id, before = settings.sessions.open(None)
+    session, _ = hp.start_prune_distill({**before, **scored}, budget, "mope", "cpu", 2, 8, "shapes", "r", settings)
+    settings.sessions.save(session_id, session, before)
+    # a new app process: new state (empty caches, stores opened anew), the same home
+    fresh = AppState(model_dirs=settings.model_dirs, data_dirs=settings.data_dirs, upload_dirs=settings.upload_dirs,
+                     start_worker=False)
+    same_id, restored = fresh.sessions.open(session_id)
+    assert same_id == session_id and restored == session
+    _, df, _, line = hs.scores_state(restored, fresh)
     assert df is not None and "units scored" in line
-    assert "queued" in h.job_state(session["pd_job"], fresh)[0]
+    assert "queued" in hj.job_state(restored["pd_job"], fresh)[0]
     [job] = run_queued(fresh)
     assert job["id"] == session["pd_job"] and job["status"] == "done"

@@ -61,7 +61,7 @@ def _pairs(file, image_root, transform, batch_size, seed, start, rank, world) ->
             try:
                 images.append(transform(_open_rgb(_resolve(root, image))))
                 captions.append(caption)
-            except (OSError, ValueError, Image.DecompressionBombError):
+            except (OSError, ValueError, Image.DecompressionBombError, MopeError):
                 continue  # an unreadable image is skipped; the batch takes the next row
         yield step, torch.stack(images), captions
         step += 1

@@ -22,6 +22,7 @@ from ..settings import data_dir
 from ..specs import DataSpec
 from . import shapes
 
+MAX_PIXELS = 40_000_000  # larger images are refused from their header, before decoding (decompression bombs)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 GENERIC_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a close-up photo of a {}.",
                      "a bright photo of a {}.", "a low resolution photo of a {}.")
@@ -98,7 +99,15 @@ def image_batches(task: Task, preprocess, batch_size: int = 64) -> Iterator[torc
 
 def _open_rgb(path: Path) -> Image.Image:
     with Image.open(path) as im:
+        check_pixels(im, Path(path).name)
         return im.convert("RGB")
+
+
+def check_pixels(im: Image.Image, name: str) -> None:
+    """Refuse an opened (not yet decoded) image over MAX_PIXELS: its header gives the size."""
+    if im.width * im.height > MAX_PIXELS:
+        raise MopeError(f"{name} is {im.width}×{im.height} pixels, over the {MAX_PIXELS // 10**6} megapixel "
+                        "limit; resize it first")
 
 
 # --- builders ---------------------------------------------------------------------------------------
@@ -206,7 +215,7 @@ def _readable(paths: Sequence[Path]) -> tuple[list[int], int]:
         try:
             _open_rgb(p)
             good.append(i)
-        except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError):
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError, MopeError):
             pass
     return good, len(paths) - len(good)
 

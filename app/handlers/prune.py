@@ -1,0 +1,87 @@
+"""Tab 3: the budget the controls describe, its plan preview, prune-and-distill jobs, saved-model zips."""
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+import mope
+from mope.errors import MopeError
+from mope.plan import Budget
+
+from ..security import allowed_path, check_scores, check_spec, check_training_data
+from ..state import AppState
+from .jobs import submit
+
+
+def budget_of(mode: str, keep_vision: float, keep_text: float, strategy: str, measure: str, layers_vision: int,
+              layers_text: int, heads_vision: int, groups_vision: int, heads_text: int, groups_text: int) -> Budget:
+    """The Budget the controls describe: keep fractions per tower, or explicit counts per layer."""
+    layers = {t: int(n) for t, n in (("vision", layers_vision), ("text", layers_text)) if n}
+    if mode == "explicit counts":
+        heads = {t: int(n) for t, n in (("vision", heads_vision), ("text", heads_text)) if n}
+        neurons = {t: int(n) for t, n in (("vision", groups_vision), ("text", groups_text)) if n}
+        towers = tuple(sorted(set(heads) | set(neurons) | set(layers))) or ("vision",)
+        return Budget(heads=heads or None, neurons=neurons or None, layers=layers or None, strategy=strategy,
+                      measure=measure, towers=towers)
+    keep = {t: float(k) for t, k in (("vision", keep_vision), ("text", keep_text)) if k < 1}
+    towers = tuple(sorted(set(keep) | set(layers))) or ("vision",)
+    return Budget(keep=keep or None, layers=layers or None, strategy=strategy, measure=measure, towers=towers)
+
+
+def preview(df: pd.DataFrame, budget: Budget, by: str) -> tuple[mope.Plan, pd.DataFrame, str]:
+    """(plan, before → after table, notes) — pure: no model, no scoring."""
+    towers = set(df.tower)
+    missing = [t for t in budget.towers if t not in towers]
+    if missing:
+        raise MopeError(f"these scores have no {' or '.join(missing)} tower: score it, or leave its budget at 1")
+    if budget.per_tower("layers") and "layer" not in set(df.kind):
+        raise MopeError("these scores have no layer units: recompute them to plan depth pruning")
+    p = mope.plan(df, budget, by=by)
+    table = p.summary()
+    for what in ("params", "GFLOPs"):
+        table[f"{what} kept"] = (table[f"{what} after"] / table[f"{what} before"]).map("{:.0%}".format)
+    table["GFLOPs before"] = table["GFLOPs before"].round(4)
+    table["GFLOPs after"] = table["GFLOPs after"].round(4)
+    notes = list(p.notes)
+    if budget.per_tower("layers"):
+        notes.append("Layers here are ranked by the original model's layer scores; pruning re-scores them on the "
+                     "width-pruned model first (width, then depth), so the job may pick other layers.")
+    return p, table, "\n".join(f"- {n}" for n in notes) or "- Nothing removed."
+
+
+def start_prune_distill(session: dict, budget: Budget, by: str, device: str, steps: int, batch_size: int,
+                        data: str, name: str, state: AppState) -> tuple[dict, str]:
+    """Submit a prune-and-distill job that prunes exactly the previewed plan (same scores, same budget)."""
+    if not session["scores"]:
+        raise MopeError("compute MoPE scores first (tab 2): the plan ranks units by them")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise MopeError("this machine has no CUDA GPU: choose auto or cpu")
+    spec, scores = check_spec(session["spec"], state), check_scores(session["scores"], state)
+    data = check_training_data(data, state)
+    name = "".join(c if c.isalnum() or c in "-_" else "-" for c in str(name or "").strip()[:80]) or "pruned"
+    out = state.saved_dir / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    params = {"model": spec, "out": str(out), "scores": str(scores), "budget": asdict(budget),
+              "by": by, "distill_data": data, "steps": int(steps), "batch_size": int(batch_size),
+              "eval_every": max(1, int(steps) // 5), "device": None if device == "auto" else device}
+    job = submit(state, "prune-and-distill", params)
+    return {**session, "pd_job": job}, f"Prune & distill started (job {job}) → {out}"
+
+
+def model_zip(folder: str, state: AppState) -> str:
+    """A zip of a saved model folder for download (made once, atomically)."""
+    if not folder:
+        raise MopeError("pick a saved model to download")
+    path = allowed_path(folder, [state.saved_dir.resolve()], "model")
+    if not (path / "pruning.json").is_file():
+        raise MopeError(f"{str(folder)[:200]} is not a saved model folder")
+    target = state.home / "downloads" / f"{path.parent.name}-{path.name}.zip"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = shutil.make_archive(str(target.with_suffix("")) + ".partial", "zip", path)
+        Path(partial).rename(target)
+    return str(target)

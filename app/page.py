@@ -1,0 +1,110 @@
+"""The page's components by name, and events whose functions take and return values by name.
+
+`page.on(trigger, fn, inputs=["session", "spec"], outputs=["session", "headline"])` calls
+`fn(session=..., spec=...)`, which returns `{"session": ..., "headline": ...}`; an output left out of the
+answer stays as it is. A MopeError becomes a message on the page; anything else a short notice (the
+traceback goes to the server log, never to the browser).
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import logging
+
+import gradio as gr
+
+from .state import AppState
+
+log = logging.getLogger("app")
+
+
+class Lazy:
+    """A module imported at its first use: the handlers bring torch and open_clip (~6 s on 2 cores)."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr):
+        return getattr(importlib.import_module(self._name), attr)
+
+
+class Page:
+    """Components by name, the app's state, and the session a browser's id stands for."""
+
+    def __init__(self, state: AppState):
+        self.state = state
+        self.parts: dict[str, gr.components.Component] = {}
+        self.events: dict[str, object] = {}  # API name → its event, for other tabs to chain on (`.then`)
+
+    def add(self, **parts) -> None:
+        clash = set(parts) & set(self.parts)
+        if clash:
+            raise ValueError(f"components named twice: {sorted(clash)}")
+        self.parts.update(parts)
+
+    def __getattr__(self, name: str):
+        try:
+            return self.__dict__["parts"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def session(self, session_id) -> tuple[str, dict]:
+        """(id, session) for what the browser sent: unknown ids get a new, empty session."""
+        return self.state.sessions.open(session_id)
+
+    def save(self, session_id: str, after: dict, before: dict) -> None:
+        self.state.sessions.save(session_id, after, before)
+
+    def on(self, trigger, fn, inputs=(), outputs=(), quiet: bool = False, **kw):
+        """Wire `trigger` (e.g. `page.load.click`, `event.then`) to `fn`, its values addressed by name."""
+        inputs, outputs = list(inputs), list(outputs)
+        components = {name: self.parts[name] for name in outputs}
+
+        def call(args, progress=None):
+            extra = {"progress": progress} if progress is not None else {}
+            answer = fn(**dict(zip(inputs, args)), **extra) or {}
+            return {components[name]: value for name, value in answer.items()}
+
+        run = _guard(call, fn.__name__, quiet, components)
+        params = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in inputs]
+        if "progress" in inspect.signature(fn).parameters:
+            def wired(*args, progress=gr.Progress()):  # noqa: B008 (how Gradio asks for a progress bar)
+                return run(args, progress=lambda f, d: progress(f, desc=d))
+            params.append(inspect.Parameter("progress", inspect.Parameter.KEYWORD_ONLY, default=gr.Progress()))  # noqa: B008
+        else:
+            def wired(*args):
+                return run(args)
+        wired.__name__, wired.__signature__ = fn.__name__, inspect.Signature(params)  # API parameters by name
+        kw.setdefault("api_name", False)  # only events named here are named endpoints; the others stay unnamed
+        event = trigger(wired, [self.parts[n] for n in inputs], [self.parts[n] for n in outputs], **kw)
+        if kw.get("api_name"):
+            self.events[kw["api_name"]] = event
+        return event
+
+
+def _guard(call, name: str, quiet: bool, outputs: dict):
+    """Errors as messages (or, for the timer, logged and nothing redrawn)."""
+    @functools.wraps(call)
+    def guarded(args, **kw):
+        try:
+            return call(args, **kw)
+        except gr.Error:
+            raise
+        except Exception as e:  # the page stays usable; details go to the server log
+            if quiet:
+                log.exception("timer tick %s failed", name)
+                return {c: gr.skip() for c in outputs.values()}
+            if user_error(e):
+                raise gr.Error(str(e), print_exception=False) from None
+            log.exception("handler %s failed", name)
+            raise gr.Error(f"Something went wrong ({type(e).__name__}). The app keeps running; the server log "
+                           "has the details.", print_exception=False) from None
+    return guarded
+
+
+def user_error(e: Exception) -> bool:
+    """A MopeError: something a person caused, whose message says what to do."""
+    from mope.errors import MopeError
+
+    return isinstance(e, MopeError)

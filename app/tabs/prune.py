@@ -1,0 +1,169 @@
+"""Tab 3 · Prune & distill: a budget, its plan preview on the heatmap, prune-and-distill jobs, saved models."""
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+
+from .. import figures
+from ..choices import DEVICES
+from ..page import Lazy, Page, user_error
+
+hp = Lazy("app.handlers.prune")
+hs = Lazy("app.handlers.scores")
+hj = Lazy("app.handlers.jobs")
+hm = Lazy("app.handlers.model")
+
+TEACH = """**Budget → plan.** The plan removes the lowest-scored units until each tower keeps the chosen fraction
+of its head + FFN parameters (or FLOPs). *Uniform* removes the same number in every layer (the paper's layout, fast on
+hardware); *global* removes the lowest scores anywhere. Red × marks what the plan removes; the table updates as you
+move the sliders, without re-scoring. **Why width, then depth:** removing heads and neuron groups first and then
+re-scoring whole layers on the narrower model ranks layers by what they contribute *after* width pruning, which is what
+the final model will have. **Distillation** then trains the pruned student to imitate the original (teacher):
+image–text similarities, embeddings and hidden states — it recovers most of the lost accuracy."""
+
+# the budget controls, in the order of handlers.prune.budget_of's parameters
+BUDGET = ["mode", "keep_vision", "keep_text", "strategy", "measure", "layers_vision", "layers_text", "heads_vision",
+          "groups_vision", "heads_text", "groups_text"]
+PLAN_VIEWS = ["plan_table", "plan_notes", "plan_heatmap"]
+JOB_VIEWS = ["pd_status", "loss_plot", "evals"]
+
+
+def build(page: Page) -> None:
+    with gr.Tab("3 · Prune & distill", id="prune"):
+        gr.Markdown(TEACH)
+        _budget(page)
+        page.add(plan_table=gr.Dataframe(label="Before → after", interactive=False, elem_id="plan-table"),
+                 plan_notes=gr.Markdown(elem_id="plan-notes"),
+                 plan_heatmap=gr.Plot(label="What the plan removes", elem_id="plan-heatmap"))
+        with gr.Row():
+            page.add(device=gr.Dropdown(DEVICES, value="auto", label="Device"),
+                     steps=gr.Number(300, precision=0, minimum=1, label="Distillation steps", elem_id="pd-steps"),
+                     batch=gr.Number(64, precision=0, minimum=2, label="Batch size", elem_id="pd-batch"),
+                     data=gr.Textbox("shapes", label="Training pairs: shapes, pairs:FILE or wds:/dir/shard-*.tar"),
+                     name=gr.Textbox("pruned", label="Name"))
+        with gr.Row():
+            page.add(start=gr.Button("Prune & distill", variant="primary", elem_id="prune-distill"),
+                     cancel_pd=gr.Button("Cancel"), resume_pd=gr.Button("Resume from checkpoint"))
+        page.add(pd_status=gr.Markdown(elem_id="pd-status"),
+                 loss_plot=gr.Plot(label="Distillation: losses and eval metrics", elem_id="loss-plot"),
+                 evals=gr.Dataframe(label="Eval metrics during distillation", interactive=False))
+        with gr.Accordion("Saved models and all jobs", open=False):
+            with gr.Row():
+                page.add(saved=gr.Dropdown([], label="Saved models", scale=4), refresh=gr.Button("Refresh", scale=1),
+                         zip_button=gr.Button("Zip for download", scale=1))
+            page.add(download=gr.File(label="Download", interactive=False),
+                     jobs=gr.Dataframe(label="Jobs (newest first)", interactive=False))
+    page.add(prune_seen=gr.State(None))
+
+
+def _budget(page: Page) -> None:
+    with gr.Row():
+        page.add(mode=gr.Radio(["keep fraction", "explicit counts"], value="keep fraction", label="Budget"),
+                 strategy=gr.Radio(["uniform", "global"], value="uniform", label="Strategy"),
+                 measure=gr.Radio(["params", "flops"], value="params", label="Keep fraction of"),
+                 by=gr.Dropdown(["mope", "magnitude", "random", "taylor"], value="mope", label="Rank by"))
+    with gr.Row():
+        page.add(keep_vision=gr.Slider(0.05, 1.0, 0.5, step=0.05, label="vision: keep", elem_id="keep-vision"),
+                 keep_text=gr.Slider(0.05, 1.0, 1.0, step=0.05, label="text: keep"),
+                 layers_vision=gr.Number(0, precision=0, minimum=0, label="vision: layers to remove"),
+                 layers_text=gr.Number(0, precision=0, minimum=0, label="text: layers to remove"))
+    with gr.Accordion("Explicit counts per layer (budget: explicit counts)", open=False), gr.Row():
+        page.add(heads_vision=gr.Number(0, precision=0, minimum=0, label="vision heads"),
+                 groups_vision=gr.Number(0, precision=0, minimum=0, label="vision neuron groups"),
+                 heads_text=gr.Number(0, precision=0, minimum=0, label="text heads"),
+                 groups_text=gr.Number(0, precision=0, minimum=0, label="text neuron groups"))
+
+
+def plan_views(session: dict, by: str, budget: dict, state) -> dict:
+    """The before → after table, notes and crossed-out heatmap of the budget, from the session's scores."""
+    df = hs.scores_or_none(session, state)
+    if df is None:
+        return {"plan_table": None, "plan_notes": "Compute scores (tab 2) to plan a budget.",
+                "plan_heatmap": figures.empty("No scores yet")}
+    try:
+        plan, table, notes = hp.preview(df, hp.budget_of(*(budget[k] for k in BUDGET)), by)
+    except Exception as e:
+        if not user_error(e):
+            raise
+        return {"plan_table": None, "plan_notes": f"**Cannot plan this budget:** {e}",
+                "plan_heatmap": figures.heatmaps(df, "mope")}
+    return {"plan_table": table, "plan_notes": notes,
+            "plan_heatmap": figures.heatmaps(df, "mope", removed={u.name for u in plan.removed})}
+
+
+def job_views(session: dict, state) -> dict:
+    line, curve, history, _ = hj.job_state(session["pd_job"], state)
+    return {"pd_status": line, "loss_plot": figures.losses(curve, history),
+            "evals": pd.DataFrame(history).round(4) if history else None}
+
+
+def lists(state) -> dict:
+    """The saved models (newest first) in this tab and in the compare tab, and the jobs table."""
+    models = hm.saved_models(state)
+    return {"saved": gr.update(choices=models, value=models[0] if models else None),
+            "chosen": gr.update(choices=hm.model_choices(models)), "jobs": hj.jobs_table(state)}
+
+
+def wire(page: Page, loaded) -> None:
+    state = page.state
+
+    def restore(session, by, **budget):
+        _sid, sess = page.session(session)
+        return {**plan_views(sess, by, budget, state), **job_views(sess, state), **lists(state)}
+
+    def draw_plan(session, by, **budget):
+        return plan_views(page.session(session)[1], by, budget, state)
+
+    def draw_job(session):
+        return job_views(page.session(session)[1], state)
+
+    def start_pd(session, by, device, steps, batch, data, name, **budget):
+        sid, before = page.session(session)
+        after, message = hp.start_prune_distill(before, hp.budget_of(*(budget[k] for k in BUDGET)), by, device,
+                                                steps, batch, data, name, state)
+        page.save(sid, after, before)
+        gr.Info(message)
+        return {"session": sid}
+
+    def cancel_pd(session):
+        gr.Info(hj.cancel(page.session(session)[1]["pd_job"], state))
+
+    def resume_pd(session):
+        sid, before = page.session(session)
+        new, message = hj.resume(before["pd_job"], state)
+        page.save(sid, {**before, "pd_job": new}, before)
+        gr.Info(message)
+        return {"session": sid}
+
+    def tick(session, prune_seen, by, **budget):
+        """Redraw the plan when the session's scores changed, the job views when its job moved."""
+        _sid, sess = page.session(session)
+        seen = (hj.signature(sess["pd_job"], state), sess["scores"])
+        last = prune_seen or (None, None)
+        out = {"prune_seen": seen}
+        if seen[1] != last[1]:
+            out.update(plan_views(sess, by, budget, state))
+        if seen[0] != last[0]:
+            out.update(job_views(sess, state))
+        return out
+
+    private = {"api_visibility": "private"}
+    plan = {"inputs": ["session", "by", *BUDGET], "outputs": PLAN_VIEWS, "show_progress": "hidden"}
+    page.on(loaded.then, restore, ["session", "by", *BUDGET], [*PLAN_VIEWS, *JOB_VIEWS, "saved", "chosen", "jobs"],
+            **private)
+    page.on(page.events["draw_scores"].then, draw_plan, **plan, api_name="draw_plan")
+    page.on(page.events["start_scores"].then, draw_plan, **plan, **private)
+    for control in ["by", *BUDGET]:  # a slider being dragged redraws with its latest value
+        page.on(page.parts[control].change, draw_plan, **plan, trigger_mode="always_last", **private)
+    started = page.on(page.start.click, start_pd, ["session", "by", "device", "steps", "batch", "data", "name",
+                                                   *BUDGET], ["session"], api_name="prune_and_distill")
+    page.on(started.then, draw_job, ["session"], JOB_VIEWS, **private)
+    page.on(started.then, lambda: {"jobs": hj.jobs_table(state)}, [], ["jobs"], **private)
+    page.on(page.cancel_pd.click, cancel_pd, ["session"], **private)
+    resumed = page.on(page.resume_pd.click, resume_pd, ["session"], ["session"], **private)
+    page.on(resumed.then, draw_job, ["session"], JOB_VIEWS, **private)
+    page.on(page.refresh.click, lambda: lists(state), [], ["saved", "chosen", "jobs"], **private)
+    page.on(page.zip_button.click, lambda saved: {"download": hp.model_zip(saved, state)}, ["saved"], ["download"],
+            api_name="zip_model")
+    page.on(page.timer.tick, tick, ["session", "prune_seen", "by", *BUDGET], ["prune_seen", *PLAN_VIEWS, *JOB_VIEWS],
+            quiet=True, show_progress="hidden", **private)
