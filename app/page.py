@@ -71,7 +71,7 @@ class Page:
         if "progress" in inspect.signature(fn).parameters:
             def wired(*args, progress=gr.Progress()):  # noqa: B008 (how Gradio asks for a progress bar)
                 return run(args, progress=lambda f, d: progress(f, desc=d))
-            params.append(inspect.Parameter("progress", inspect.Parameter.KEYWORD_ONLY, default=gr.Progress()))  # noqa: B008
+            params.append(inspect.Parameter("progress", inspect.Parameter.KEYWORD_ONLY, default=gr.Progress()))
         else:
             def wired(*args):
                 return run(args)

@@ -8,12 +8,15 @@ rejected or failed upload is removed.
 """
 from __future__ import annotations
 
+import fnmatch
 import glob
 import hashlib
+import os
 import shutil
 import zipfile
 from pathlib import Path
 
+import open_clip
 from PIL import Image, UnidentifiedImageError
 
 from mope.data.tasks import IMAGE_EXTENSIONS, check_pixels, read_pairs
@@ -25,6 +28,8 @@ from .state import AppState
 
 MAX_ZIP_BYTES = 500 * 2**20  # uncompressed size of one uploaded calibration zip
 UPLOAD_QUOTA = 2 * 2**30     # all unpacked uploads of one home together
+HINTS = {"model": "; start the app with --models DIR to allow another folder",
+         "data": "; start the app with --data DIR to allow another folder"}
 
 
 def allowed_path(path: str | Path, roots: list[Path], what: str) -> Path:
@@ -35,7 +40,7 @@ def allowed_path(path: str | Path, roots: list[Path], what: str) -> Path:
         resolved = None
     if resolved is None or not any(resolved == r or resolved.is_relative_to(r) for r in roots):
         raise MopeError(f"{str(path)[:200]} is outside the {what} folders this app may read "
-                        f"({', '.join(map(str, roots))}); start the app with --{what} DIR to allow it")
+                        f"({', '.join(map(str, roots))}){HINTS.get(what, '')}")
     return resolved
 
 
@@ -48,8 +53,8 @@ def check_spec(spec: str, state: AppState) -> str:
         return spec
     head, sep, rest = spec.partition(":")
     path = rest if head == "local-dir" or (sep and looks_like_path(rest)) else None
-    if path is None and (looks_like_path(spec) or _exists(spec)):
-        path = spec
+    if path is None and (looks_like_path(spec) or _exists(spec) or not sep and spec not in open_clip.list_models()):
+        path = spec  # a bare word is a folder unless it names a model: the same answer whether it exists or not
     if path is not None:
         allowed_path(path, state.model_dirs + [DEMO_DIR], "model")
     return spec
@@ -89,12 +94,30 @@ def check_training_data(spec: str, state: AppState) -> str:
         for image, _ in read_pairs(file):
             allowed_path(file.parent / Path(image).expanduser(), state.data_dirs, "data")
     elif head == "wds":
-        allowed_path(Path(rest).parent, state.data_dirs, "data")  # the folder of the pattern, before globbing
-        for shard in glob.glob(str(Path(rest).expanduser())):
-            allowed_path(shard, state.data_dirs, "data")
+        expand_glob(rest, state.data_dirs)
     elif spec != "shapes":
         raise MopeError(f"unknown training data '{spec[:200]}'; use shapes, pairs:FILE or wds:/path/shard-*.tar")
     return spec
+
+
+def expand_glob(pattern: str, roots: list[Path]) -> list[Path]:
+    """What glob.glob(pattern) matches, expanded one folder at a time: each folder is checked before it is
+    listed and each match (symlinks resolved) before it is used, so nothing outside `roots` is even listed."""
+    path = Path(pattern).expanduser()
+    path = path if path.is_absolute() else Path.cwd() / path
+    found = [Path(path.anchor)]
+    for part in path.parts[1:]:
+        if not glob.has_magic(part):
+            found = [p / part for p in found]
+            continue
+        matches = []
+        for folder in found:
+            folder = allowed_path(folder, roots, "data")
+            if folder.is_dir():
+                names = sorted(n for n in os.listdir(folder) if part.startswith(".") or not n.startswith("."))
+                matches += [folder / n for n in fnmatch.filter(names, part)]
+        found = matches
+    return [allowed_path(p, roots, "data") for p in found if p.exists()]
 
 
 # --- uploads ---------------------------------------------------------------------------------------------

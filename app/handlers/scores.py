@@ -62,8 +62,8 @@ def start_scores(session: dict, source: str, upload: str | None, folder: str | N
     """Cached scores at once; otherwise a score job. Returns (session, message)."""
     if not towers:
         raise MopeError("pick at least one tower to score")
-    clip = get_model(session["spec"], state)
     data, task = load_calibration(source, upload, folder, n, state)
+    clip = get_model(session["spec"], state)
     metric = metric or None
     kw = {"towers": list(towers), "units": ["head", "neurons", "layer"], "metric": metric}
     hit = cached_scores(clip, task, **kw)
