@@ -142,7 +142,7 @@ def unpack_zip(path: str | Path, state: AppState) -> Path:
         archive = zipfile.ZipFile(path)
     except (OSError, zipfile.BadZipFile):
         _remove(path)
-        raise MopeError(f"{path.name} is not a readable .zip file; zip a folder with one sub-folder per class")
+        raise MopeError(f"{path.name} is not a readable .zip file; zip a folder with one sub-folder per class") from None
     target = state.home / "uploads" / digest
     if target.is_dir():
         return class_root(target)

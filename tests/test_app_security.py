@@ -4,6 +4,7 @@ and every handler behind it, with crafted values (paths outside, traversal, syml
 An audit hook (sys.addaudithook) records every file opened, folder listed and file written, moved or removed
 anywhere in this process (the served app runs in its threads); the tests assert none of them lies outside.
 """
+import glob
 import os
 import secrets
 import shutil
@@ -14,6 +15,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from gradio.utils import get_upload_folder
 from PIL import Image
 
 import mope
@@ -102,7 +104,8 @@ def world(tmp_path, monkeypatch, tiny_dir):
     (tmp_path / "home" / "models").mkdir(parents=True)
     (tmp_path / "home" / "models" / "linked").symlink_to(out / "model")
     uploads.mkdir()
-    state = AppState(model_dirs=[models], data_dirs=[data], upload_dirs=[uploads], start_worker=False)
+    state = AppState(model_dirs=[models], data_dirs=[data], upload_dirs=[uploads, get_upload_folder()],
+                     start_worker=False)
     return state, out, data, models, uploads
 
 
@@ -140,6 +143,8 @@ def test_checks_refuse_every_way_out_with_one_message(world, watch):
     assert messages[0] == messages[1]
     assert seen == [], seen
     assert check_spec(f"{models}/tiny", state) and check_training_data(f"wds:{data}/good/*.tar", state)
+    glob.glob(f"{data}/link_ou*/*.tar")  # what a plain glob does: the watch sees it list the outside folder
+    assert ("os.scandir", os.path.realpath(out)) in seen
 
 
 def test_a_tampered_server_session_is_checked_where_it_is_used(world, watch):
@@ -159,7 +164,15 @@ def test_a_tampered_server_session_is_checked_where_it_is_used(world, watch):
         with pytest.raises(mope.MopeError, match="outside the") as e:
             call()
         assert CANARY not in str(e.value)
+    for folder in _saved_outside(state, out):
+        with pytest.raises(mope.MopeError, match="outside the model folders"):
+            hp.model_zip(folder, state)
     assert seen == [] and _snapshot(out) == before and state.store().jobs() == []
+
+
+def _saved_outside(state, out) -> list[str]:
+    """Folders a crafted 'saved model' value could name: outside, a symlink in HOME/models, a traversal."""
+    return [str(out / "model"), str(state.home / "models" / "linked"), f"{state.home}/models/../../outside/model"]
 
 
 def test_forged_session_ids_get_a_fresh_empty_session(tmp_path):
@@ -219,16 +232,19 @@ def test_every_endpoint_of_the_served_app_with_crafted_values(world, watch):
             assert "outside the data folders" in refused(sid, source, None, str(folder), "", 8, ["vision"],
                                                          api_name="/start_scores")
         upload = {"path": str(out / "images.zip"), "meta": {"_type": "gradio.FileData"}, "orig_name": "a.zip"}
-        refused(sid, "uploaded zip of an image folder", upload, "", "", 8, ["vision"], api_name="/start_scores")
+        errors.append(_raw_call(demo.local_url, "start_scores", [sid, "uploaded zip of an image folder", upload,
+                                                                "", "", 8, ["vision"]]))
+        assert errors[-1].startswith("event: error")
         for pairs in (f"pairs:{out}/pairs.csv", f"pairs:{data}/pairs-out.csv", f"wds:{data}/link_ou*/shard-*.tar",
                       f"wds:{out}/*.tar", f"wds:{data}/../outside/*.tar"):
             assert "outside the data folders" in refused(sid, "mope", "cpu", 2, 8, pairs, "x", *budget,
                                                          api_name="/prune_and_distill")
-        for folder in (out / "model", state.home / "models" / "linked", f"{state.home}/models/../../outside/model"):
-            assert "outside the model folders" in refused(str(folder), api_name="/zip_model")
+        for folder in _saved_outside(state, out):  # Gradio refuses a value not in the list; the handler too
+            refused(folder, api_name="/zip_model")
         image = _png(uploads / "mine.png")
         secret = {"path": str(out / "images" / "cat" / "x.png"), "meta": {"_type": "gradio.FileData"}}
-        refused(["demo"], [secret], "cat", 1, api_name="/predict")
+        errors.append(_raw_call(demo.local_url, "predict", [["demo"], [secret], "cat", 1]))
+        assert errors[-1].startswith("event: error")
         assert "outside the model folders" in refused([f"{out}/model"], [handle_file(str(image))], "cat", 1,
                                                       api_name="/predict")
     finally:
@@ -237,6 +253,15 @@ def test_every_endpoint_of_the_served_app_with_crafted_values(world, watch):
     assert _snapshot(out) == before and not any(CANARY in e for e in errors)
     assert state.store().jobs() == [] and not list((state.home / "models").glob("x-*"))
     assert not (state.home / "downloads").exists() or not any((state.home / "downloads").iterdir())
+
+
+def _raw_call(url: str, api_name: str, data: list) -> str:
+    """An API call as a crafted client would send it (gradio_client would upload a local file named in a
+    FileData itself; this sends the server path as it is). Returns the event stream's text."""
+    import httpx
+
+    event = httpx.post(f"{url}gradio_api/call/{api_name}", json={"data": data}, timeout=60).json()["event_id"]
+    return httpx.get(f"{url}gradio_api/call/{api_name}/{event}", timeout=120).text
 
 
 # --- uploads ---------------------------------------------------------------------------------------------

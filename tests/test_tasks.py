@@ -88,3 +88,14 @@ def test_subset_keeps_captions_with_their_images():
 def test_unknown_data_spec():
     with pytest.raises(mope.MopeError, match="unknown data spec"):
         mope.load_task("imagenet")
+
+
+def test_folder_images_over_the_pixel_limit_are_skipped_before_decoding(tmp_path, monkeypatch):
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / cls / "ok.png")
+    Image.new("1", (12000, 12000)).save(tmp_path / "cat" / "huge.png")  # 144 MP: PIL itself would only warn
+    decoded, load = [], Image.Image.load
+    monkeypatch.setattr(Image.Image, "load", lambda self, *a: (decoded.append(self.size), load(self, *a))[1])
+    task = mope.load_task(f"folder:{tmp_path}")
+    assert len(task) == 2 and task.skipped == 1 and (12000, 12000) not in decoded
