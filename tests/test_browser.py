@@ -77,7 +77,7 @@ def test_demo_flow_in_chromium(served):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(served)
-        expect(page.locator("#model-card")).to_contain_text("vision", timeout=30_000)
+        expect(page.locator("#model-card")).to_contain_text("vision", timeout=120_000)  # torch loads first
         expect(page.locator("#model-headline")).to_contain_text("demo")
         page.screenshot(path=ARTIFACTS / "1-model.png", full_page=True)
 
@@ -91,7 +91,7 @@ def test_demo_flow_in_chromium(served):
         page.reload()  # the browser keeps this person's session: the scores come back
         page.get_by_role("tab", name="2 · Scores").click()
         expect(page.locator("#score-status")).to_contain_text("units scored", timeout=30_000)
-        expect(page.locator("#heatmap .js-plotly-plot")).to_be_visible()
+        expect(page.locator("#heatmap .js-plotly-plot")).to_be_visible(timeout=60_000)  # slow on a busy machine
         other = browser.new_context().new_page()  # another person: their own, empty selections
         other.goto(served)
         other.get_by_role("tab", name="2 · Scores").click()

@@ -53,7 +53,7 @@ def build(page: Page) -> None:
                          zip_button=gr.Button("Zip for download", scale=1))
             page.add(download=gr.File(label="Download", interactive=False),
                      jobs=gr.Dataframe(label="Jobs (newest first)", interactive=False))
-    page.add(prune_seen=gr.State(None))
+        page.add(prune_seen=gr.State(None))  # inside the Tab: a State directly under Tabs shifts the tab labels
 
 
 def _budget(page: Page) -> None:

@@ -43,9 +43,9 @@ def build(page: Page) -> None:
             baseline = gr.Radio(["magnitude", "random", "taylor"], value="magnitude", label="Baseline")
             scatter = gr.Plot(label="MoPE vs baseline")
             rho = gr.Dataframe(label="Spearman ρ between MoPE and each baseline", interactive=False)
-    page.add(source=source, n=n, metric=metric, towers=towers, upload=upload, folder=folder, compute=compute,
-             cancel_scores=cancel_scores, score_status=score_status, colour_by=colour_by, heatmap=heatmap, bars=bars,
-             baseline=baseline, scatter=scatter, rho=rho, scores_seen=gr.State(None))
+        page.add(source=source, n=n, metric=metric, towers=towers, upload=upload, folder=folder, compute=compute,
+                 cancel_scores=cancel_scores, score_status=score_status, colour_by=colour_by, heatmap=heatmap,
+                 bars=bars, baseline=baseline, scatter=scatter, rho=rho, scores_seen=gr.State(None))
 
 
 def views(df, total, line: str, colour_by: str, baseline: str) -> dict:
