@@ -15,4 +15,8 @@ SHOWN_METRICS = {"zeroshot": ("acc1", "acc5", "mean_per_class_recall"),
                                "image_retrieval_recall@5")}
 PRESET_MODELS = ["demo", "ViT-B-32:openai", "ViT-B-16:laion2b_s34b_b88k"]
 DEVICES = ["auto", "cpu", "cuda"]
-
+# The importance criteria mope registers (mope.importance.names(): MoPE first, then the baselines). Written out
+# because the page is built before torch, which mope.importance needs, is imported; tests/test_app.py keeps
+# them equal to the registry, so a newly registered criterion fails that test until it is listed here.
+CRITERIA = ("mope", "magnitude", "random", "taylor")
+BASELINES = CRITERIA[1:]

@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from mope.data.tasks import IMAGE_EXTENSIONS, check_pixels, read_pairs
 from mope.errors import MopeError
 from mope.settings import DEMO_DIR
-from mope.specs import looks_like_path
+from mope.specs import DataSpec, ModelSpec
 
 from .state import AppState
 
@@ -45,26 +45,15 @@ def allowed_path(path: str | Path, roots: list[Path], what: str) -> Path:
 
 
 def check_spec(spec: str, state: AppState) -> str:
-    """The spec, stripped; local files and folders (any spec form) must lie in the model folders."""
-    spec = (spec or "").strip() if isinstance(spec, str) else ""
-    if not spec:
-        raise MopeError("type a model spec: demo, NAME:TAG, hf-hub:ORG/REPO or a folder in the model folders")
-    if spec == "demo" or spec.startswith("hf-hub:"):
-        return spec
-    head, sep, rest = spec.partition(":")
-    path = rest if head == "local-dir" or (sep and looks_like_path(rest)) else None
-    if path is None and (looks_like_path(spec) or _exists(spec) or not sep and spec not in open_clip.list_models()):
-        path = spec  # a bare word is a folder unless it names a model: the same answer whether it exists or not
+    """The spec, stripped; the file or folder it reads (any spec form) must lie in the model folders."""
+    parsed = ModelSpec.parse(spec if isinstance(spec, str) else "")
+    path = parsed.local_path
+    if path is None and parsed.source == "pretrained" and parsed.tag is None and \
+            parsed.name not in open_clip.list_models():
+        path = Path(parsed.text)  # a bare word is a folder unless it names a model: one answer, existing or not
     if path is not None:
         allowed_path(path, state.model_dirs + [DEMO_DIR], "model")
-    return spec
-
-
-def _exists(path: str) -> bool:
-    try:
-        return Path(path).expanduser().exists()
-    except (OSError, ValueError):
-        return False
+    return parsed.text
 
 
 def check_scores(path: str, state: AppState) -> Path:
@@ -87,17 +76,14 @@ def check_folder(folder: str, state: AppState) -> Path:
 
 def check_training_data(spec: str, state: AppState) -> str:
     """`shapes`, `pairs:FILE` (the file and every image it lists) or `wds:GLOB` (every shard it matches)."""
-    spec = (spec or "shapes").strip() if isinstance(spec, str) else ""
-    head, _, rest = spec.partition(":")
-    if head == "pairs":
-        file = allowed_path(rest, state.data_dirs, "data")
+    parsed = DataSpec.parse(spec if isinstance(spec, str) and spec.strip() else "shapes").for_training()
+    if parsed.source == "pairs":
+        file = allowed_path(parsed.path, state.data_dirs, "data")
         for image, _ in read_pairs(file):
             allowed_path(file.parent / Path(image).expanduser(), state.data_dirs, "data")
-    elif head == "wds":
-        expand_glob(rest, state.data_dirs)
-    elif spec != "shapes":
-        raise MopeError(f"unknown training data '{spec[:200]}'; use shapes, pairs:FILE or wds:/path/shard-*.tar")
-    return spec
+    elif parsed.source == "wds":
+        expand_glob(parsed.path, state.data_dirs)
+    return parsed.text
 
 
 def expand_glob(pattern: str, roots: list[Path]) -> list[Path]:

@@ -251,3 +251,35 @@ def test_a_restarted_app_finds_the_session_and_its_jobs(settings, scored):
     assert "queued" in hj.job_state(restored["pd_job"], fresh)[0]
     [job] = run_queued(fresh)
     assert job["id"] == session["pd_job"] and job["status"] == "done"
+
+
+def test_the_page_lists_every_registered_importance_criterion():
+    from app.choices import BASELINES, CRITERIA
+    from mope import importance, scoring  # noqa: F401  (scoring registers MoPE itself)
+
+    assert CRITERIA == importance.names() and BASELINES == importance.baselines()
+
+
+def test_a_model_asked_for_by_two_requests_at_once_loads_once(settings, tiny_dir, monkeypatch):
+    import threading
+    import time
+
+    loads = []
+    real = mope.load_model
+
+    def slow_load(spec, device=None):
+        loads.append(spec)
+        time.sleep(0.5)  # both requests arrive while the first is still loading
+        return real(spec, device=device)
+
+    monkeypatch.setattr(mope, "load_model", slow_load)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(hm.get_model(str(tiny_dir), settings))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert loads == [str(tiny_dir)] and got[0] is got[1]
+    for i in range(settings.models.size + 1):  # the cache is bounded: the oldest model goes first
+        settings.models.get(f"spec-{i}", object)
+    assert len(settings.models) == settings.models.size and hm.get_model(str(tiny_dir), settings) is not got[0]

@@ -11,6 +11,7 @@ from mope.data import shapes
 from mope.errors import MopeError
 from mope.evaluate import label_probabilities
 from mope.io import atomic_write
+from mope.study import DEFAULT_RANKINGS
 
 from ..choices import EVALUATION, SHOWN_METRICS
 from ..security import check_scores, check_spec, check_upload, open_image
@@ -26,7 +27,7 @@ def start_study(session: dict, state: AppState) -> tuple[dict, str]:
     spec, scores = check_spec(session["spec"], state), check_scores(session["scores"], state)
     df = scores_table(str(scores), state)
     towers = [t for t in ("vision", "text") if t in set(df.tower)][:1]
-    rankings = [r for r in ("mope", "magnitude", "random") if r in df.columns]
+    rankings = [r for r in DEFAULT_RANKINGS if r in df.columns]
     job = submit(state, "study", {"model": spec, "scores": str(scores), "towers": towers, "rankings": rankings})
     return {**session, "study_job": job}, f"Study started (job {job}): 25 / 50 / 75% of the {towers[0]} tower removed."
 

@@ -5,7 +5,7 @@ import gradio as gr
 import pandas as pd
 
 from .. import figures
-from ..choices import DEVICES
+from ..choices import CRITERIA, DEVICES
 from ..page import Lazy, Page, user_error
 
 hp = Lazy("app.handlers.prune")
@@ -61,7 +61,7 @@ def _budget(page: Page) -> None:
         page.add(mode=gr.Radio(["keep fraction", "explicit counts"], value="keep fraction", label="Budget"),
                  strategy=gr.Radio(["uniform", "global"], value="uniform", label="Strategy"),
                  measure=gr.Radio(["params", "flops"], value="params", label="Keep fraction of"),
-                 by=gr.Dropdown(["mope", "magnitude", "random", "taylor"], value="mope", label="Rank by"))
+                 by=gr.Dropdown(list(CRITERIA), value=CRITERIA[0], label="Rank by"))
     with gr.Row():
         page.add(keep_vision=gr.Slider(0.05, 1.0, 0.5, step=0.05, label="vision: keep", elem_id="keep-vision"),
                  keep_text=gr.Slider(0.05, 1.0, 1.0, step=0.05, label="text: keep"),

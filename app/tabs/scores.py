@@ -4,7 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from .. import figures
-from ..choices import CALIBRATION
+from ..choices import BASELINES, CALIBRATION, CRITERIA
 from ..page import Lazy, Page
 
 hs = Lazy("app.handlers.scores")
@@ -36,11 +36,11 @@ def build(page: Page) -> None:
             compute = gr.Button("Compute MoPE scores", variant="primary", elem_id="compute-scores")
             cancel_scores = gr.Button("Cancel scoring")
         score_status = gr.Markdown(elem_id="score-status")
-        colour_by = gr.Radio(["mope", "magnitude", "random", "taylor"], value="mope", label="Colour by")
+        colour_by = gr.Radio(list(CRITERIA), value=CRITERIA[0], label="Colour by")
         heatmap = gr.Plot(label="Heatmaps", elem_id="heatmap")
         bars = gr.Plot(label="Per layer")
         with gr.Accordion("MoPE vs a baseline", open=False):
-            baseline = gr.Radio(["magnitude", "random", "taylor"], value="magnitude", label="Baseline")
+            baseline = gr.Radio(list(BASELINES), value=BASELINES[0], label="Baseline")
             scatter = gr.Plot(label="MoPE vs baseline")
             rho = gr.Dataframe(label="Spearman ρ between MoPE and each baseline", interactive=False)
         page.add(source=source, n=n, metric=metric, towers=towers, upload=upload, folder=folder, compute=compute,
