@@ -280,8 +280,17 @@ def _train_demo(args) -> None:
     from .demo import train_demo
 
     torch.set_num_threads(args.threads)
-    train_demo(out=Path(args.out), steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-               resume=args.resume)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "training-log.txt", "a" if args.resume else "w", encoding="utf-8") as log_file:
+        def log(line: str) -> None:
+            print(line, flush=True)
+            log_file.write(line + "\n")
+            log_file.flush()
+
+        recipe = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed", "placement", "grid_every")}
+        train_demo(out=out, resume=args.resume, log=log, init=args.init, freeze_text=args.freeze_text,
+                   **{k: v for k, v in recipe.items() if v is not None})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -291,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="zero-shot metrics of a model on a task")
     p.add_argument("--model", default="demo", help="model spec (demo, NAME:TAG, NAME:/ckpt, hf-hub:…, folder)")
-    p.add_argument("--data", default="shapes", help="shapes[:target=…,seed=…], folder:PATH, pairs:FILE, cifar10, cifar100")
+    p.add_argument("--data", default="shapes", help="shapes[:target=…,placement=grid|free,seed=…], folder:PATH, pairs:FILE, cifar10, cifar100")
     p.add_argument("--task", choices=["zeroshot", "retrieval"], default=None)
     p.add_argument("--n", type=int, default=None, help="use n images")
     p.add_argument("--seed", type=int, default=None, help="shapes seed (default: the held-out seed 1000)")
@@ -405,13 +414,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_jobs)
 
     p = sub.add_parser("train-demo", help="train the demo CLIP on the shapes world (seeded)")
-    p.add_argument("--out", default="assets/demo-clip")
-    p.add_argument("--steps", type=int, default=4000)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="assets/demo-clip", help="model folder; also gets training-log.txt and train-state.pt")
+    p.add_argument("--steps", type=int, help="default: the shipped recipe's (mope.demo.RECIPE), as are the next five")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--placement", choices=("grid", "free"), help="shapes placement")
+    p.add_argument("--grid-every", type=int, help="every N-th batch uses grid placement (0: never)")
+    p.add_argument("--init", help="start from this model folder's weights (same architecture) instead of scratch")
+    p.add_argument("--freeze-text", action="store_true", help="train only the image tower (and logit scale)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--resume", action="store_true", help="continue from the folder's train_state.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the folder's train-state.pt (same arguments); the log is appended")
     p.set_defaults(func=_train_demo)
     return parser
 

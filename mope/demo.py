@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from .data import shapes
-from .io import atomic_save_safetensors, atomic_write_json
+from .io import atomic_save_safetensors, atomic_torch_save, atomic_write_json
 from .models import DEMO_DIR
 
 DEMO_CONFIG = {
@@ -58,60 +58,99 @@ class AttributeHeads(torch.nn.Module):
         return torch.stack(terms).mean()
 
 
-def train_demo(out: Path = DEMO_DIR, steps: int = 4000, batch_size: int = 128, lr: float = 1e-3,
-               seed: int = 0, eval_every: int = 500, aux_weight: float = 1.0, log=print, resume: bool = False) -> dict:
-    """Train the demo CLIP from scratch; checkpoint at every evaluation; return final metrics."""
+RECIPE = {"steps": 4000, "batch_size": 128, "lr": 1e-3, "seed": 0, "placement": "free", "grid_every": 5}
+STATE_FILE = "train-state.pt"  # the resumable checkpoint: weights, probes, optimizer, step, RNG
+
+
+def train_demo(out: Path = DEMO_DIR, steps: int = RECIPE["steps"], batch_size: int = RECIPE["batch_size"],
+               lr: float = RECIPE["lr"], seed: int = RECIPE["seed"], placement: str = RECIPE["placement"],
+               grid_every: int = RECIPE["grid_every"], eval_every: int = 500, checkpoint_every: int = 100,
+               aux_weight: float = 1.0, log=print, log_every: int = 25, resume: bool = False, config: dict = DEMO_CONFIG,
+               init: Path | None = None, freeze_text: bool = False) -> dict:
+    """Train the demo CLIP from scratch or from init's weights (or resume from out/train-state.pt).
+
+    freeze_text keeps the text tower as it is (only the image tower, its probes and the logit
+    scale learn), which makes a step about a third cheaper when init already reads captions well.
+
+    Batch i is a pure function of (seed, i) and the checkpoint holds everything else that changes,
+    so an interrupted run resumed with the same arguments ends with the same weights.
+    """
+    shapes.check_placement(placement)
     torch.manual_seed(seed)
-    model = open_clip.CLIP(**DEMO_CONFIG)
-    dim = DEMO_CONFIG["embed_dim"]
-    probes = torch.nn.ModuleDict({"image": AttributeHeads(dim), "text": AttributeHeads(dim)})
-    tokenizer = open_clip.SimpleTokenizer(context_length=DEMO_CONFIG["text_cfg"]["context_length"])
-    params = list(model.parameters()) + list(probes.parameters())
+    model = open_clip.CLIP(**config)
+    if init is not None:
+        model.load_state_dict(load_file(Path(init) / "open_clip_model.safetensors"))
+    if freeze_text:
+        model.lock_text_tower()
+    probes = torch.nn.ModuleDict({"image": AttributeHeads(config["embed_dim"]),
+                                  "text": AttributeHeads(config["embed_dim"])})
+    tokenizer = open_clip.SimpleTokenizer(context_length=config["text_cfg"]["context_length"])
+    params = [p for p in list(model.parameters()) + list(probes.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.1, betas=(0.9, 0.98), eps=1e-6)
-    start = 0
-    state_path = out / "train_state.pt"
-    if resume and state_path.exists():
-        state = torch.load(state_path, weights_only=True)
-        model.load_state_dict(load_file(out / "open_clip_model.safetensors"))
-        probes.load_state_dict(state["probes"])
-        opt.load_state_dict(state["optimizer"])
-        start = int(state["step"])
+    state_path = Path(out) / STATE_FILE
+    start = load_checkpoint(state_path, model, probes, opt) if resume and state_path.exists() else 0
+    if start:
+        log(f"resumed from {state_path} at step {start}")
     loss_fn = open_clip.ClipLoss()
     model.train()
     t0 = time.time()
-    for step, batch in shapes.stream(batch_size, seed=seed, start=start):
-        if step >= steps:
-            break
+    for step in range(start, steps):
+        batch = shapes.stream_batch(batch_size, seed, step, placement=placement, grid_every=grid_every)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup=100)
-        captions = [c[0] for c in batch.captions]
-        image_f, text_f, scale = model(images_to_input(batch.images), tokenizer(captions))
-        clip_loss = loss_fn(image_f, text_f, scale)
-        aux = probes["image"].loss(image_f, batch.labels) + probes["text"].loss(text_f, shapes.named_labels(captions))
-        loss = clip_loss + aux_weight * aux
+        clip_loss, aux = _losses(model, probes, tokenizer, loss_fn, batch, text_probe=not freeze_text)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (clip_loss + aux_weight * aux).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        if step % 25 == 0:
+        if step % log_every == 0:
             log(f"step {step}/{steps} clip loss {clip_loss.item():.4f} probe loss {aux.item():.4f} "
                 f"{(step - start + 1) * batch_size / (time.time() - t0):.1f} pairs/s elapsed {time.time() - t0:.0f}s")
+        if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
+            save_checkpoint(state_path, model, probes, opt, step + 1)
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             save_demo(model, out)
-            torch.save({"optimizer": opt.state_dict(), "probes": probes.state_dict(), "step": step + 1}, state_path)
-            log(f"step {step + 1}: held-out colour×shape acc1 {quick_acc1(model, tokenizer):.4f}")
+            log(f"step {step + 1}: held-out colour×shape acc1 " + ", ".join(
+                f"{p} {quick_acc1(model, tokenizer, placement=p):.4f}" for p in shapes.PLACEMENTS))
             model.train()
     log(f"trained {steps - start} steps in {time.time() - t0:.0f}s")
     return {"seconds": time.time() - t0}
 
 
+def _losses(model, probes, tokenizer, loss_fn, batch: shapes.ShapesBatch,
+            text_probe: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CLIP loss and the attribute probes' loss on one batch."""
+    captions = [c[0] for c in batch.captions]
+    image_f, text_f, scale = model(images_to_input(batch.images), tokenizer(captions))
+    aux = probes["image"].loss(image_f, batch.labels)
+    if text_probe:
+        aux = aux + probes["text"].loss(text_f, shapes.named_labels(captions))
+    return loss_fn(image_f, text_f, scale), aux
+
+
+def save_checkpoint(path: Path, model, probes, opt, step: int) -> None:
+    """Everything training needs to continue, in one atomic file (never half-written)."""
+    atomic_torch_save({"model": model.state_dict(), "probes": probes.state_dict(), "optimizer": opt.state_dict(),
+                       "step": step, "rng": torch.get_rng_state()}, path)
+
+
+def load_checkpoint(path: Path, model, probes, opt) -> int:
+    """Restore a save_checkpoint file (weights_only: nothing is unpickled); return its step."""
+    state = torch.load(path, weights_only=True)
+    model.load_state_dict(state["model"])
+    probes.load_state_dict(state["probes"])
+    opt.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"])
+    return int(state["step"])
+
+
 @torch.inference_mode()
-def quick_acc1(model, tokenizer, n: int = 512, seed: int = 10_000) -> float:
+def quick_acc1(model, tokenizer, n: int = 512, seed: int = 10_000, placement: str = "grid") -> float:
     """64-way colour×shape zero-shot accuracy on held-out images (one prompt), for training logs."""
     model.eval()
-    batch = shapes.sample(n, seed=seed, captions_per_image=1)
+    batch = shapes.sample(n, seed=seed, captions_per_image=1, placement=placement)
     classes = [f"{c} {s}" for c in shapes.COLOURS for s in shapes.SHAPES]
     text = model.encode_text(tokenizer([f"a photo of a {c}" for c in classes]), normalize=True)
     image = model.encode_image(images_to_input(batch.images), normalize=True)

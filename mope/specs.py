@@ -16,9 +16,10 @@ from .settings import DEMO_DIR
 
 MODEL_HELP = ("use 'demo', 'NAME:TAG' (e.g. ViT-B-32:laion2b_s34b_b79k), 'NAME:/path/ckpt.pt|.safetensors', "
               "'hf-hub:org/repo', or 'local-dir:/path' / a folder path")
-TASK_HELP = "use shapes[:target=…,seed=…], folder:PATH, pairs:FILE, cifar10 or cifar100"
+TASK_HELP = "use shapes[:target=…,placement=grid|free,seed=…], folder:PATH, pairs:FILE, cifar10 or cifar100"
 TRAINING_HELP = "use shapes, pairs:FILE or wds:/path/shard-*.tar"
-SHAPES_OPTIONS = ("target", "seed", "n")
+SHAPES_OPTIONS = ("target", "placement", "seed", "n")
+SHAPES_USAGE = "shapes:target=colour_shape|shape|colour,placement=grid|free,seed=N,n=N"
 
 
 def looks_like_path(text: str) -> bool:
@@ -68,7 +69,7 @@ class ModelSpec:
 class DataSpec:
     """What a data spec names. source: shapes | folder | pairs | cifar10 | cifar100 | wds.
 
-    path: the folder, the pairs file or the shard pattern; options: shapes' target / seed / n.
+    path: the folder, the pairs file or the shard pattern; options: shapes' target / placement / seed / n.
     """
 
     text: str
@@ -114,5 +115,8 @@ def _shapes_options(rest: str) -> dict[str, str]:
     options = dict(kv.split("=", 1) for kv in parts if "=" in kv)
     unknown = set(options) - set(SHAPES_OPTIONS) | {kv for kv in parts if "=" not in kv}
     if unknown:
-        raise MopeError(f"unknown shapes option(s) {sorted(unknown)}; use shapes:target=colour_shape|shape|colour,seed=N")
+        raise MopeError(f"unknown shapes option(s) {sorted(unknown)}; use {SHAPES_USAGE}")
+    for key in ("seed", "n"):
+        if key in options and not options[key].strip().lstrip("-").isdigit():
+            raise MopeError(f"shapes {key} must be an integer, not '{options[key]}'; use {SHAPES_USAGE}")
     return options

@@ -2,9 +2,10 @@
 import open_clip
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import mope
-from mope.demo import images_to_input
+from mope.demo import STATE_FILE, images_to_input, train_demo
 from mope.units import model_summary
 
 
@@ -31,3 +32,49 @@ def test_demo_quality_on_held_out_images(demo):
     assert zs["acc1"] >= 0.90
     retrieval = mope.evaluate(demo, mope.load_task("shapes", kind="retrieval", n=500))
     assert retrieval["text_retrieval_recall@5"] >= 0.50
+
+
+TINY = {"embed_dim": 32,
+        "vision_cfg": {"image_size": 64, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16, "mlp_ratio": 2},
+        "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+RUN = {"steps": 4, "batch_size": 8, "placement": "free", "grid_every": 2, "eval_every": 100, "config": TINY}
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _interrupt_at(step):
+    def log(line):
+        if line.startswith(f"step {step}/"):
+            raise Interrupted
+    return log
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
+    straight = tmp_path / "straight"
+    train_demo(out=straight, log=lambda line: None, **RUN)
+    resumed = tmp_path / "resumed"
+    with pytest.raises(Interrupted):  # stopped after step 2 ran, from a checkpoint written after step 1
+        train_demo(out=resumed, log=_interrupt_at(2), log_every=1, checkpoint_every=2, **RUN)
+    lines = []
+    train_demo(out=resumed, log=lines.append, resume=True, **RUN)
+    assert lines[0] == f"resumed from {resumed / STATE_FILE} at step 2"
+    want, got = (load_file(d / "open_clip_model.safetensors") for d in (straight, resumed))
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    assert open_clip.create_model_and_transforms(f"local-dir:{resumed}")[0] is not None
+
+
+def test_init_and_frozen_text_tower(tmp_path):
+    train_demo(out=tmp_path / "a", log=lambda line: None, **RUN)
+    train_demo(out=tmp_path / "b", log=lambda line: None, init=tmp_path / "a", freeze_text=True, **RUN)
+    a, b = (load_file(tmp_path / d / "open_clip_model.safetensors") for d in ("a", "b"))
+    text = [k for k in a if not k.startswith("visual.") and k != "logit_scale"]
+    assert text and all(torch.equal(a[k], b[k]) for k in text)
+    assert not torch.equal(a["visual.proj"], b["visual.proj"])
+
+
+def test_bad_placement_fails_before_training(tmp_path):
+    with pytest.raises(mope.MopeError, match="grid, free"):
+        train_demo(out=tmp_path, **{**RUN, "placement": "anywhere"})
+    assert not any(tmp_path.iterdir())

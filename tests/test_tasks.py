@@ -26,6 +26,28 @@ def test_shapes_tasks():
         mope.load_task("shapes:colour")
 
 
+def test_shapes_placement_option():
+    grid, free = mope.load_task("shapes", n=50), mope.load_task("shapes:placement=free", n=50)
+    assert "placement" not in grid.name and "placement=free" in free.name
+    assert torch.equal(grid.images, mope.load_task("shapes:placement=grid", n=50).images)
+    assert not torch.equal(grid.images, free.images) and grid.fingerprint() != free.fingerprint()
+    shape = mope.load_task("shapes:placement=free,target=shape,seed=3", n=20)
+    assert shape.classnames == list(mope.data.shapes.SHAPES) and "seed=3" in shape.name
+    retrieval = mope.load_task("shapes:placement=free", kind="retrieval", n=10)
+    assert len(retrieval.texts) == 50 and "placement=free" in retrieval.name
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("shapes:placement=anywhere", "unknown shapes placement 'anywhere'; use one of grid, free"),
+    ("shapes:seed=abc", "shapes seed must be an integer, not 'abc'"),
+    ("shapes:n=1.5", "shapes n must be an integer"),
+    ("shapes:where=free", "placement=grid|free"),
+])
+def test_bad_shapes_specs_are_clear_errors(spec, message):
+    with pytest.raises(mope.MopeError, match=message.replace("|", r"\|")):
+        mope.load_task(spec)
+
+
 def test_folder_task_skips_and_counts_corrupt_images(tmp_path):
     _png(tmp_path / "cat" / "a.png")
     _png(tmp_path / "cat" / "b.png")

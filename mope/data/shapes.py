@@ -2,7 +2,11 @@
 
 Every image has five attributes (colour, shape, size, position, background). Rendering is pure
 torch on a batch at once, so a training stream of thousands of images per second costs little.
-The same (seed, n) always gives the same images, captions and labels.
+The same (seed, n, placement) always gives the same images, captions and labels.
+
+Two placements: "grid" draws each shape at one of 5 fixed positions and 3 sizes (small jitter);
+"free" draws it at a continuous position, size and rotation with the whole shape inside the frame,
+its size and position labels being the nearest named size and position.
 """
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from ..errors import MopeError
 
 COLOURS = {
     "red": (215, 35, 35), "orange": (245, 135, 20), "yellow": (235, 215, 30), "green": (40, 170, 60),
@@ -23,6 +29,10 @@ POSITIONS = {"center": (0.5, 0.5), "top left": (0.3, 0.3), "top right": (0.7, 0.
 BACKGROUNDS = {"black": (20, 20, 20), "gray": (115, 115, 115), "white": (240, 240, 240)}
 ATTRIBUTES = ("colour", "shape", "size", "position", "background")
 IMAGE_SIZE = 64
+PLACEMENTS = ("grid", "free")
+FREE_RADIUS = (0.12, 0.33)  # shape radius as a fraction of the image side, free placement
+FREE_ROTATION = 15.0  # degrees either way: ±45° would turn a square into a diamond, a cross into an X
+_EXTENT = 1.25  # every mask lies within this many radii of its centre (the triangle's corners: 1.24)
 
 
 @dataclass
@@ -46,12 +56,19 @@ def attribute_names(attribute: str) -> list[str]:
                  "position": POSITIONS, "background": BACKGROUNDS}[attribute])
 
 
+def check_placement(placement: str) -> str:
+    if placement not in PLACEMENTS:
+        raise MopeError(f"unknown shapes placement '{placement}'; use one of {', '.join(PLACEMENTS)}")
+    return placement
+
+
 def sample(n: int, seed: int = 0, image_size: int = IMAGE_SIZE, captions_per_image: int = 5,
-           detail: str = "mixed") -> ShapesBatch:
-    """Draw n images of the world with a given seed (deterministic)."""
+           detail: str = "mixed", placement: str = "grid") -> ShapesBatch:
+    """Draw n images of the world with a given seed and placement (deterministic)."""
+    check_placement(placement)
     gen = torch.Generator().manual_seed(seed)
     labels = {a: torch.randint(len(attribute_names(a)), (n,), generator=gen) for a in ATTRIBUTES}
-    images = render(labels, gen, image_size)
+    images = render(labels, gen, image_size, placement)
     rng = random.Random(seed)
     captions = [[caption(_attrs(labels, i), rng, detail) for _ in range(captions_per_image)]
                 for i in range(n)]
@@ -83,22 +100,54 @@ def _star(r: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     return r <= 0.45 + 0.55 * torch.cos(2.5 * (theta + torch.pi / 2)).abs() ** 3
 
 
-def render(labels: dict[str, torch.Tensor], gen: torch.Generator, image_size: int) -> torch.Tensor:
-    """Vectorized rendering with colour jitter, size/position jitter and pixel noise."""
+def _jitter(gen: torch.Generator, scale: float, *shape: int) -> torch.Tensor:
+    return (torch.rand(*shape, generator=gen) * 2 - 1) * scale
+
+
+@dataclass
+class Geometry:
+    """Per image: centre (N, 2) and radius (N,) in pixels, rotation (N,) in radians or None."""
+
+    centre: torch.Tensor
+    radius: torch.Tensor
+    angle: torch.Tensor | None = None
+
+
+def grid_geometry(labels: dict[str, torch.Tensor], gen: torch.Generator, image_size: int) -> Geometry:
+    """The labelled size and position with a little jitter, no rotation."""
+    n, s = labels["size"].shape[0], image_size
+    radius = torch.tensor(list(SIZES.values()))[labels["size"]] * (1 + _jitter(gen, 0.08, n)) * s
+    centre = torch.tensor(list(POSITIONS.values()))[labels["position"]] * s + _jitter(gen, 0.04, n, 2) * s
+    return Geometry(centre, radius)
+
+
+def free_geometry(labels: dict[str, torch.Tensor], gen: torch.Generator, image_size: int) -> Geometry:
+    """Continuous size, position (whole shape inside the frame) and rotation; relabels size and position."""
+    n, s = labels["size"].shape[0], image_size
+    lo, hi = FREE_RADIUS
+    fraction = lo + torch.rand(n, generator=gen) * (hi - lo)
+    margin = _EXTENT * fraction + 1.0 / s
+    centre = margin.unsqueeze(1) + torch.rand(n, 2, generator=gen) * (1 - 2 * margin).unsqueeze(1)
+    angle = _jitter(gen, FREE_ROTATION * torch.pi / 180, n)
+    sizes = torch.tensor(list(SIZES.values()))
+    labels["size"] = (fraction.unsqueeze(1) - sizes).abs().argmin(1)
+    labels["position"] = torch.cdist(centre, torch.tensor(list(POSITIONS.values()))).argmin(1)
+    return Geometry(centre * s, fraction * s, angle)
+
+
+def render(labels: dict[str, torch.Tensor], gen: torch.Generator, image_size: int,
+           placement: str = "grid") -> torch.Tensor:
+    """Vectorized rendering with colour jitter, the placement's geometry and pixel noise.
+
+    Free placement rewrites labels["size"] and labels["position"] to what was drawn.
+    """
     n = labels["colour"].shape[0]
     s = image_size
-
-    def jitter(scale: float, *shape: int) -> torch.Tensor:
-        return (torch.rand(n, *shape, generator=gen) * 2 - 1) * scale
-
-    colour = torch.tensor(list(COLOURS.values()), dtype=torch.float32)[labels["colour"]] + jitter(18, 3)
-    background = torch.tensor(list(BACKGROUNDS.values()), dtype=torch.float32)[labels["background"]] + jitter(12, 3)
-    radius = torch.tensor(list(SIZES.values()))[labels["size"]] * (1 + jitter(0.08)) * s
-    centre = torch.tensor(list(POSITIONS.values()))[labels["position"]] * s + jitter(0.04, 2) * s
-    grid = torch.arange(s, dtype=torch.float32) + 0.5
-    u = (grid.view(1, 1, s) - centre[:, 0].view(n, 1, 1)) / radius.view(n, 1, 1)
-    v = (grid.view(1, s, 1) - centre[:, 1].view(n, 1, 1)) / radius.view(n, 1, 1)
-    u, v = u.expand(n, s, s), v.expand(n, s, s)
+    colour = torch.tensor(list(COLOURS.values()), dtype=torch.float32)[labels["colour"]] + _jitter(gen, 18, n, 3)
+    background = (torch.tensor(list(BACKGROUNDS.values()), dtype=torch.float32)[labels["background"]]
+                  + _jitter(gen, 12, n, 3))
+    geometry = (grid_geometry if check_placement(placement) == "grid" else free_geometry)(labels, gen, s)
+    u, v = _shape_coordinates(geometry, s)
     mask = torch.zeros(n, s, s)
     for k, shape_mask in enumerate(_MASKS):  # each image's own shape only
         idx = (labels["shape"] == k).nonzero().squeeze(1)
@@ -108,6 +157,19 @@ def render(labels: dict[str, torch.Tensor], gen: torch.Generator, image_size: in
     image = mask * colour.view(n, 1, 1, 3) + (1 - mask) * background.view(n, 1, 1, 3)
     image = image + torch.randn(image.shape, generator=gen) * 8.0
     return image.clamp(0, 255).round().to(torch.uint8)
+
+
+def _shape_coordinates(geometry: Geometry, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each pixel's coordinates in each image's shape frame (radius 1, rotated by the image's angle)."""
+    n = geometry.radius.shape[0]
+    grid = torch.arange(s, dtype=torch.float32) + 0.5
+    radius = geometry.radius.view(n, 1, 1)
+    x = ((grid.view(1, 1, s) - geometry.centre[:, 0].view(n, 1, 1)) / radius).expand(n, s, s)
+    y = ((grid.view(1, s, 1) - geometry.centre[:, 1].view(n, 1, 1)) / radius).expand(n, s, s)
+    if geometry.angle is None:
+        return x, y
+    cos, sin = torch.cos(geometry.angle).view(n, 1, 1), torch.sin(geometry.angle).view(n, 1, 1)
+    return cos * x + sin * y, cos * y - sin * x
 
 
 _PHRASES = {
@@ -148,12 +210,25 @@ def caption(attrs: dict[str, str], rng: random.Random, detail: str = "mixed") ->
     return text.replace("a orange", "an orange")
 
 
-def stream(batch_size: int, seed: int = 0, start: int = 0, image_size: int = IMAGE_SIZE):
-    """Endless (step, ShapesBatch with one caption per image); batch i is a function of (seed, i)."""
+def stream(batch_size: int, seed: int = 0, start: int = 0, image_size: int = IMAGE_SIZE,
+           placement: str = "grid", grid_every: int = 0):
+    """Endless (step, ShapesBatch with one caption per image); batch i is a function of (seed, i).
+
+    With grid_every=k > 0, every k-th batch (steps k-1, 2k-1, …) uses grid placement instead.
+    """
     step = start
     while True:
-        yield step, sample(batch_size, seed=_stream_seed(seed, step), image_size=image_size, captions_per_image=1)
+        yield step, stream_batch(batch_size, seed, step, image_size, placement, grid_every)
         step += 1
+
+
+def stream_batch(batch_size: int, seed: int, step: int, image_size: int = IMAGE_SIZE,
+                 placement: str = "grid", grid_every: int = 0) -> ShapesBatch:
+    """Batch `step` of the stream `stream(batch_size, seed, placement=…, grid_every=…)`."""
+    if grid_every > 0 and step % grid_every == grid_every - 1:
+        placement = "grid"
+    return sample(batch_size, seed=_stream_seed(seed, step), image_size=image_size, captions_per_image=1,
+                  placement=placement)
 
 
 def named_labels(captions: list[str]) -> dict[str, torch.Tensor]:

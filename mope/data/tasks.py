@@ -113,23 +113,29 @@ def check_pixels(im: Image.Image, name: str) -> None:
 # --- builders ---------------------------------------------------------------------------------------
 
 def shapes_task(target: str = "colour_shape", n: int = 1000, seed: int = SHAPES_HELD_OUT_SEED,
-                kind: str = "zeroshot") -> Task:
-    """A shapes-world task: classify by colour×shape (64-way), shape or colour; or retrieval."""
+                kind: str = "zeroshot", placement: str = "grid") -> Task:
+    """A shapes-world task: classify by colour×shape (64-way), shape or colour; or retrieval.
+
+    placement "grid" (5 positions, 3 sizes) or "free" (anywhere, any size, slightly rotated).
+    """
+    shapes.check_placement(placement)
+    where = "" if placement == "grid" else f",placement={placement}"
     if kind == "retrieval":
-        batch = shapes.sample(n, seed=seed, captions_per_image=5, detail="full")
+        batch = shapes.sample(n, seed=seed, captions_per_image=5, detail="full", placement=placement)
         texts = [c for caps in batch.captions for c in caps]
         owner = torch.arange(n).repeat_interleave(5)
-        return Task(f"shapes-retrieval(n={n},seed={seed})", "retrieval", batch.images, texts=texts, text_to_image=owner)
+        return Task(f"shapes-retrieval(n={n},seed={seed}{where})", "retrieval", batch.images, texts=texts,
+                    text_to_image=owner)
     if target not in SHAPES_TEMPLATES:
         raise MopeError(f"unknown shapes target '{target}'; use one of {', '.join(SHAPES_TEMPLATES)}")
-    batch = shapes.sample(n, seed=seed, captions_per_image=1)
+    batch = shapes.sample(n, seed=seed, captions_per_image=1, placement=placement)
     if target == "colour_shape":
         classnames = [f"{c} {s}" for c in shapes.COLOURS for s in shapes.SHAPES]
         labels = batch.labels["colour"] * len(shapes.SHAPES) + batch.labels["shape"]
     else:
         classnames = shapes.attribute_names(target)
         labels = batch.labels[target]
-    return Task(f"shapes-{target}(n={n},seed={seed})", "zeroshot", batch.images, classnames=classnames,
+    return Task(f"shapes-{target}(n={n},seed={seed}{where})", "zeroshot", batch.images, classnames=classnames,
                 templates=SHAPES_TEMPLATES[target], labels=labels)
 
 
@@ -251,7 +257,7 @@ def load_task(spec: str | DataSpec, kind: str | None = None, n: int | None = Non
         options = spec.options
         return shapes_task(target=options.get("target", "colour_shape"), n=n or int(options.get("n", 1000)),
                            seed=seed if seed is not None else int(options.get("seed", SHAPES_HELD_OUT_SEED)),
-                           kind=kind or "zeroshot")
+                           kind=kind or "zeroshot", placement=options.get("placement", "grid"))
     if spec.source == "folder":
         task = folder_task(spec.path)
     elif spec.source == "pairs":
