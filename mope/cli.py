@@ -300,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="zero-shot metrics of a model on a task")
     p.add_argument("--model", default="demo", help="model spec (demo, NAME:TAG, NAME:/ckpt, hf-hub:…, folder)")
-    p.add_argument("--data", default="shapes", help="shapes[:target=…,placement=grid|free,seed=…], folder:PATH, pairs:FILE, cifar10, cifar100")
+    p.add_argument("--data", default="shapes", help="shapes[:target=…,placement=grid|free,seed=…], folder:PATH, pairs:FILE, "
+                                                        "cifar10, cifar100")
     p.add_argument("--task", choices=["zeroshot", "retrieval"], default=None)
     p.add_argument("--n", type=int, default=None, help="use n images")
     p.add_argument("--seed", type=int, default=None, help="shapes seed (default: the held-out seed 1000)")
