@@ -9,6 +9,7 @@ CALIBRATION = {"shapes: colour × shape (64 classes)": ("shapes:seed=2000", "zer
                "uploaded zip of an image folder": (None, "zeroshot"),
                "server folder": (None, "zeroshot")}
 EVALUATION = {"shapes: colour × shape (held out)": ("shapes", "zeroshot"),
+              "shapes: colour × shape anywhere, any size (held out)": ("shapes:placement=free", "zeroshot"),
               "shapes: retrieval (held out)": ("shapes", "retrieval")}
 SHOWN_METRICS = {"zeroshot": ("acc1", "acc5", "mean_per_class_recall"),
                  "retrieval": ("text_retrieval_recall@1", "text_retrieval_recall@5", "image_retrieval_recall@1",

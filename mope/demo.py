@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from .data import shapes
+from .errors import MopeError
 from .io import atomic_save_safetensors, atomic_torch_save, atomic_write_json
 from .models import DEMO_DIR
 
@@ -58,7 +59,12 @@ class AttributeHeads(torch.nn.Module):
         return torch.stack(terms).mean()
 
 
-RECIPE = {"steps": 4000, "batch_size": 128, "lr": 1e-3, "seed": 0, "placement": "free", "grid_every": 5}
+# The shipped model's two stages: "grid" from scratch, then "free" from the grid stage's weights.
+STAGES = {"grid": {"steps": 4000, "batch_size": 128, "lr": 1e-3, "seed": 0, "placement": "grid", "grid_every": 0,
+                   "freeze_text": False},
+          "free": {"steps": 2000, "batch_size": 128, "lr": 5e-4, "seed": 0, "placement": "free", "grid_every": 5,
+                   "freeze_text": True}}
+RECIPE = STAGES["grid"]
 STATE_FILE = "train-state.pt"  # the resumable checkpoint: weights, probes, optimizer, step, RNG
 
 
@@ -79,7 +85,7 @@ def train_demo(out: Path = DEMO_DIR, steps: int = RECIPE["steps"], batch_size: i
     torch.manual_seed(seed)
     model = open_clip.CLIP(**config)
     if init is not None:
-        model.load_state_dict(load_file(Path(init) / "open_clip_model.safetensors"))
+        model.load_state_dict(load_file(_init_weights(Path(init))))
     if freeze_text:
         model.lock_text_tower()
     probes = torch.nn.ModuleDict({"image": AttributeHeads(config["embed_dim"]),
@@ -111,12 +117,19 @@ def train_demo(out: Path = DEMO_DIR, steps: int = RECIPE["steps"], batch_size: i
         if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
             save_checkpoint(state_path, model, probes, opt, step + 1)
         if (step + 1) % eval_every == 0 or step + 1 == steps:
-            save_demo(model, out)
+            save_demo(model, out, config)
             log(f"step {step + 1}: held-out colour×shape acc1 " + ", ".join(
                 f"{p} {quick_acc1(model, tokenizer, placement=p):.4f}" for p in shapes.PLACEMENTS))
             model.train()
     log(f"trained {steps - start} steps in {time.time() - t0:.0f}s")
     return {"seconds": time.time() - t0}
+
+
+def _init_weights(folder: Path) -> Path:
+    weights = folder / "open_clip_model.safetensors"
+    if not weights.is_file():
+        raise MopeError(f"no {weights.name} in {folder}: --init takes a folder train-demo wrote")
+    return weights
 
 
 def _losses(model, probes, tokenizer, loss_fn, batch: shapes.ShapesBatch,
@@ -158,10 +171,10 @@ def quick_acc1(model, tokenizer, n: int = 512, seed: int = 10_000, placement: st
     return (image @ text.T).argmax(1).eq(target).float().mean().item()
 
 
-def save_demo(model: torch.nn.Module, out: Path) -> None:
+def save_demo(model: torch.nn.Module, out: Path, config: dict = DEMO_CONFIG) -> None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "open_clip_config.json", {
-        "model_cfg": DEMO_CONFIG,
+        "model_cfg": config,
         "preprocess_cfg": {"mean": list(MEAN), "std": list(STD), "interpolation": "bicubic", "resize_mode": "shortest"},
     })
     atomic_save_safetensors({k: v.detach().contiguous() for k, v in model.state_dict().items()},

@@ -1,4 +1,8 @@
 """The shipped demo model: shape, size, speed-independent quality on held-out shapes."""
+import subprocess
+import sys
+from pathlib import Path
+
 import open_clip
 import pytest
 import torch
@@ -74,7 +78,16 @@ def test_init_and_frozen_text_tower(tmp_path):
     assert not torch.equal(a["visual.proj"], b["visual.proj"])
 
 
-def test_bad_placement_fails_before_training(tmp_path):
+def test_bad_placement_or_init_fails_before_training(tmp_path):
     with pytest.raises(mope.MopeError, match="grid, free"):
         train_demo(out=tmp_path, **{**RUN, "placement": "anywhere"})
+    with pytest.raises(mope.MopeError, match="no open_clip_model.safetensors in"):
+        train_demo(out=tmp_path, init=tmp_path / "nothing", **RUN)
     assert not any(tmp_path.iterdir())
+
+
+def test_free_stage_without_init_is_a_cli_error(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "mope", "train-demo", "--stage", "free", "--out", str(tmp_path / "m")],
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 2 and "error: --stage free continues a trained model" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "m").exists()

@@ -102,8 +102,8 @@ def predictions(specs: list[str], files: list[str], labels_text: str, k: int, st
 
 def sample_images(state: AppState, n: int = 6) -> tuple[list[str], str]:
     """(paths, labels): a few shapes-world images written once as PNGs, and labels that include their classes."""
-    batch = shapes.sample(n, seed=4242, image_size=192, captions_per_image=1)
-    paths = [state.home / "samples" / f"shape-{i}.png" for i in range(n)]
+    batch = shapes.sample(n, seed=4242, image_size=192, captions_per_image=1, placement="free")
+    paths = [state.home / "samples" / f"shape-free-{i}.png" for i in range(n)]
     for p, im in zip(paths, batch.images):
         if not p.is_file():
             atomic_write(p, lambda tmp, im=im: Image.fromarray(im.numpy()).save(tmp, format="PNG"))
