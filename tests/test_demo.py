@@ -38,6 +38,13 @@ def test_demo_quality_on_held_out_images(demo):
     assert retrieval["text_retrieval_recall@5"] >= 0.50
 
 
+def test_demo_recognizes_shapes_anywhere(demo):
+    free = mope.evaluate(demo, mope.load_task("shapes:placement=free", n=500))
+    assert free["acc1"] >= 0.85  # the grid-only model it replaced: 0.647 (README)
+    colour = mope.evaluate(demo, mope.load_task("shapes:placement=free,target=colour", n=500))
+    assert colour["acc1"] >= 0.99
+
+
 TINY = {"embed_dim": 32,
         "vision_cfg": {"image_size": 64, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16, "mlp_ratio": 2},
         "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
