@@ -71,7 +71,8 @@ def _score(args) -> None:
                                units=_csv_list(args.units, {"heads": "head", "layers": "layer"}),
                                metric=args.metric, impl=args.impl, group_size=args.group_size,
                                baselines=_csv_list(args.baselines), precision=args.precision,
-                               cache=not args.no_cache, progress=progress)
+                               cache=not args.no_cache, progress=progress, chunk=args.chunk,
+                               max_memory=args.max_memory)
     if df is None:  # a torchrun rank other than 0
         return
     save_scores(df, Path(args.out))
@@ -341,6 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma list of {', '.join(importance.baselines())}, or '' for none")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast on GPU")
     p.add_argument("--no-cache", action="store_true", help="recompute even when cached scores exist")
+    p.add_argument("--chunk", type=int, default=None,
+                   help="images (texts) held at once; default: what one ablation pass holds. Results do not change")
+    p.add_argument("--max-memory", type=float, default=None,
+                   help="GiB one batched ablation pass may use (sets its size; see the README's memory formula)")
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", default="scores.csv")

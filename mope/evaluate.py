@@ -53,27 +53,42 @@ def ensemble(prompt_emb: torch.Tensor, n_classes: int) -> torch.Tensor:
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """acc1, acc5 (top-min(5, C)) and mean per-class recall over the classes present in labels."""
+    hit1, hit5 = classification_hits(logits, labels)
+    return {"acc1": hit1.float().mean().item(), "acc5": hit5.float().mean().item(),
+            "mean_per_class_recall": per_class_recall(hit1.float(), labels)}
+
+
+def classification_hits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image: is the label the top-1, is it in the top-min(5, C) (bool tensors). Row by row."""
     k = min(5, logits.shape[1])
     top = logits.topk(k, dim=1).indices
-    hit1 = top[:, 0].eq(labels)
-    hit5 = top.eq(labels.unsqueeze(1)).any(1)
-    recalls = [hit1[labels == c].float().mean() for c in labels.unique()]
-    return {"acc1": hit1.float().mean().item(), "acc5": hit5.float().mean().item(),
-            "mean_per_class_recall": torch.stack(recalls).mean().item()}
+    return top[:, 0].eq(labels), top.eq(labels.unsqueeze(1)).any(1)
+
+
+def per_class_recall(hit1: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean over the classes present in labels of the fraction of their images that are hits (hit1: 0/1 floats)."""
+    return torch.stack([hit1[labels == c].mean() for c in labels.unique()]).mean().item()
 
 
 def retrieval_metrics(similarity: torch.Tensor, text_to_image: torch.Tensor,
                       ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
     """Recall@k both ways from an (images, texts) similarity; a query hits when any positive is in its top k."""
+    return {name: hit.float().mean().item() for name, hit in retrieval_hits(similarity, text_to_image, ks).items()}
+
+
+def retrieval_hits(similarity: torch.Tensor, text_to_image: torch.Tensor,
+                   ks: Sequence[int] = RECALL_KS) -> dict[str, torch.Tensor]:
+    """Per query, for each recall metric: is a positive in its top k (text queries for image_retrieval_*,
+    image queries for text_retrieval_*)."""
     n_images, n_texts = similarity.shape
     positive = torch.zeros(n_images, n_texts, dtype=torch.bool)
     positive[text_to_image, torch.arange(n_texts)] = True
     out = {}
     for k in ks:
         top_images = similarity.T.topk(min(k, n_images), dim=1).indices          # text query → images
-        out[f"image_retrieval_recall@{k}"] = positive.T.gather(1, top_images).any(1).float().mean().item()
+        out[f"image_retrieval_recall@{k}"] = positive.T.gather(1, top_images).any(1)
         top_texts = similarity.topk(min(k, n_texts), dim=1).indices              # image query → texts
-        out[f"text_retrieval_recall@{k}"] = positive.gather(1, top_texts).any(1).float().mean().item()
+        out[f"text_retrieval_recall@{k}"] = positive.gather(1, top_texts).any(1)
     return out
 
 
@@ -116,6 +131,57 @@ def metric_value(metric: str, task: Task, image_emb: torch.Tensor, text_emb: tor
     if metric == "recall_mean":
         return sum(values.values()) / len(values)
     return values[metric]
+
+
+def zeroshot_stats(metric: str, image_emb: torch.Tensor, classifier: torch.Tensor, labels: torch.Tensor,
+                   logit_scale: float) -> torch.Tensor:
+    """Per image, what a zero-shot metric averages: 1/0 hits (acc1, acc5, mean_per_class_recall) or the
+    cross-entropy (loss). Computed row by row, so images can be processed in any grouping."""
+    if metric == "loss":
+        return F.cross_entropy(logit_scale * image_emb @ classifier.T, labels, reduction="none")
+    hit1, hit5 = classification_hits(image_emb @ classifier.T, labels)
+    return (hit5 if metric == "acc5" else hit1).float()
+
+
+def zeroshot_value(metric: str, stats: torch.Tensor, labels: torch.Tensor) -> float:
+    """The metric from per-image stats (zeroshot_stats of every image, task order): bit-identical to
+    metric_value on the whole set's embeddings."""
+    if metric == "loss":  # nll_loss's own mean, the reduction F.cross_entropy applies to the whole set
+        return F.nll_loss(-stats.view(-1, 1), torch.zeros(len(stats), dtype=torch.long)).item()
+    if metric == "mean_per_class_recall":
+        return per_class_recall(stats, labels)
+    return stats.mean().item()
+
+
+def zeroshot_contributions(metric: str, stats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per image, its share of the metric: their mean is the metric (per-class recall weighs each image by
+    1 / (classes present × images of its class))."""
+    if metric != "mean_per_class_recall":
+        return stats
+    classes, inverse, counts = labels.unique(return_inverse=True, return_counts=True)
+    return stats * len(labels) / (len(classes) * counts[inverse])
+
+
+def retrieval_contributions(metric: str, task: Task, image_emb: torch.Tensor, text_emb: torch.Tensor,
+                            logit_scale: float) -> torch.Tensor:
+    """Per image, its share of a retrieval metric (its own query, plus its captions' queries scaled by
+    images / captions): their mean is the metric."""
+    owner = task.text_to_image
+    n_images, n_texts = len(image_emb), len(text_emb)
+
+    def by_owner(per_text: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(n_images).index_add_(0, owner, per_text.float()) * (n_images / n_texts)
+
+    if metric == "loss":
+        logits = logit_scale * image_emb @ text_emb.T
+        positive = torch.zeros_like(logits, dtype=torch.bool)
+        positive[owner, torch.arange(n_texts)] = True
+        image_to_text = -torch.logsumexp(logits.log_softmax(dim=1).masked_fill(~positive, float("-inf")), dim=1)
+        return (image_to_text + by_owner(F.cross_entropy(logits.T, owner, reduction="none"))) / 2
+    hits = retrieval_hits(image_emb @ text_emb.T, owner)
+    names = list(hits) if metric == "recall_mean" else [metric]
+    shares = [hits[m].float() if m.startswith("text_") else by_owner(hits[m]) for m in names]
+    return torch.stack(shares).mean(0)
 
 
 def contrastive_loss(task: Task, image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale) -> torch.Tensor:

@@ -14,6 +14,7 @@ import time
 from contextlib import nullcontext
 from typing import Callable, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -21,7 +22,7 @@ from . import importance
 from .ablation import MaskedBlock, ablated, starting_at
 from .cache import key_of, model_fingerprint, open_cache
 from .clip import Clip
-from .data.tasks import Task, image_batches
+from .data.tasks import Task
 from .errors import MopeError
 from .evaluate import (
     check_metric,
@@ -30,12 +31,28 @@ from .evaluate import (
     higher_is_better,
     image_embeddings,
     metric_value,
+    retrieval_contributions,
     task_text_embeddings,
     task_texts,
+    zeroshot_contributions,
+    zeroshot_stats,
+    zeroshot_value,
 )
-from .units import KINDS, TOWERS, Unit, check_group_size, enumerate_units, tower_blocks, unit_flops, unit_params
+from .units import (
+    KINDS,
+    TOWERS,
+    Unit,
+    check_group_size,
+    enumerate_units,
+    tokens_of,
+    tower_blocks,
+    unit_flops,
+    unit_params,
+)
 
 TOKEN_BUDGET = 2**17  # tokens per batched ablation pass; bounds memory, not results
+ACTIVATIONS = 8  # residual-width tensors alive at once in a block pass (x, ln, q, k, v, attention, out, y)
+MIN_ROWS = 16  # CPU matmuls over fewer rows round differently (MKL small-M kernels): chunks are padded to this
 
 Progress = Callable[[int, int, float | None, list[dict]], None]
 
@@ -52,21 +69,24 @@ def score(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequenc
           metric: str | None = None, impl: str = "fast", group_size: int | None = None,
           baselines: Sequence[str] | None = None, seed: int = 0, precision: str = "fp32", cache: bool = True,
           progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
-          shard: tuple[int, int] | None = None, batch_tokens: int = TOKEN_BUDGET) -> pd.DataFrame:
+          shard: tuple[int, int] | None = None, batch_tokens: int = TOKEN_BUDGET,
+          chunk: int | None = None, max_memory: float | None = None) -> pd.DataFrame:
     """One row per unit: tower, kind, layer, index, unit, mope, base, ablated, params, flops, baselines.
 
     shard=(rank, world) scores units[rank::world] only (for torchrun); rows keep the global order.
-    batch_tokens bounds the tokens of one batched ablation pass (memory, not results).
+    batch_tokens bounds the tokens of one batched ablation pass, chunk the images (or texts) held at once;
+    max_memory (GiB) sets batch_tokens from a memory cap (see memory_tokens). None of them changes a result.
     """
     metric, group_sizes, fingerprint, model_fp, key = _settle(clip, task, towers, units, metric, impl, group_size,
                                                                baselines, seed, precision, shard)
+    batch_tokens = _check_memory(clip, towers, batch_tokens, chunk, max_memory)
     all_units = enumerate_units(clip.model, towers, units, group_sizes)
     todo = all_units if shard is None else all_units[shard[0]::shard[1]]
     if cache:
         hit = _cached_rows(key)
         if hit is not None:
             return _frame(hit, fingerprint, model_fp, metric, group_sizes)
-    scorer = FastScorer(clip, task, metric, group_sizes, precision, batch_tokens) if impl == "fast" else \
+    scorer = FastScorer(clip, task, metric, group_sizes, precision, batch_tokens, chunk) if impl == "fast" else \
         NaiveScorer(clip, task, metric, group_sizes, precision)
     rows = scorer.run(todo, progress, should_stop)
     for row, extra in zip(rows, unit_rows(clip, task, todo, group_sizes, baselines, seed)):
@@ -74,7 +94,48 @@ def score(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequenc
     if cache:
         with open_cache("scores") as store:
             store.set(key, rows)
+            if impl == "fast":
+                store.set(f"{key}/per_image", _per_image_record(scorer.per_image, rows))
     return _frame(rows, fingerprint, model_fp, metric, group_sizes)
+
+
+def per_image(scores: pd.DataFrame) -> pd.DataFrame | None:
+    """The per-image MoPE behind a cached (fast) scores table: one row per unit, one column per calibration image
+    (task order); a row's mean is its mope (for every zero-shot metric and for retrieval; to float rounding).
+    None when the cache does not hold them (impl='naive', cache=False, or another machine's table)."""
+    with open_cache("scores") as store:
+        record = store.get(f"{scores.attrs.get('fingerprint')}/None/per_image")
+    if record is None:
+        return None
+    matrix = np.frombuffer(record["matrix"], dtype=np.float32).reshape(len(record["units"]), -1)
+    return pd.DataFrame(matrix, index=pd.Index(record["units"], name="unit"))
+
+
+def _per_image_record(per_image_rows: dict[str, torch.Tensor], rows: list[dict]) -> dict:
+    names = [r["unit"] for r in rows]
+    matrix = torch.stack([per_image_rows[n].float() for n in names]) if names else torch.zeros(0, 0)
+    return {"units": names, "matrix": matrix.numpy().tobytes()}
+
+
+def _check_memory(clip: Clip, towers: Sequence[str], batch_tokens: int, chunk: int | None,
+                  max_memory: float | None) -> int:
+    """The tokens per ablation pass: batch_tokens, or what max_memory (GiB) allows; clear errors for bad knobs."""
+    if chunk is not None and chunk <= 0:
+        raise MopeError(f"chunk must be a positive number of images per chunk, got {chunk}")
+    if max_memory is None:
+        return batch_tokens
+    if max_memory <= 0:
+        raise MopeError(f"max_memory must be a positive number of GiB, got {max_memory}")
+    return min(memory_tokens(clip.model, t, max_memory) for t in towers)
+
+
+def memory_tokens(model: torch.nn.Module, tower: str, max_memory: float) -> int:
+    """Tokens per ablation pass that fit max_memory GiB: one pass holds about
+    tokens × width × (ACTIVATIONS + ffn/width) floats (see the README's memory formula)."""
+    block = tower_blocks(model, tower)[0]
+    width, ffn = block.attn.embed_dim, block.mlp.c_fc.out_features
+    per_token = 4 * (ACTIVATIONS * width + 2 * ffn)
+    return max(tokens_of(model, tower), int(max_memory * 2**30 // per_token))
 
 
 def cached_scores(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequence[str] = KINDS,
@@ -152,16 +213,27 @@ class _Scorer:
     def run(self, units: list[Unit], progress: Progress | None, should_stop) -> list[dict]:
         rows: list[dict] = []
         start = time.time()
+        self.should_stop = should_stop
         with torch.inference_mode(), self.autocast():
             for chunk in self.chunks(units):
-                if should_stop and should_stop():
-                    raise Cancelled(rows)
-                rows += self.score_chunk(chunk)
+                try:
+                    self.check_stop()
+                    rows += self.score_chunk(chunk)
+                except _Stopped:
+                    raise Cancelled(rows) from None
                 if progress:
                     done = len(rows)
                     eta = (time.time() - start) / done * (len(units) - done)
                     progress(done, len(units), eta, rows)
         return rows
+
+    def check_stop(self) -> None:
+        if self.should_stop and self.should_stop():
+            raise _Stopped
+
+
+class _Stopped(Exception):
+    """should_stop() said so in the middle of a unit group; run() turns it into Cancelled(rows so far)."""
 
 
 class NaiveScorer(_Scorer):
@@ -181,70 +253,127 @@ class NaiveScorer(_Scorer):
 
 
 class FastScorer(_Scorer):
-    """Other tower once, cached layer inputs, batched ablations of one layer."""
+    """Other tower once, the calibration set in chunks, batched ablations of one layer per chunk.
+
+    Per chunk, the hidden state entering a unit's layer (a forward stopped there) is re-run from that
+    layer with the unit ablated; what the metric needs is kept per image (hits / loss) or, where the
+    metric needs the whole set (retrieval, the text tower's classifier), per unit for one layer's units.
+    One chunk covering the whole set keeps every layer's hidden state from a single forward instead.
+    """
 
     def __init__(self, clip: Clip, task: Task, metric: str, group_sizes: dict[str, int], precision: str,
-                 batch_tokens: int = TOKEN_BUDGET):
+                 batch_tokens: int = TOKEN_BUDGET, chunk: int | None = None):
         super().__init__(clip, task, metric, group_sizes, precision)
-        self.batch_tokens = batch_tokens
+        self.batch_tokens, self.chunk = batch_tokens, chunk
+        self.state: dict[str, dict] = {}
+        self.per_image: dict[str, torch.Tensor] = {}  # unit name → per-image MoPE (mean over images ≈ mope)
 
     def chunks(self, units):
-        self.state: dict[str, dict] = {}
-        out = []
-        for (tower, _layer), group in itertools.groupby(units, key=lambda u: (u.tower, u.layer)):
-            group = list(group)
-            inputs = self.tower_state(tower)["inputs"]
-            tokens_per_ablation = inputs.shape[0] * self.tower_state(tower)["hidden"][0].shape[1]
-            k = max(1, self.batch_tokens // tokens_per_ablation)
-            out += [group[i:i + k] for i in range(0, len(group), k)]
-        return out
+        return [list(g) for _, g in itertools.groupby(units, key=lambda u: (u.tower, u.layer))]
 
     def tower_state(self, tower: str) -> dict:
-        """Inputs, the hidden state entering each layer, the other tower's embeddings, the base value."""
+        """Chunked inputs, the other tower's embeddings, the unablated outcome and value."""
         if tower in self.state:
             return self.state[tower]
         clip, task = self.clip, self.task
-        if tower == "vision":
-            inputs = torch.cat(list(image_batches(task, clip.preprocess))).to(clip.device)
-            other = task_text_embeddings(clip, task)
-        else:
-            inputs = clip.tokenizer(task_texts(task)).to(clip.device)
-            other = image_embeddings(clip, task)
+        inputs = TowerInputs(clip, task, tower, self.chunk or auto_chunk(clip.model, tower, self.batch_tokens))
+        other = task_text_embeddings(clip, task) if tower == "vision" else image_embeddings(clip, task)
+        state = {"inputs": inputs, "other": other, "hidden": None}
+        pieces = []
+        for span in inputs.spans:
+            batch = inputs.batch(*span)
+            if len(inputs.spans) == 1:
+                own, state["hidden"] = self.forward_keeping_hidden(tower, batch)
+            else:
+                own = self.encode(tower, batch)
+            pieces.append(self.collect(tower, state, own, span))
+        state["base"], state["contributions"] = self.finish(tower, state, pieces)
+        self.state[tower] = state
+        return state
+
+    def forward_keeping_hidden(self, tower: str, batch: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         hidden: list[torch.Tensor] = []
         hooks = [b.register_forward_pre_hook(lambda m, args: hidden.append(args[0]))
-                 for b in tower_blocks(clip.model, tower)]
+                 for b in tower_blocks(self.clip.model, tower)]
         try:
-            own = self.encode(tower, inputs)
+            return self.encode(tower, batch), hidden
         finally:
             for h in hooks:
                 h.remove()
-        state = {"inputs": inputs, "hidden": hidden, "other": other}
-        state["base"] = self.tower_value(tower, state, own)
-        self.state[tower] = state
-        return state
+
+    def hidden_at(self, tower: str, state: dict, batch: torch.Tensor, layer: int) -> torch.Tensor:
+        """The hidden state entering block `layer` for one chunk: cached, or a forward stopped there."""
+        if state["hidden"] is not None:
+            return state["hidden"][layer]
+        seen: list[torch.Tensor] = []
+
+        def stop(module, args):
+            seen.append(args[0])
+            raise _Reached
+
+        hook = tower_blocks(self.clip.model, tower)[layer].register_forward_pre_hook(stop)
+        try:
+            self.encode(tower, batch)
+        except _Reached:
+            pass
+        finally:
+            hook.remove()
+        return seen[0]
 
     def encode(self, tower: str, inputs: torch.Tensor) -> torch.Tensor:
         model = self.clip.model
         emb = model.encode_image(inputs, normalize=True) if tower == "vision" else model.encode_text(inputs, normalize=True)
         return emb.float().cpu()
 
-    def tower_value(self, tower: str, state: dict, own: torch.Tensor) -> float:
-        if tower == "vision":
-            return self.value(own, state["other"])
-        if self.task.kind == "zeroshot":
-            own = ensemble(own, len(self.task.classnames))
-        return self.value(state["other"], own)
+    def collect(self, tower: str, state: dict, emb: torch.Tensor, span: tuple[int, int]) -> torch.Tensor:
+        """What one chunk's (padded) embeddings leave for the metric: per-image stats or the embeddings."""
+        start, stop = span
+        if tower == "vision" and self.task.kind == "zeroshot":
+            labels = state["inputs"].padded(self.task.labels[start:stop])
+            return zeroshot_stats(self.metric, emb, state["other"], labels, self.scale)[:stop - start]
+        return emb[:stop - start]
 
-    def score_chunk(self, chunk: list[Unit]) -> list[dict]:
-        tower, layer = chunk[0].tower, chunk[0].layer
+    def finish(self, tower: str, state: dict, pieces: list[torch.Tensor]) -> tuple[float, torch.Tensor]:
+        """The metric value and the per-image contributions (their mean is the metric) from all chunks."""
+        task, own = self.task, torch.cat(pieces)
+        if task.kind == "zeroshot":
+            stats = own if tower == "vision" else zeroshot_stats(self.metric, state["other"], ensemble(
+                own, len(task.classnames)), task.labels, self.scale)
+            return zeroshot_value(self.metric, stats, task.labels), zeroshot_contributions(self.metric, stats, task.labels)
+        image_emb, text_emb = (own, state["other"]) if tower == "vision" else (state["other"], own)
+        return (self.value(image_emb, text_emb),
+                retrieval_contributions(self.metric, task, image_emb, text_emb, self.scale))
+
+    def score_chunk(self, group: list[Unit]) -> list[dict]:
+        tower, layer = group[0].tower, group[0].layer
         state = self.tower_state(tower)
+        pieces: dict[Unit, list[torch.Tensor]] = {u: [] for u in group}
+        for n, span in enumerate(state["inputs"].spans):
+            if n:
+                self.check_stop()
+            batch = state["inputs"].batch(*span)
+            x = self.hidden_at(tower, state, batch, layer)
+            k = max(1, self.batch_tokens // (x.shape[0] * x.shape[1]))
+            for i in range(0, len(group), k):
+                part = group[i:i + k]
+                emb = self.ablate(tower, layer, part, x, batch)
+                for j, unit in enumerate(part):
+                    pieces[unit].append(self.collect(tower, state, emb[j * len(x):(j + 1) * len(x)], span))
+        return [self.unit_row(unit, state, pieces[unit]) for unit in group]
+
+    def unit_row(self, unit: Unit, state: dict, pieces: list[torch.Tensor]) -> dict:
+        value, contributions = self.finish(unit.tower, state, pieces)
+        self.per_image[unit.name] = self.sign * (state["contributions"] - contributions)
+        return self.row(unit, state["base"], value)
+
+    def ablate(self, tower: str, layer: int, units: list[Unit], x: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+        """Embeddings of one chunk with each unit removed in turn: (len(units) × rows, D)."""
         block = tower_blocks(self.clip.model, tower)[layer]
-        x = state["hidden"][layer]
-        m, k = x.shape[0], len(chunk)
+        m, k = x.shape[0], len(units)
         head_mask = torch.ones(k, block.attn.num_heads, device=x.device)
         neuron_mask = torch.ones(k, block.mlp.c_fc.out_features, device=x.device)
         skip = torch.zeros(k, dtype=torch.bool, device=x.device)
-        for i, unit in enumerate(chunk):
+        for i, unit in enumerate(units):
             if unit.kind == "head":
                 head_mask[i, unit.index] = 0
             elif unit.kind == "neurons":
@@ -254,11 +383,42 @@ class FastScorer(_Scorer):
                 skip[i] = True
         first = MaskedBlock(block, x.repeat(k, 1, 1), head_mask.repeat_interleave(m, 0),
                             neuron_mask.repeat_interleave(m, 0), skip.repeat_interleave(m, 0))
-        inputs = state["inputs"] if tower == "vision" else state["inputs"].repeat(k, 1)
         with starting_at(self.clip.model, tower, first, layer):
-            emb = self.encode(tower, inputs)
-        return [self.row(unit, state["base"], self.tower_value(tower, state, emb[i * m:(i + 1) * m]))
-                for i, unit in enumerate(chunk)]
+            return self.encode(tower, batch if tower == "vision" else batch.repeat(k, 1))
+
+
+class _Reached(Exception):
+    """Stops a forward pass at the block whose input is wanted."""
+
+
+def auto_chunk(model: torch.nn.Module, tower: str, batch_tokens: int) -> int:
+    """Samples per chunk by default: as many as one batched ablation pass holds (at least MIN_ROWS)."""
+    return max(MIN_ROWS, batch_tokens // tokens_of(model, tower))
+
+
+class TowerInputs:
+    """One tower's calibration inputs (images, or the tokenised prompts / captions) in chunks of `size`.
+
+    Every chunk is padded to MIN_ROWS rows (copies of its last row, dropped afterwards): CPU matrix
+    products over fewer rows take other kernels that round differently, and chunking must not change a bit.
+    """
+
+    def __init__(self, clip: Clip, task: Task, tower: str, size: int):
+        self.clip, self.task, self.tower = clip, task, tower
+        self.tokens = None if tower == "vision" else clip.tokenizer(task_texts(task))
+        n = len(task) if tower == "vision" else len(self.tokens)
+        self.spans = [(s, min(s + size, n)) for s in range(0, n, size)]
+
+    def batch(self, start: int, stop: int) -> torch.Tensor:
+        if self.tower == "vision":
+            x = torch.stack([self.clip.preprocess(self.task.pil_image(i)) for i in range(start, stop)])
+        else:
+            x = self.tokens[start:stop]
+        return self.padded(x).to(self.clip.device)
+
+    @staticmethod
+    def padded(x: torch.Tensor) -> torch.Tensor:
+        return x if len(x) >= MIN_ROWS else torch.cat([x, x[-1:].expand(MIN_ROWS - len(x), *x.shape[1:])])
 
 
 # --- baselines ------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ def test_eval_json(tiny_dir, tmp_path):
 def test_score_then_prune_then_load(tiny_dir, tmp_path):
     scores = tmp_path / "scores.csv"
     out = run("score", "--model", str(tiny_dir), "--n", "8", "--towers", "vision", "--metric", "loss",
-              "--baselines", "magnitude", "--quiet", "--out", str(scores), home=tmp_path)
+              "--baselines", "magnitude", "--chunk", "3", "--quiet", "--out", str(scores), home=tmp_path)
     assert out.returncode == 0, out.stderr
     pruned = tmp_path / "pruned"
     out = run("prune", "--model", str(tiny_dir), "--scores", str(scores), "--keep", "0.5", "--depth", "1",
@@ -75,3 +75,11 @@ def test_prune_iterative_records_its_steps(tiny_dir, tmp_path):
     assert out.returncode == 0, out.stderr
     saved = json.loads((tmp_path / "p" / "pruning.json").read_text())
     assert saved["iterative"]["steps"] == 2 and len(saved["plan"]) == 2
+
+
+@pytest.mark.parametrize("args, message", [(["--chunk", "0"], "chunk must be a positive"),
+                                           (["--max-memory", "-2"], "max_memory must be a positive")])
+def test_score_bad_memory_knobs(tiny_dir, tmp_path, args, message):
+    out = run("score", "--model", str(tiny_dir), "--n", "4", "--towers", "vision", *args, "--quiet",
+              "--out", str(tmp_path / "s.csv"), home=tmp_path)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr

@@ -150,3 +150,61 @@ def test_batched_ablations_do_not_change_results(tiny):
     one = score(tiny, task, metric="loss", baselines=(), cache=False, batch_tokens=1)
     many = score(tiny, task, metric="loss", baselines=(), cache=False, batch_tokens=10**6)
     assert np.allclose(one.mope, many.mope, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind, metric", [("zeroshot", "acc1"), ("zeroshot", "loss"),
+                                          ("zeroshot", "mean_per_class_recall"), ("retrieval", "recall_mean"),
+                                          ("retrieval", "loss")])
+def test_chunked_equals_unchunked_bit_for_bit(tiny, kind, metric):
+    task = mope.load_task("shapes", kind=kind, n=23)
+    kw = dict(metric=metric, baselines=(), cache=False)
+    whole = score(tiny, task, chunk=10**6, **kw)
+    for chunk in (5, 16):  # 23 = 4 × 5 + 3 and 16 + 7: neither divides the set
+        part = score(tiny, task, chunk=chunk, **kw)
+        assert list(part.unit) == list(whole.unit)
+        assert (part.mope.values == whole.mope.values).all(), chunk
+        assert (part.base.values == whole.base.values).all()
+
+
+def test_per_image_means_are_the_scores(tiny):
+    task = mope.load_task("shapes", n=20)
+    for metric in ("acc1", "loss", "mean_per_class_recall"):
+        df = score(tiny, task, metric=metric, baselines=(), chunk=6)
+        matrix = scoring.per_image(df)
+        assert list(matrix.index) == list(df.unit) and matrix.shape[1] == 20
+        assert np.allclose(matrix.mean(axis=1).values, df.mope.values, atol=1e-5)
+    assert scoring.per_image(score(tiny, task, metric="loss", baselines=(), cache=False, impl="naive")) is None
+
+
+def test_memory_does_not_grow_with_the_calibration_set(tiny, monkeypatch):
+    """Every forward pass holds at most one chunk × the ablations one pass batches, whatever N."""
+    rows = []
+
+    class Recording(scoring.MaskedBlock):
+        def __init__(self, block, x, *masks):
+            rows.append(len(x))
+            super().__init__(block, x, *masks)
+
+    monkeypatch.setattr(scoring, "MaskedBlock", Recording)
+    for n in (20, 60):
+        score(tiny, mope.load_task("shapes", n=n), towers=["vision"], metric="acc1",
+              baselines=(), cache=False, chunk=16, batch_tokens=16 * 17 * 2)
+        assert max(rows) == 32, n  # two ablations of one 16-image chunk (17 tokens each) per pass
+        rows.clear()
+
+
+@pytest.mark.parametrize("kw, message", [(dict(chunk=0), "chunk must be a positive"),
+                                         (dict(chunk=-3), "chunk must be a positive"),
+                                         (dict(max_memory=-1.0), "max_memory must be a positive")])
+def test_bad_memory_knobs(tiny, kw, message, monkeypatch):
+    monkeypatch.setattr(scoring.FastScorer, "run", lambda *a: pytest.fail("work started"))
+    with pytest.raises(mope.MopeError, match=message):
+        score(tiny, mope.load_task("shapes", n=8), cache=False, **kw)
+
+
+def test_max_memory_sets_the_pass_size(tiny):
+    task = mope.load_task("shapes", n=12)
+    small = score(tiny, task, metric="loss", baselines=(), cache=False, max_memory=0.0001)
+    big = score(tiny, task, metric="loss", baselines=(), cache=False, max_memory=4.0)
+    assert (small.mope.values == big.mope.values).all()
+    assert scoring.memory_tokens(tiny.model, "vision", 0.0001) < scoring.memory_tokens(tiny.model, "vision", 4.0)
