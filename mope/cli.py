@@ -72,7 +72,7 @@ def _score(args) -> None:
                                metric=args.metric, impl=args.impl, group_size=args.group_size,
                                baselines=_csv_list(args.baselines), precision=args.precision,
                                cache=not args.no_cache, progress=progress, chunk=args.chunk,
-                               max_memory=args.max_memory)
+                               max_memory=args.max_memory, schedule=args.schedule, first_round=args.first_round)
     if df is None:  # a torchrun rank other than 0
         return
     save_scores(df, Path(args.out))
@@ -346,6 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images (texts) held at once; default: what one ablation pass holds. Results do not change")
     p.add_argument("--max-memory", type=float, default=None,
                    help="GiB one batched ablation pass may use (sets its size; see the README's memory formula)")
+    p.add_argument("--schedule", default="exact",
+                   help="exact, or anytime: every unit on a few images first, refined in rounds to the exact scores")
+    p.add_argument("--first-round", type=int, default=None,
+                   help="anytime: images per unit in round 1 (default: a sixteenth of --n, at least 8)")
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", default="scores.csv")

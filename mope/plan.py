@@ -11,7 +11,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
+from . import anytime
 from .errors import MopeError
+from .ranking import rank_units
 from .units import TOWERS, Unit
 
 STRATEGIES = ("uniform", "global")
@@ -58,17 +60,19 @@ class Plan:
     model: str = ""  # fingerprint of the model the scores describe
     notes: list[str] = field(default_factory=list)
     stability: dict | None = None  # mope.stability.plan_stability's result, when measured
+    ties: int = 0  # removed units that scored the same `by` as a unit kept in their place: the tie-break chose
 
     def to_dict(self) -> dict:
         return {"removed": [u.name for u in self.removed], "sizes": self.sizes, "budget": asdict(self.budget),
                 "by": self.by, "group_sizes": self.group_sizes, "model": self.model, "notes": self.notes,
-                "stability": self.stability}
+                "stability": self.stability, "ties": self.ties}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Plan":
         budget = Budget(**{**d["budget"], "towers": tuple(d["budget"]["towers"])})
         return cls([Unit.parse(n) for n in d["removed"]], d["sizes"], budget, d.get("by", "mope"),
-                   d.get("group_sizes", {}), d.get("model", ""), d.get("notes", []), d.get("stability"))
+                   d.get("group_sizes", {}), d.get("model", ""), d.get("notes", []), d.get("stability"),
+                   d.get("ties", 0))
 
     def summary(self) -> pd.DataFrame:
         rows = []
@@ -87,6 +91,7 @@ def plan(scores: pd.DataFrame, budget: Budget, by: str = "mope") -> Plan:
     removed: list[Unit] = []
     notes: list[str] = []
     sizes = {}
+    ties = 0
     for tower, df in scores.groupby("tower", sort=False):
         rows = _Rows.of(df, tower, by)
         width = _width(rows, budget, notes)
@@ -96,9 +101,18 @@ def plan(scores: pd.DataFrame, budget: Budget, by: str = "mope") -> Plan:
         tower_removed = width + _depth(rows, budget)
         sizes[tower] = _sizes(rows, tower_removed)
         removed += tower_removed
+        ties += _tied(rows, tower_removed, budget.strategy == "global" and budget.per_tower("keep").get(tower) is not None)
     if not removed:
         raise MopeError("this budget removes nothing: lower keep, or ask for heads / neurons / layers to remove")
-    return Plan(removed, sizes, budget, by, dict(scores.attrs.get("group_sizes", {})), scores.attrs.get("model", ""), notes)
+    unfinished = anytime.note(scores)
+    if unfinished:
+        notes.append(unfinished)
+    if ties:
+        breaker = "the loss's increase (mope_loss)" if by == "mope" and "mope_loss" in scores.columns else "unit order"
+        notes.append(f"ties: {ties} removed unit(s) scored the same {by} as a unit kept in their place; "
+                     f"{breaker} decided (the rank column)")
+    return Plan(removed, sizes, budget, by, dict(scores.attrs.get("group_sizes", {})), scores.attrs.get("model", ""),
+                notes, ties=ties)
 
 
 def _check_heads_left(rows: "_Rows", width: list[Unit]) -> None:
@@ -117,14 +131,17 @@ class _Rows:
     kind: np.ndarray
     layer: np.ndarray
     index: np.ndarray
-    score: np.ndarray
+    score: np.ndarray  # what the plan sorts by, low goes first: -rank for MoPE (ties broken, ranking.py), else `by`
+    value: np.ndarray  # the column itself, to tell where ties decided
     params: np.ndarray
     flops: np.ndarray
 
     @classmethod
     def of(cls, df: pd.DataFrame, tower: str, by: str) -> "_Rows":
-        return cls(tower, df["kind"].to_numpy(), df["layer"].to_numpy(), df["index"].to_numpy(),
-                   df[by].to_numpy(dtype=float), df["params"].to_numpy(dtype=float), df["flops"].to_numpy(dtype=float))
+        value = df[by].to_numpy(dtype=float)
+        score = -rank_units(df).to_numpy(dtype=float) if by == "mope" and df["mope"].notna().all() else value
+        return cls(tower, df["kind"].to_numpy(), df["layer"].to_numpy(), df["index"].to_numpy(), score, value,
+                   df["params"].to_numpy(dtype=float), df["flops"].to_numpy(dtype=float))
 
     def measure(self, name: str) -> np.ndarray:
         return self.params if name == "params" else self.flops
@@ -246,6 +263,20 @@ def _depth(rows: _Rows, budget: Budget) -> list[Unit]:
     if count >= len(idx):
         raise MopeError(f"cannot remove {count} of the {len(idx)} {rows.tower} layers: at least one must stay")
     return [rows.unit(i) for i in idx[np.lexsort((rows.layer[idx], rows.score[idx]))][:count]]
+
+
+def _tied(rows: _Rows, removed: list[Unit], global_width: bool) -> int:
+    """How many removed units have the same value as a unit that competed with them and was kept: those
+    a tie-break chose. Competitors: the same layer and kind (uniform), every head and neuron group of the
+    tower (global), the tower's layers (depth)."""
+    names = {u.name for u in removed}
+    gone = np.array([rows.unit(i).name in names for i in range(len(rows.kind))], dtype=bool)
+    groups = [rows.kind == "layer"]
+    if global_width:
+        groups.append(rows.width_mask())
+    else:
+        groups += [(rows.kind == k) & (rows.layer == layer) for k in ("head", "neurons") for layer in np.unique(rows.layer)]
+    return sum(int(np.isin(rows.value[g & gone], rows.value[g & ~gone]).sum()) for g in groups)
 
 
 def _sizes(rows: _Rows, removed: list[Unit]) -> dict[str, int]:

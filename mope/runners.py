@@ -40,14 +40,24 @@ def _score(p, ctx) -> dict:
     task = load_task(p["data"], kind=p["task"], n=p["n"])
 
     def progress(done, total, eta, rows):
-        ctx.progress(done, total, eta, f"{done}/{total} units")
+        ctx.progress(done, total, eta, _score_status(done, total, rows))
         ctx.partial(rows)
 
     df = score(clip, task, towers=p["towers"], units=p["units"], metric=p["metric"], progress=progress,
-               should_stop=ctx.should_stop)
+               should_stop=ctx.should_stop, schedule=p.get("schedule", "exact"))
     path = scores_path(df.attrs["fingerprint"])
     save_scores(df, path)
     return {"scores": str(path), "units": len(df), "fingerprint": df.attrs["fingerprint"]}
+
+
+def _score_status(done: int, total: int, rows: list[dict]) -> str:
+    """'37/148 units', or for anytime scoring 'round 2 · 32–64 images per unit · 87 estimates'."""
+    if not rows or "round" not in rows[-1]:
+        return f"{done}/{total} units"
+    used = [r["images_used"] for r in rows]
+    span = f"{min(used)}" if min(used) == max(used) else f"{min(used)}–{max(used)}"
+    estimates = sum(bool(r["estimate"]) for r in rows)
+    return f"round {max(r['round'] for r in rows)} · {span} images per unit · {estimates} of {len(rows)} units estimates"
 
 
 def _study(p, ctx) -> dict:

@@ -8,6 +8,7 @@ numbers as the naive one (a full re-evaluation per unit, kept as the reference) 
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import time
@@ -20,6 +21,7 @@ import torch
 
 from . import importance
 from .ablation import MaskedBlock, ablated, starting_at
+from .anytime import check_schedule, first_round_size, next_round, standard_error
 from .cache import key_of, model_fingerprint, open_cache
 from .clip import Clip
 from .data.tasks import Task
@@ -38,6 +40,7 @@ from .evaluate import (
     zeroshot_stats,
     zeroshot_value,
 )
+from .ranking import rank_units
 from .units import (
     KINDS,
     TOWERS,
@@ -52,16 +55,17 @@ from .units import (
 
 TOKEN_BUDGET = 2**17  # tokens per batched ablation pass; bounds memory, not results
 ACTIVATIONS = 8  # residual-width tensors alive at once in a block pass (x, ln, q, k, v, attention, out, y)
+FIRST_ROUND_MIN = 8  # images per unit in anytime's first round, at least (default: a sixteenth of the set)
 MIN_ROWS = 16  # CPU matmuls over fewer rows round differently (MKL small-M kernels): chunks are padded to this
 
 Progress = Callable[[int, int, float | None, list[dict]], None]
 
 
 class Cancelled(MopeError):
-    """Raised when should_stop() says so; `rows` holds the units scored so far."""
+    """Raised when should_stop() says so; `rows` holds the units scored so far (anytime: the last table)."""
 
-    def __init__(self, rows: list[dict]):
-        super().__init__(f"cancelled after {len(rows)} units")
+    def __init__(self, rows: list[dict], message: str | None = None):
+        super().__init__(message or f"cancelled after {len(rows)} units")
         self.rows = rows
 
 
@@ -70,33 +74,148 @@ def score(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequenc
           baselines: Sequence[str] | None = None, seed: int = 0, precision: str = "fp32", cache: bool = True,
           progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
           shard: tuple[int, int] | None = None, batch_tokens: int = TOKEN_BUDGET,
-          chunk: int | None = None, max_memory: float | None = None) -> pd.DataFrame:
-    """One row per unit: tower, kind, layer, index, unit, mope, base, ablated, params, flops, baselines.
+          chunk: int | None = None, max_memory: float | None = None, schedule: str = "exact",
+          first_round: int | None = None) -> pd.DataFrame:
+    """One row per unit: tower, kind, layer, index, unit, mope, base, ablated, params, flops, baselines,
+    images_used, se (standard error of mope over images; 0 on the whole set), mope_loss and rank.
 
     shard=(rank, world) scores units[rank::world] only (for torchrun); rows keep the global order.
     batch_tokens bounds the tokens of one batched ablation pass, chunk the images (or texts) held at once;
     max_memory (GiB) sets batch_tokens from a memory cap (see memory_tokens). None of them changes a result.
+    schedule="anytime" scores every unit on first_round images, then refines in rounds (see mope.anytime):
+    progress gets the whole table after each round, the table's attrs["anytime"] says where it stands.
     """
     metric, group_sizes, fingerprint, model_fp, key = _settle(clip, task, towers, units, metric, impl, group_size,
                                                                baselines, seed, precision, shard)
     batch_tokens = _check_memory(clip, towers, batch_tokens, chunk, max_memory)
+    _check_schedule(schedule, impl, shard)
     all_units = enumerate_units(clip.model, towers, units, group_sizes)
     todo = all_units if shard is None else all_units[shard[0]::shard[1]]
+    extras = functools.partial(unit_rows, clip, task, todo, group_sizes, baselines, seed)
+    frame = functools.partial(_frame, fingerprint=fingerprint, model_fp=model_fp, metric=metric, group_sizes=group_sizes)
+    hit = _cached_rows(key) if cache else None
+    if hit is not None:
+        return frame(hit, anytime={"done": True, "images": len(task)}) if schedule == "anytime" else frame(hit)
+    if impl == "naive":
+        scorer = NaiveScorer(clip, task, metric, group_sizes, precision)
+    else:
+        scorer = FastScorer(clip, task, metric, group_sizes, precision, batch_tokens, chunk)
+    if schedule == "anytime":
+        rows = _Anytime(scorer, todo, key if cache else None, first_round).run(extras, progress, should_stop)
+        info = {"anytime": {"done": True, "images": len(task), "round": max((r["round"] for r in rows), default=0)}}
+    else:
+        rows, info = _exact_rows(scorer.run(todo, progress, should_stop), len(task), extras()), {}
     if cache:
-        hit = _cached_rows(key)
-        if hit is not None:
-            return _frame(hit, fingerprint, model_fp, metric, group_sizes)
-    scorer = FastScorer(clip, task, metric, group_sizes, precision, batch_tokens, chunk) if impl == "fast" else \
-        NaiveScorer(clip, task, metric, group_sizes, precision)
-    rows = scorer.run(todo, progress, should_stop)
-    for row, extra in zip(rows, unit_rows(clip, task, todo, group_sizes, baselines, seed)):
-        row.update(extra)
-    if cache:
+        _store(key, [{k: v for k, v in r.items() if k != "round"} for r in rows],
+               scorer.per_image if schedule == "exact" and impl == "fast" else None)
+    return frame(rows, **info)
+
+
+def _exact_rows(rows: list[dict], n_images: int, extras: list[dict]) -> list[dict]:
+    for row, extra in zip(rows, extras):
+        row.update(extra, images_used=n_images, se=0.0, estimate=False)
+    return rows
+
+
+def _store(key: str, rows: list[dict], per_image_rows: dict | None) -> None:
+    with open_cache("scores") as store:
+        store.set(key, rows)
+        if per_image_rows is not None:
+            store.set(f"{key}/per_image", _per_image_record(per_image_rows, rows))
+
+
+def _check_schedule(schedule: str, impl: str, shard) -> None:
+    check_schedule(schedule)
+    if schedule == "anytime" and (impl != "fast" or shard is not None):
+        raise MopeError("anytime scoring runs the fast path in one process: use impl='fast' and no shard / torchrun")
+
+
+class _Anytime:
+    """The rounds of anytime scoring (the schedule is mope.anytime). Each round scores its units on the first
+    n images of a fixed draw (Task.subset: nested, the whole set at the end) from scratch, so a unit's last
+    round is the exact sweep. The text tower of a zero-shot task runs on its prompts whatever the images:
+    its units are scored on every image from round 1. The table after each round is cached: a restart
+    continues from it."""
+
+    def __init__(self, scorer: "FastScorer", units: list[Unit], key: str | None, first_round: int | None):
+        self.scorer, self.task, self.units, self.key = scorer, scorer.task, units, key
+        self.total = len(self.task)
+        self.first = first_round_size(self.total, first_round, FIRST_ROUND_MIN)
+        self.whole = {u.name for u in units if u.tower == "text" and self.task.kind == "zeroshot"}
+        self.extra: dict[str, dict] = {}  # params, flops, baselines per unit (a resumed run's rows have them)
+
+    def run(self, extras, progress: Progress | None, should_stop) -> list[dict]:
+        state = self.load()
+        if state is None:
+            self.extra = {u.name: extra for u, extra in zip(self.units, extras())}
+            fresh = self.round(self.units, self.first, 1, progress, should_stop)
+            state = self.advance({"round": 0, "rows": fresh, "work": 0}, fresh, self.first, progress)
+        while True:
+            todo, size = next_round(pd.DataFrame(state["rows"]), self.total, state["size"])
+            if not size:
+                return state["rows"]
+            chosen = [u for u, pick in zip(self.units, todo) if pick]
+            state = self.advance(state, self.round(chosen, size, state["round"] + 1, None, should_stop, state), size,
+                                 progress)
+
+    def round(self, units: list[Unit], size: int, number: int, progress, should_stop, state: dict | None = None):
+        """Rows of `units` scored on `size` images (the zero-shot text tower on all), in unit order; progress
+        (round 1) gets the rows so far as they come."""
+        rows: dict[str, dict] = {}
+        parts = [(self.task, [u for u in units if u.name in self.whole]),
+                 (self.task.subset(size), [u for u in units if u.name not in self.whole])]
+        for sub, part in parts:
+            if not part:
+                continue
+            scorer = self.scorer.on(sub, pad=len(sub) == self.total)  # estimates need not be bit-stable
+
+            def inner(done, total, eta, got, scorer=scorer, shift=len(rows)):
+                progress((shift + done) * size, len(self.units) * self.total, None,
+                         list(rows.values()) + [self.annotate(r, scorer, number) for r in got])
+
+            try:
+                got = scorer.run(part, inner if progress else None, should_stop)
+            except Cancelled as stop:
+                partial = list(rows.values()) + [self.annotate(r, scorer, number) for r in stop.rows]
+                raise self.stopped(number, state, partial) from None
+            rows.update((r["unit"], self.annotate(r, scorer, number)) for r in got)
+        return [rows[u.name] for u in units]
+
+    def annotate(self, row: dict, scorer: "FastScorer", number: int) -> dict:
+        """A fresh row with what the round knows about it: images used, standard error, estimate or not."""
+        n = len(scorer.task)
+        se = standard_error(scorer.per_image[row["unit"]].numpy(), self.total)
+        return {**row, **self.extra.get(row["unit"], {}), "images_used": n, "se": se,
+                "estimate": n < self.total, "round": number}
+
+    def stopped(self, number: int, state: dict | None, partial: list[dict]) -> Cancelled:
+        if state is None:
+            return Cancelled(partial, f"stopped in round 1 of anytime scoring: {len(partial)} of {len(self.units)} "
+                                      f"units have a first estimate (kept in this error's rows, not cached); "
+                                      "a restart scores round 1 again")
+        return Cancelled(state["rows"], f"stopped in round {number} of anytime scoring: the table of round "
+                                        f"{number - 1} is kept and cached; a restart continues from it")
+
+    def advance(self, state: dict, fresh: list[dict], size: int, progress) -> dict:
+        """The next state: fresh rows replace their units' estimates; cached; reported as a whole table."""
+        by_name = {r["unit"]: r for r in fresh}
+        rows = [{**row, **by_name[row["unit"]]} if row["unit"] in by_name else row for row in state["rows"]] \
+            if state["round"] else fresh
+        state = {"round": state["round"] + 1, "size": size, "rows": rows,
+                 "work": state["work"] + sum(r["images_used"] for r in fresh)}
+        if self.key:
+            with open_cache("scores") as store:
+                store.set(f"{self.key}/anytime", state)
+        if progress:
+            used = sum(r["images_used"] for r in rows)
+            progress(used, len(self.units) * self.total, None, rows)
+        return state
+
+    def load(self) -> dict | None:
+        if not self.key:
+            return None
         with open_cache("scores") as store:
-            store.set(key, rows)
-            if impl == "fast":
-                store.set(f"{key}/per_image", _per_image_record(scorer.per_image, rows))
-    return _frame(rows, fingerprint, model_fp, metric, group_sizes)
+            return store.get(f"{self.key}/anytime")
 
 
 def per_image(scores: pd.DataFrame) -> pd.DataFrame | None:
@@ -164,10 +283,13 @@ def _cached_rows(key: str) -> list[dict] | None:
         return store.get(key)
 
 
-def _frame(rows: list[dict], fingerprint: str, model_fp: str, metric: str, group_sizes: dict) -> pd.DataFrame:
-    """The table; attrs carry the fingerprints of the scores and the model, the metric, the group sizes."""
+def _frame(rows: list[dict], fingerprint: str, model_fp: str, metric: str, group_sizes: dict, **info) -> pd.DataFrame:
+    """The table with its rank; attrs carry the fingerprints of the scores and the model, the metric, the group
+    sizes (and, for anytime scoring, where it stands: info)."""
     df = pd.DataFrame(rows)
-    df.attrs.update(fingerprint=fingerprint, model=model_fp, metric=metric, group_sizes=group_sizes)
+    if len(df):
+        df["rank"] = rank_units(df)
+    df.attrs.update(fingerprint=fingerprint, model=model_fp, metric=metric, group_sizes=group_sizes, **info)
     return df
 
 
@@ -202,13 +324,21 @@ class _Scorer:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.autocast = (lambda: torch.autocast("cuda", dtype=dtype)) if dtype else nullcontext
 
-    def value(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> float:
-        return metric_value(self.metric, self.task, image_emb, text_emb, self.scale)
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The chosen metric, and the loss that breaks its ties (see rank_units)."""
+        return (self.metric,) if self.metric == "loss" else (self.metric, "loss")
 
-    def row(self, unit: Unit, base: float, ablated_value: float) -> dict:
-        return {"tower": unit.tower, "kind": unit.kind, "layer": unit.layer, "index": unit.index,
-                "unit": unit.name, "mope": self.sign * (base - ablated_value), "base": base,
-                "ablated": ablated_value}
+    def values(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> dict[str, float]:
+        return {m: metric_value(m, self.task, image_emb, text_emb, self.scale) for m in self.metrics}
+
+    def row(self, unit: Unit, base: dict[str, float], ablated_values: dict[str, float]) -> dict:
+        row = {"tower": unit.tower, "kind": unit.kind, "layer": unit.layer, "index": unit.index,
+               "unit": unit.name, "mope": self.sign * (base[self.metric] - ablated_values[self.metric]),
+               "base": base[self.metric], "ablated": ablated_values[self.metric]}
+        if self.metric != "loss":
+            row["mope_loss"] = ablated_values["loss"] - base["loss"]
+        return row
 
     def run(self, units: list[Unit], progress: Progress | None, should_stop) -> list[dict]:
         rows: list[dict] = []
@@ -241,7 +371,7 @@ class NaiveScorer(_Scorer):
 
     def chunks(self, units):
         if units:
-            self.base = self.value(*self.embed())
+            self.base = self.values(*self.embed())
         return [[u] for u in units]
 
     def embed(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -249,7 +379,7 @@ class NaiveScorer(_Scorer):
 
     def score_chunk(self, chunk: list[Unit]) -> list[dict]:
         with ablated(self.clip.model, chunk, self.group_sizes):
-            return [self.row(chunk[0], self.base, self.value(*self.embed()))]
+            return [self.row(chunk[0], self.base, self.values(*self.embed()))]
 
 
 class FastScorer(_Scorer):
@@ -262,11 +392,17 @@ class FastScorer(_Scorer):
     """
 
     def __init__(self, clip: Clip, task: Task, metric: str, group_sizes: dict[str, int], precision: str,
-                 batch_tokens: int = TOKEN_BUDGET, chunk: int | None = None):
+                 batch_tokens: int = TOKEN_BUDGET, chunk: int | None = None, pad: bool = True):
         super().__init__(clip, task, metric, group_sizes, precision)
-        self.batch_tokens, self.chunk = batch_tokens, chunk
+        self.batch_tokens, self.chunk, self.pad = batch_tokens, chunk, pad
         self.state: dict[str, dict] = {}
         self.per_image: dict[str, torch.Tensor] = {}  # unit name → per-image MoPE (mean over images ≈ mope)
+        self.precision = precision
+
+    def on(self, task: Task, pad: bool = True) -> "FastScorer":
+        """The same scorer for another task (a subset of the calibration set); pad=False: estimates only."""
+        return FastScorer(self.clip, task, self.metric, self.group_sizes, self.precision, self.batch_tokens, self.chunk,
+                          pad)
 
     def chunks(self, units):
         return [list(g) for _, g in itertools.groupby(units, key=lambda u: (u.tower, u.layer))]
@@ -276,7 +412,8 @@ class FastScorer(_Scorer):
         if tower in self.state:
             return self.state[tower]
         clip, task = self.clip, self.task
-        inputs = TowerInputs(clip, task, tower, self.chunk or auto_chunk(clip.model, tower, self.batch_tokens))
+        inputs = TowerInputs(clip, task, tower, self.chunk or auto_chunk(clip.model, tower, self.batch_tokens),
+                             MIN_ROWS if self.pad else 1)
         other = task_text_embeddings(clip, task) if tower == "vision" else image_embeddings(clip, task)
         state = {"inputs": inputs, "other": other, "hidden": None}
         pieces = []
@@ -326,22 +463,28 @@ class FastScorer(_Scorer):
         return emb.float().cpu()
 
     def collect(self, tower: str, state: dict, emb: torch.Tensor, span: tuple[int, int]) -> torch.Tensor:
-        """What one chunk's (padded) embeddings leave for the metric: per-image stats or the embeddings."""
+        """What one chunk's (padded) embeddings leave for the metrics: per-image stats (images × metrics) or
+        the embeddings."""
         start, stop = span
         if tower == "vision" and self.task.kind == "zeroshot":
             labels = state["inputs"].padded(self.task.labels[start:stop])
-            return zeroshot_stats(self.metric, emb, state["other"], labels, self.scale)[:stop - start]
+            return torch.stack([zeroshot_stats(m, emb, state["other"], labels, self.scale)
+                                for m in self.metrics], 1)[:stop - start]
         return emb[:stop - start]
 
-    def finish(self, tower: str, state: dict, pieces: list[torch.Tensor]) -> tuple[float, torch.Tensor]:
-        """The metric value and the per-image contributions (their mean is the metric) from all chunks."""
+    def finish(self, tower: str, state: dict, pieces: list[torch.Tensor]) -> tuple[dict[str, float], torch.Tensor]:
+        """The metric values and the chosen metric's per-image contributions (their mean is the metric)."""
         task, own = self.task, torch.cat(pieces)
         if task.kind == "zeroshot":
-            stats = own if tower == "vision" else zeroshot_stats(self.metric, state["other"], ensemble(
-                own, len(task.classnames)), task.labels, self.scale)
-            return zeroshot_value(self.metric, stats, task.labels), zeroshot_contributions(self.metric, stats, task.labels)
+            labels = task.labels
+            if tower == "text":
+                classifier = ensemble(own, len(task.classnames))
+                own = torch.stack([zeroshot_stats(m, state["other"], classifier, labels, self.scale)
+                                   for m in self.metrics], 1)
+            values = {m: zeroshot_value(m, own[:, i].contiguous(), labels) for i, m in enumerate(self.metrics)}
+            return values, zeroshot_contributions(self.metric, own[:, 0].contiguous(), labels)
         image_emb, text_emb = (own, state["other"]) if tower == "vision" else (state["other"], own)
-        return (self.value(image_emb, text_emb),
+        return (self.values(image_emb, text_emb),
                 retrieval_contributions(self.metric, task, image_emb, text_emb, self.scale))
 
     def score_chunk(self, group: list[Unit]) -> list[dict]:
@@ -399,12 +542,13 @@ def auto_chunk(model: torch.nn.Module, tower: str, batch_tokens: int) -> int:
 class TowerInputs:
     """One tower's calibration inputs (images, or the tokenised prompts / captions) in chunks of `size`.
 
-    Every chunk is padded to MIN_ROWS rows (copies of its last row, dropped afterwards): CPU matrix
-    products over fewer rows take other kernels that round differently, and chunking must not change a bit.
+    Every chunk is padded to `rows` rows (copies of its last row, dropped afterwards): CPU matrix products
+    over fewer than MIN_ROWS rows take other kernels that round differently, and chunking must not change a
+    bit. (Anytime's estimate rounds, on a few images, skip the padding: rows=1.)
     """
 
-    def __init__(self, clip: Clip, task: Task, tower: str, size: int):
-        self.clip, self.task, self.tower = clip, task, tower
+    def __init__(self, clip: Clip, task: Task, tower: str, size: int, rows: int = MIN_ROWS):
+        self.clip, self.task, self.tower, self.rows = clip, task, tower, rows
         self.tokens = None if tower == "vision" else clip.tokenizer(task_texts(task))
         n = len(task) if tower == "vision" else len(self.tokens)
         self.spans = [(s, min(s + size, n)) for s in range(0, n, size)]
@@ -416,9 +560,8 @@ class TowerInputs:
             x = self.tokens[start:stop]
         return self.padded(x).to(self.clip.device)
 
-    @staticmethod
-    def padded(x: torch.Tensor) -> torch.Tensor:
-        return x if len(x) >= MIN_ROWS else torch.cat([x, x[-1:].expand(MIN_ROWS - len(x), *x.shape[1:])])
+    def padded(self, x: torch.Tensor) -> torch.Tensor:
+        return x if len(x) >= self.rows else torch.cat([x, x[-1:].expand(self.rows - len(x), *x.shape[1:])])
 
 
 # --- baselines ------------------------------------------------------------------------------------------
@@ -540,5 +683,6 @@ def score_distributed(clip: Clip, task: Task, **kw) -> pd.DataFrame | None:
     for r, p in enumerate(parts):
         rows[r::world] = p
     full = pd.DataFrame(rows)
+    full["rank"] = rank_units(full)  # each part ranked only its own units
     full.attrs.update(part.attrs)
     return full

@@ -291,3 +291,15 @@ def test_study_job_with_an_iterative_curve(home, tiny_dir):
     assert job["status"] == "done", job["error"]
     study = pd.read_csv(job["result"]["study"])
     assert set(study.ranking) == {"MoPE", "MoPE iterative ×2"}
+
+
+def test_anytime_score_job_reports_rounds(home, tiny_dir):
+    store = Store()
+    job_id = store.submit("score", {"model": str(tiny_dir), "n": 20, "towers": ["vision"], "metric": "loss",
+                                    "schedule": "anytime"})
+    work(store, idle_exit=0.5)
+    job = store.get(job_id)
+    assert job["status"] == "done", job["error"]
+    assert job["progress"]["message"].startswith("round ") and "0 of 14 units estimates" in job["progress"]["message"]
+    assert len(job["partial"]) == 14 and all(r["images_used"] == 20 for r in job["partial"])
+    assert not mope.load_scores(job["result"]["scores"])["estimate"].any()

@@ -104,3 +104,29 @@ def test_vit_b_sized_uniform_plan_halves_heads_and_neurons():
     vision = [u for u in p.removed if u.tower == "vision"]
     assert sum(u.kind == "head" for u in vision) == 12 * 6 and sum(u.kind == "neurons" for u in vision) == 12 * 24
     assert sum(u.kind == "layer" for u in vision) == 2
+
+
+def test_ties_are_broken_by_the_loss_and_reported():
+    df = _vit_b_table()
+    df["mope_loss"] = np.random.default_rng(1).random(len(df))
+    clear = plan(df, Budget(heads=3, towers=("vision",)))
+    assert clear.ties == 0 and not any(n.startswith("ties") for n in clear.notes)
+    layer0 = (df.tower == "vision") & (df.kind == "head") & (df.layer == 0)
+    df.loc[layer0, "mope"] = 0.0  # accuracy on a small set: every head of layer 0 ties
+    p = plan(df, Budget(heads=3, towers=("vision",)))
+    lowest_loss = set(df[layer0].nsmallest(3, "mope_loss")["index"])
+    assert {u.index for u in p.removed if u.layer == 0} == lowest_loss
+    assert p.ties == 3 and any(n.startswith("ties: 3") and "mope_loss" in n for n in p.notes)
+    assert Plan.from_dict(p.to_dict()).ties == 3
+    # global: the floor keeps one of layer 0's tied heads while the others go, so ties decided there too
+    assert plan(df, Budget(keep=0.5, strategy="global", towers=("vision",))).ties > 0
+    no_loss = plan(df.drop(columns="mope_loss"), Budget(heads=3, towers=("vision",)))
+    assert no_loss.ties == 3 and any("unit order" in n for n in no_loss.notes)
+
+
+def test_rank_orders_by_mope_then_loss_within_each_tower():
+    from mope.ranking import rank_units
+
+    df = pd.DataFrame({"tower": ["vision"] * 4 + ["text"] * 2, "mope": [0.0, 0.2, 0.0, 0.0, 1.0, np.nan],
+                       "mope_loss": [0.3, 0.0, 0.1, 0.5, 0.0, 0.0]})
+    assert list(rank_units(df).iloc[:5]) == [3, 1, 4, 2, 1] and np.isnan(rank_units(df).iloc[5])

@@ -208,3 +208,15 @@ def test_max_memory_sets_the_pass_size(tiny):
     big = score(tiny, task, metric="loss", baselines=(), cache=False, max_memory=4.0)
     assert (small.mope.values == big.mope.values).all()
     assert scoring.memory_tokens(tiny.model, "vision", 0.0001) < scoring.memory_tokens(tiny.model, "vision", 4.0)
+
+
+def test_accuracy_tables_carry_the_loss_that_breaks_their_ties(tiny):
+    task = mope.load_task("shapes", n=16)
+    acc = score(tiny, task, metric="acc1", baselines=(), cache=False)
+    loss = score(tiny, task, metric="loss", baselines=(), cache=False)
+    assert (acc.mope_loss.values == loss.mope.values).all()  # the same ablations, both metrics
+    assert "mope_loss" not in loss.columns
+    for _, part in acc.groupby("tower"):
+        assert sorted(part["rank"]) == list(range(1, len(part) + 1))
+        top = part.sort_values(["mope", "mope_loss"], ascending=False).iloc[0]
+        assert top["rank"] == 1

@@ -1,0 +1,146 @@
+"""Anytime vs exact MoPE scoring: how good the early tables are, and when the first one is complete.
+
+Demo model (vision heads + neuron groups): the exact table, then the anytime rounds; after each round
+the keep-0.5 plans (uniform and global) from the anytime table against the exact plans — Jaccard of the
+removed sets, Spearman ρ of the scores, zero-shot acc1 of the two pruned models — as a function of the
+compute spent (blocks re-run × images, as a fraction of the exact sweep's). Then, with --vit, a
+random-init ViT-B-32 vision tower: the time until every unit has its first score (round 1).
+
+    python bench/anytime.py [--n 256] [--metric acc1] [--eval-n 500] [--vit] [--vit-first 8]
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: python bench/...
+
+import argparse
+import tempfile
+import time
+
+import pandas as pd
+
+import mope
+from mope.plan import Budget, plan
+from mope.scoring import Cancelled, score
+from mope.units import enumerate_units, tower_blocks
+
+EVAL_SEED = 2000  # held out from the calibration draw
+
+
+def snapshots(clip, task, metric: str, first: int | None) -> tuple[list[tuple[float, pd.DataFrame]], pd.DataFrame]:
+    """(seconds since start, table) after every anytime round, and the final table."""
+    seen: dict[int, tuple[float, pd.DataFrame]] = {}
+    start = time.perf_counter()
+    units = len(enumerate_units(clip.model, ["vision"], ["head", "neurons"]))
+
+    def progress(done, total, eta, rows):
+        if len(rows) == units:  # the whole table: the last one of each round is kept
+            table = pd.DataFrame(rows)
+            seen[int(table["round"].max())] = (time.perf_counter() - start, table)
+
+    final = score(clip, task, towers=["vision"], units=["head", "neurons"], metric=metric, baselines=(), cache=False,
+                  schedule="anytime", first_round=first, progress=progress)
+    return [seen[k] for k in sorted(seen)], final
+
+
+def work(tables: list[pd.DataFrame], layers: int) -> list[float]:
+    """Cumulative blocks re-run × images after each round, as a fraction of the exact sweep's."""
+    exact = (tables[-1]["images_used"].max() * (layers - tables[-1]["layer"])).sum()
+    spent, out = 0.0, []
+    for number, table in enumerate(tables, 1):
+        fresh = table[table["round"] == number] if "round" in table else table.iloc[:0]
+        spent += (fresh["images_used"] * (layers - fresh["layer"])).sum()
+        out.append(spent / exact)
+    return out
+
+
+def compare(clip, exact: pd.DataFrame, table: pd.DataFrame, eval_task, cache: dict) -> dict:
+    row = {"spearman": exact["mope"].rank().corr(table["mope"].rank())}
+    for strategy in ("uniform", "global"):
+        budget = Budget(keep=0.5, strategy=strategy, towers=("vision",))
+        want, got = plan(exact, budget), plan(table, budget)
+        a, b = {u.name for u in want.removed}, {u.name for u in got.removed}
+        row[f"jaccard {strategy}"] = len(a & b) / len(a | b)
+        row[f"acc1 {strategy}"] = acc1(clip, got, eval_task, cache)
+        row[f"acc1 {strategy} exact"] = acc1(clip, want, eval_task, cache)
+    return row
+
+
+def acc1(clip, p, eval_task, cache: dict) -> float:
+    key = tuple(sorted(u.name for u in p.removed))
+    if key not in cache:
+        cache[key] = mope.evaluate(mope.prune(clip, p), eval_task)["acc1"]
+    return cache[key]
+
+
+def demo(args) -> None:
+    clip = mope.load_model("demo", device="cpu")
+    task = mope.load_task("shapes", n=args.n)
+    eval_task = mope.load_task("shapes", n=args.eval_n, seed=EVAL_SEED)
+    start = time.perf_counter()
+    exact = score(clip, task, towers=["vision"], units=["head", "neurons"], metric=args.metric, baselines=(),
+                  cache=False)
+    exact_s = time.perf_counter() - start
+    rounds, final = snapshots(clip, task, args.metric, args.first)
+    spent = work([t for _, t in rounds], len(tower_blocks(clip.model, "vision")))
+    same = (final["mope"].values == exact["mope"].values).all() and (final["base"].values == exact["base"].values).all()
+    print(f"demo, vision heads + neuron groups ({len(exact)} units), {args.n} calibration images, metric "
+          f"{args.metric}; acc1 on {args.eval_n} held-out images. Exact sweep {exact_s:.1f} s.")
+    cache: dict = {}
+    lines = []
+    for (seconds, table), fraction in zip(rounds, spent):
+        used = table["images_used"]
+        lines.append({"round": int(table["round"].max()), "images/unit": f"{used.min()}-{used.max()}",
+                      "estimates": int(table["estimate"].sum()), "work": f"{fraction:.0%}",
+                      "wall": f"{seconds / exact_s:.0%}", **compare(clip, exact, table, eval_task, cache)})
+    print(pd.DataFrame(lines).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"final anytime table == exact table, bit for bit: {same}")
+
+
+def vit(args) -> None:
+    import open_clip
+
+    from mope.io import atomic_save_safetensors
+
+    path = Path(tempfile.mkdtemp(prefix="mope-vit-")) / "ViT-B-32-random.safetensors"
+    model = open_clip.create_model("ViT-B-32")
+    atomic_save_safetensors({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    clip = mope.load_model(f"ViT-B-32:{path}", device="cpu")
+    task = mope.load_task("shapes", n=args.n)
+    first: list[float] = []
+    start = time.perf_counter()
+
+    def progress(done, total, eta, rows):
+        if len(rows) == total // args.n and not first:  # total: units × images
+            first.append(time.perf_counter() - start)
+
+    try:
+        score(clip, task, towers=["vision"], metric=args.metric, baselines=(), cache=False, schedule="anytime",
+              first_round=args.vit_first, progress=progress, should_stop=lambda: bool(first))
+    except Cancelled:
+        pass
+    units = len(enumerate_units(clip.model, ["vision"]))
+    print(f"random-init ViT-B-32 vision tower ({units} units: heads, neuron groups, layers), {args.vit_first} images "
+          f"per unit in round 1: first complete table after {first[0]:.0f} s ({first[0] / 60:.1f} min)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=256)
+    ap.add_argument("--metric", default="acc1")
+    ap.add_argument("--eval-n", type=int, default=500)
+    ap.add_argument("--first", type=int, default=None, help="demo: images per unit in round 1 (default: n/16)")
+    ap.add_argument("--vit", action="store_true", help="also time the first complete table of a random ViT-B-32")
+    ap.add_argument("--vit-only", action="store_true")
+    ap.add_argument("--vit-first", type=int, default=8)
+    args = ap.parse_args()
+    if not args.vit_only:
+        demo(args)
+    if args.vit or args.vit_only:
+        vit(args)
+
+
+if __name__ == "__main__":
+    main()
