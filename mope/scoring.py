@@ -101,13 +101,15 @@ def score(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequenc
     else:
         scorer = FastScorer(clip, task, metric, group_sizes, precision, batch_tokens, chunk)
     if schedule == "anytime":
-        rows = _Anytime(scorer, todo, key if cache else None, first_round).run(extras, progress, should_stop)
-        info = {"anytime": {"done": True, "images": len(task), "round": max((r["round"] for r in rows), default=0)}}
+        rounds = _Anytime(scorer, todo, key if cache else None, first_round)
+        rows = rounds.run(extras, progress, should_stop)
+        info, per_image_rows = {"anytime": {"done": True, "images": len(task),
+                                            "round": max((r["round"] for r in rows), default=0)}}, rounds.per_image
     else:
         rows, info = _exact_rows(scorer.run(todo, progress, should_stop), len(task), extras()), {}
+        per_image_rows = scorer.per_image if impl == "fast" else None
     if cache:
-        _store(key, [{k: v for k, v in r.items() if k != "round"} for r in rows],
-               scorer.per_image if schedule == "exact" and impl == "fast" else None)
+        _store(key, [{k: v for k, v in r.items() if k != "round"} for r in rows], per_image_rows)
     return frame(rows, **info)
 
 
@@ -143,13 +145,17 @@ class _Anytime:
         self.first = first_round_size(self.total, first_round, FIRST_ROUND_MIN)
         self.whole = {u.name for u in units if u.tower == "text" and self.task.kind == "zeroshot"}
         self.extra: dict[str, dict] = {}  # params, flops, baselines per unit (a resumed run's rows have them)
+        self.per_image: dict[str, torch.Tensor] = {}  # units scored on every image: their per-image MoPE
 
     def run(self, extras, progress: Progress | None, should_stop) -> list[dict]:
         state = self.load()
-        if state is None:
+        if state is not None:
+            self.per_image = {k: torch.from_numpy(np.frombuffer(v, dtype=np.float32).copy())
+                              for k, v in state["per_image"].items()}
+        else:
             self.extra = {u.name: extra for u, extra in zip(self.units, extras())}
             fresh = self.round(self.units, self.first, 1, progress, should_stop)
-            state = self.advance({"round": 0, "rows": fresh, "work": 0}, fresh, self.first, progress)
+            state = self.advance({"round": 0, "rows": fresh}, fresh, self.first, progress)
         while True:
             todo, size = next_round(pd.DataFrame(state["rows"]), self.total, state["size"])
             if not size:
@@ -179,6 +185,8 @@ class _Anytime:
                 partial = list(rows.values()) + [self.annotate(r, scorer, number) for r in stop.rows]
                 raise self.stopped(number, state, partial) from None
             rows.update((r["unit"], self.annotate(r, scorer, number)) for r in got)
+            if len(sub) == self.total:
+                self.per_image.update((r["unit"], scorer.per_image[r["unit"]].float()) for r in got)
         return [rows[u.name] for u in units]
 
     def annotate(self, row: dict, scorer: "FastScorer", number: int) -> dict:
@@ -202,7 +210,7 @@ class _Anytime:
         rows = [{**row, **by_name[row["unit"]]} if row["unit"] in by_name else row for row in state["rows"]] \
             if state["round"] else fresh
         state = {"round": state["round"] + 1, "size": size, "rows": rows,
-                 "work": state["work"] + sum(r["images_used"] for r in fresh)}
+                 "per_image": {k: v.numpy().tobytes() for k, v in self.per_image.items()}}
         if self.key:
             with open_cache("scores") as store:
                 store.set(f"{self.key}/anytime", state)

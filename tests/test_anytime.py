@@ -58,6 +58,8 @@ def test_a_stopped_anytime_run_resumes_from_its_last_round(tiny, monkeypatch):
     assert (done.mope.values == exact.mope.values).all()
     again = score(tiny, task, **kw)  # the finished anytime table is the exact table's cache entry
     assert (again.mope.values == exact.mope.values).all()
+    matrix = scoring.per_image(again)  # every unit's per-image results, gathered over the rounds
+    assert matrix.shape == (14, 40) and np.allclose(matrix.mean(axis=1).values, exact.mope.values, atol=1e-5)
 
 
 def test_anytime_bad_input(tiny, monkeypatch):
