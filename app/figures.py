@@ -29,6 +29,7 @@ def heatmaps(df: pd.DataFrame, column: str = "mope", removed: set[str] = frozens
     plan removes are crossed out and the layers it removes shaded across both panels.
 
     Units not scored yet (NaN; df.attrs["scored"] counts the others) are blank: a heatmap fills in while a job runs.
+    Cells that are still anytime estimates (column `estimate`) are hatched.
     """
     width = df[df.kind.isin(KIND_TITLES)]
     if width.empty:
@@ -47,12 +48,35 @@ def heatmaps(df: pd.DataFrame, column: str = "mope", removed: set[str] = frozens
                 continue
             _panel(fig, part, column, (low, high), r, c, colorbar=_colorbar(fig, tower, column, r) if c == 2 else None)
             _mark_removed(fig, part, removed, gone_layers, r, c)
+            _mark_estimates(fig, part, r, c)
     scored = df.attrs.get("scored", len(df))
     done = f" — {scored}/{len(df)} units scored" if scored < len(df) else ""
     marked = f" · red × = removed by the plan ({len(removed)})" if removed else ""
     fig.update_layout(height=280 * len(towers) + 60, margin={"t": 70, "b": 40, "l": 50, "r": 20},
-                      title={"text": f"{column} per unit (higher = more important){done}{marked}", "font": {"size": 14}})
+                      title={"text": f"{column} per unit (higher = more important){done}{marked}{estimates_line(df)}",
+                             "font": {"size": 14}})
     return fig
+
+
+def estimates_line(df: pd.DataFrame) -> str:
+    """' · hatched = estimate (round 2, 16–32 images per unit)' while an anytime table holds estimates."""
+    if "estimate" not in df.columns or not df["estimate"].fillna(False).astype(bool).any():
+        return ""
+    used = df["images_used"].dropna()
+    span = f"{int(used.min())}" if used.min() == used.max() else f"{int(used.min())}–{int(used.max())}"
+    where = f"round {int(df['round'].max())}, " if "round" in df.columns and df["round"].notna().any() else ""
+    return f" · hatched = estimate ({where}{span} images per unit)"
+
+
+def _mark_estimates(fig: go.Figure, part: pd.DataFrame, r: int, c: int) -> None:
+    """Diagonal hatching over the cells whose score is still an anytime estimate."""
+    if "estimate" not in part.columns:
+        return
+    rough = part[part["estimate"].fillna(False).astype(bool)]
+    if len(rough):
+        fig.add_trace(go.Scatter(x=rough["index"], y=rough["layer"], mode="markers", hoverinfo="skip", name="estimates",
+                                 marker={"symbol": "line-ne", "size": 14, "line": {"width": 1.5, "color": "rgba(255,255,255,0.8)"}},
+                                 showlegend=False), row=r, col=c)
 
 
 def _panel(fig: go.Figure, part: pd.DataFrame, column: str, zrange: tuple[float, float], r: int, c: int,
@@ -114,6 +138,9 @@ def _hover(row, column: str) -> str:
         lines.append(f"{column} {getattr(row, column):.4g}")
     if row.rank == row.rank:  # NaN until scored
         lines.append(f"rank {int(row.rank)} by {column} (1 = most important)")
+    estimate = getattr(row, "estimate", False)
+    if estimate == estimate and bool(estimate):  # NaN (not scored yet) is no estimate
+        lines.append(f"estimate on {int(row.images_used)} images (± {row.se:.2g} standard error)")
     return "<br>".join(lines)
 
 

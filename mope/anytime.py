@@ -37,10 +37,12 @@ def check_schedule(schedule: str) -> None:
 
 def standard_error(per_image: np.ndarray, total: int) -> float:
     """Standard error of a mean over `len(per_image)` images drawn without replacement from `total`:
-    0 once every image is used."""
+    0 once every image is used, infinite from a single image."""
     n = len(per_image)
-    if n >= total or n < 2:
+    if n >= total:
         return 0.0
+    if n < 2:
+        return math.inf  # one image tells nothing about the spread
     return float(per_image.std(ddof=1) / math.sqrt(n) * math.sqrt((total - n) / (total - 1)))
 
 

@@ -542,6 +542,34 @@ class _Reached(Exception):
     """Stops a forward pass at the block whose input is wanted."""
 
 
+@torch.inference_mode()
+def projected_seconds(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequence[str] = KINDS,
+                      samples: int = 4) -> float:
+    """About how long the exact fast sweep would take here: sweep_cost × one block's time per input, measured
+    on a few inputs (noisy on a busy machine; for choosing a schedule, not for benchmarks)."""
+    seconds = 0.0
+    for tower, block_inputs in sweep_cost(clip, task, towers, units).items():
+        block = tower_blocks(clip.model, tower)[0]
+        x = torch.zeros(samples, tokens_of(clip.model, tower), block.attn.embed_dim, device=clip.device)
+        block(x)  # warm-up (the text tower's causal mask costs about nothing: left out)
+        start = time.perf_counter()
+        block(x)
+        seconds += block_inputs * (time.perf_counter() - start) / samples
+    return seconds
+
+
+def sweep_cost(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequence[str] = KINDS) -> dict[str, int]:
+    """Per tower, the block passes the exact sweep runs, in inputs: for every unit, the blocks it re-runs ×
+    the tower's inputs (images, or prompts / captions)."""
+    group_sizes = check_group_size(clip.model, towers, None)
+    cost = {}
+    for tower in towers:
+        layers = len(tower_blocks(clip.model, tower))
+        inputs = len(task) if tower == "vision" else len(task_texts(task))
+        cost[tower] = sum(layers - u.layer for u in enumerate_units(clip.model, [tower], units, group_sizes)) * inputs
+    return cost
+
+
 def auto_chunk(model: torch.nn.Module, tower: str, batch_tokens: int) -> int:
     """Samples per chunk by default: as many as one batched ablation pass holds (at least MIN_ROWS)."""
     return max(MIN_ROWS, batch_tokens // tokens_of(model, tower))

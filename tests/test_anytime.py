@@ -95,4 +95,5 @@ def test_schedule_rules():
     assert standard_error(np.array([1.0, 0.0, 1.0, 0.0]), 4) == 0.0
     se = standard_error(np.array([1.0, 0.0, 1.0, 0.0]), 400)
     assert se == pytest.approx(np.std([1, 0, 1, 0], ddof=1) / 2 * np.sqrt(396 / 399))
+    assert standard_error(np.array([0.5]), 400) == np.inf
     assert note(table.assign(estimate=False)) is None

@@ -107,3 +107,18 @@ def test_per_class_bars_keep_the_table_order():
     df = pd.DataFrame({"class": ["red", "green"], "images": [2, 3], "a": [1.0, 0.5], "b": [0.0, 0.5], "change": [-1, 0]})
     fig = figures.per_class(df, ["a", "b"])
     assert list(fig.data[0].x) == ["red", "green"] and list(fig.data[1].y) == [0.0, 0.5]
+
+
+def test_anytime_estimates_are_hatched_and_named():
+    df = scores()
+    df["estimate"] = (df.tower == "vision") & (df.layer == 2)
+    df["images_used"] = np.where(df["estimate"], 16, 256)
+    df["se"] = np.where(df["estimate"], 0.01, 0.0)
+    df["round"] = 2
+    fig = figures.heatmaps(df)
+    hatched = [t for t in fig.data if t.name == "estimates"]
+    assert [(sorted(t.x), set(t.y)) for t in hatched] == [([0, 1, 2, 3], {2}), ([0, 1, 2, 3, 4, 5], {2})]
+    assert "hatched = estimate (round 2, 16–256 images per unit)" in fig.layout.title.text
+    assert "estimate on 16 images" in heatmap_traces(fig)[0].customdata[2][0]
+    final = figures.heatmaps(df.assign(estimate=False))
+    assert not [t for t in final.data if t.name == "estimates"] and "estimate" not in final.layout.title.text

@@ -220,3 +220,11 @@ def test_accuracy_tables_carry_the_loss_that_breaks_their_ties(tiny):
         assert sorted(part["rank"]) == list(range(1, len(part) + 1))
         top = part.sort_values(["mope", "mope_loss"], ascending=False).iloc[0]
         assert top["rank"] == 1
+
+
+def test_projected_sweep_time(tiny):
+    task = mope.load_task("shapes", n=10)
+    # vision: 2 layers; layer 0's 7 units re-run 2 blocks, layer 1's 7 units 1; 10 images each
+    assert scoring.sweep_cost(tiny, task, towers=["vision"]) == {"vision": (7 * 2 + 7 * 1) * 10}
+    assert scoring.sweep_cost(tiny, task, towers=["text"], units=["layer"]) == {"text": (2 + 1) * 64 * 5}
+    assert scoring.projected_seconds(tiny, task, towers=["vision"]) > 0
