@@ -283,3 +283,20 @@ def test_a_model_asked_for_by_two_requests_at_once_loads_once(settings, tiny_dir
     for i in range(settings.models.size + 1):  # the cache is bounded: the oldest model goes first
         settings.models.get(f"spec-{i}", object)
     assert len(settings.models) == settings.models.size and hm.get_model(str(tiny_dir), settings) is not got[0]
+
+
+def test_long_sweeps_start_as_anytime_and_their_estimates_show(settings, tiny_dir, monkeypatch):
+    session = {**NEW_SESSION, "spec": str(tiny_dir)}
+    source = next(iter(CALIBRATION))
+    monkeypatch.setattr(hs, "projected_seconds", lambda *a: 3600.0)  # as a ViT-B on a laptop CPU would project
+    session, message = hs.start_scores(session, source, None, None, "", 16, ["vision"], settings)
+    assert "about 60 min here" in message and settings.store().get(session["score_job"])["params"]["schedule"] == "anytime"
+    clip = hm.get_model(session["spec"], settings)
+    rows = [{"unit": "vision.L0.head0", "mope": 0.1, "estimate": True, "images_used": 8, "se": 0.02, "round": 1}]
+    frame = hs.partial_scores(clip, ["vision"], ["head", "neurons", "layer"], rows, settings)
+    assert frame.set_index("unit").loc["vision.L0.head0", "images_used"] == 8
+    assert "hatched = estimate (round 1, 8 images per unit)" in figures.heatmaps(frame).layout.title.text
+    monkeypatch.setattr(hs, "projected_seconds", lambda *a: 10.0)
+    session, message = hs.start_scores({**NEW_SESSION, "spec": str(tiny_dir)}, source, None, None, "", 17, ["vision"],
+                                       settings)
+    assert "min here" not in message and settings.store().get(session["score_job"])["params"]["schedule"] == "exact"

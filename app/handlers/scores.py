@@ -13,6 +13,7 @@ from mope.scoring import (
     baseline_correlations,
     cached_scores,
     load_scores,
+    projected_seconds,
     save_scores,
     unit_table,
 )
@@ -72,8 +73,22 @@ def start_scores(session: dict, source: str, upload: str | None, folder: str | N
         if not path.exists():
             save_scores(hit, path)
         return {**session, "scores": str(path), "score_job": None}, f"Cached scores for {task.name} — shown at once."
-    job = submit(state, "score", {"model": session["spec"], "data": data, "task": task.kind, "n": int(n), **kw})
-    return {**session, "score_job": job}, f"Scoring started (job {job}): {task.name}, metric {metric or 'default'}."
+    schedule, why = schedule_for(clip, task, kw)
+    job = submit(state, "score", {"model": session["spec"], "data": data, "task": task.kind, "n": int(n),
+                                  "schedule": schedule, **kw})
+    return {**session, "score_job": job}, f"Scoring started (job {job}): {task.name}, metric {metric or 'default'}{why}."
+
+
+ANYTIME_AFTER_S = 180  # an exact sweep projected longer than this starts as anytime scoring
+
+
+def schedule_for(clip: mope.Clip, task, kw: dict) -> tuple[str, str]:
+    """("anytime", why) when the exact sweep would take more than a few minutes here, else ("exact", "")."""
+    seconds = projected_seconds(clip, task, kw["towers"], kw["units"])
+    if seconds <= ANYTIME_AFTER_S:
+        return "exact", ""
+    return "anytime", (f"; the exact sweep would take about {seconds / 60:.0f} min here, so every unit gets a first "
+                       "estimate on a few images, refined in rounds to the exact scores (hatched cells: estimates)")
 
 
 def scores_table(path: str, state: AppState) -> pd.DataFrame:
@@ -106,6 +121,9 @@ def scores_state(session: dict, state: AppState) -> tuple[dict, pd.DataFrame | N
                                f"{Path(session['scores']).name}")
 
 
+ANYTIME_COLUMNS = ("estimate", "images_used", "se", "round")  # what anytime rows add, for the heatmaps
+
+
 def partial_scores(clip: mope.Clip, towers: list[str], kinds: list[str], rows: list[dict],
                    state: AppState) -> pd.DataFrame:
     """Every unit of the model with the MoPE scored so far (NaN for the rest), so heatmaps keep their shape.
@@ -115,8 +133,9 @@ def partial_scores(clip: mope.Clip, towers: list[str], kinds: list[str], rows: l
     """
     key = (clip.spec, str(clip.device), tuple(towers), tuple(kinds))
     skeleton = state.skeletons.get(key, lambda: unit_table(clip, towers, kinds))
-    done = pd.DataFrame(rows, columns=["unit", "mope"]) if rows else pd.DataFrame(columns=["unit", "mope"])
-    frame = skeleton.merge(done[["unit", "mope"]], on="unit", how="left").astype({"mope": float})
+    columns = ["unit", "mope"] + [c for c in ANYTIME_COLUMNS if rows and c in rows[-1]]
+    done = pd.DataFrame(rows, columns=columns) if rows else pd.DataFrame(columns=columns)
+    frame = skeleton.merge(done[columns], on="unit", how="left").astype({"mope": float})
     frame.attrs["scored"] = len(done)
     return frame
 
