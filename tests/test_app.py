@@ -1,6 +1,7 @@
 """The app's handlers, end to end on a tiny model with jobs run in this process; then the served page."""
 import os
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,6 +138,34 @@ def test_prune_and_distill_job_saves_a_model_to_compare_and_download(settings, s
     assert hj.jobs_table(settings).loc[0, "status"] == "done"
     with pytest.raises(mope.MopeError, match="outside"):
         hp.model_zip(str(tiny_dir), settings)
+
+
+def test_a_saved_model_shows_its_card_and_exports_to_onnx(settings, tiny_dir):
+    from mope.surgery import prune_units
+    from mope.units import Unit
+
+    tiny = mope.load_model(str(tiny_dir), device="cpu")
+    pruned = prune_units(tiny, [Unit("vision", "head", 0, 1), Unit("vision", "layer", 1)], {"vision": 64, "text": 64})
+    folder = str(mope.save_pruned(pruned, settings.saved_dir / "run-1" / "final"))
+    assert folder in hm.saved_models(settings)
+    card = hp.model_card(folder, settings)
+    assert card.startswith("# final") and "## How to load" in card and "library_name" not in card
+    assert hp.export_status(folder, settings) == "" and hp.model_card(None, settings) == ""
+    assert "Export to ONNX started" in hp.start_export(folder, settings)
+    assert "queued" in hp.export_status(folder, settings)
+    [job] = run_queued(settings)
+    assert job["status"] == "done", job["error"]
+    status = hp.export_status(folder, settings)
+    assert status.startswith("Exported to ONNX (opset 23)") and "max |onnxruntime − torch|" in status
+    assert (settings.saved_dir / "onnx" / "run-1-final" / "image.onnx").is_file()
+    assert hp.onnx_folder(Path(folder), settings).name not in [Path(m).name for m in hm.saved_models(settings)]
+    with pytest.raises(mope.MopeError, match="exported already"):
+        hp.start_export(folder, settings)
+    for bad, message in [(str(tiny_dir), "outside"), (None, "pick a saved model")]:
+        with pytest.raises(mope.MopeError, match=message):
+            hp.start_export(bad, settings)
+    with pytest.raises(mope.MopeError, match="outside"):
+        hp.model_card(str(tiny_dir), settings)
 
 
 def test_cancel_a_queued_distillation(settings, scored):

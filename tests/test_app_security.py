@@ -165,8 +165,9 @@ def test_a_tampered_server_session_is_checked_where_it_is_used(world, watch):
             call()
         assert CANARY not in str(e.value)
     for folder in _saved_outside(state, out):
-        with pytest.raises(mope.MopeError, match="outside the model folders"):
-            hp.model_zip(folder, state)
+        for handler in (hp.model_zip, hp.model_card, hp.start_export, hp.export_status):
+            with pytest.raises(mope.MopeError, match="outside the model folders"):
+                handler(folder, state)
     assert seen == [] and _snapshot(out) == before and state.store().jobs() == []
 
 
@@ -240,7 +241,8 @@ def test_every_endpoint_of_the_served_app_with_crafted_values(world, watch):
             assert "outside the data folders" in refused(sid, "mope", "cpu", 2, 8, pairs, "x", *budget,
                                                          api_name="/prune_and_distill")
         for folder in _saved_outside(state, out):  # Gradio refuses a value not in the list; the handler too
-            refused(folder, api_name="/zip_model")
+            for api_name in ("/zip_model", "/export_onnx", "/saved_card"):
+                refused(folder, api_name=api_name)
         image = _png(uploads / "mine.png")
         secret = {"path": str(out / "images" / "cat" / "x.png"), "meta": {"_type": "gradio.FileData"}}
         errors.append(_raw_call(demo.local_url, "predict", [["demo"], [secret], "cat", 1]))

@@ -1,4 +1,5 @@
-"""Tab 3: the budget the controls describe, its plan preview, prune-and-distill jobs, saved-model zips."""
+"""Tab 3: the budget the controls describe, its plan preview, prune-and-distill jobs, saved models: zips, model
+cards, ONNX exports."""
 from __future__ import annotations
 
 import shutil
@@ -15,7 +16,9 @@ from mope.plan import Budget
 
 from ..security import allowed_path, check_scores, check_spec, check_training_data
 from ..state import AppState
-from .jobs import submit
+from .jobs import ended_line, progress_line, submit
+
+CARD_CHARS = 20_000  # a model card is a few kB; a larger README.md is cut
 
 
 def budget_of(mode: str, keep_vision: float, keep_text: float, strategy: str, measure: str, layers_vision: int,
@@ -72,16 +75,67 @@ def start_prune_distill(session: dict, budget: Budget, by: str, device: str, ste
     return {**session, "pd_job": job}, f"Prune & distill started (job {job}) → {out}"
 
 
-def model_zip(folder: str, state: AppState) -> str:
-    """A zip of a saved model folder for download (made once, atomically)."""
+def saved_folder(folder: str, state: AppState) -> Path:
+    """A saved model folder chosen on the page: inside the models folder (symlinks resolved), with pruning.json."""
     if not folder:
-        raise MopeError("pick a saved model to download")
+        raise MopeError("pick a saved model first")
     path = allowed_path(folder, [state.saved_dir.resolve()], "model")
     if not (path / "pruning.json").is_file():
         raise MopeError(f"{str(folder)[:200]} is not a saved model folder")
+    return path
+
+
+def model_zip(folder: str, state: AppState) -> str:
+    """A zip of a saved model folder for download (made once, atomically)."""
+    path = saved_folder(folder, state)
     target = state.home / "downloads" / f"{path.parent.name}-{path.name}.zip"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = shutil.make_archive(str(target.with_suffix("")) + ".partial", "zip", path)
         Path(partial).rename(target)
     return str(target)
+
+
+def model_card(folder: str, state: AppState) -> str:
+    """The saved model's README.md model card, without its YAML front matter ('' when none is chosen)."""
+    if not folder:
+        return ""
+    card = saved_folder(folder, state) / "README.md"
+    if not card.is_file():
+        return "*This model was saved before models got a card (no README.md in its folder).*"
+    text = card.read_text(encoding="utf-8", errors="replace")[:CARD_CHARS]
+    body = text.split("---\n", 2)[2] if text.startswith("---\n") and text.count("---\n") >= 2 else text
+    return body.lstrip()
+
+
+def onnx_folder(path: Path, state: AppState) -> Path:
+    """Where the app exports a saved model to ONNX: HOME/models/onnx/<its folder's parent>-<its name>."""
+    return state.saved_dir / "onnx" / f"{path.parent.name}-{path.name}"
+
+
+def start_export(folder: str, state: AppState) -> str:
+    """Queue an ONNX export job for a saved model; refused when it was exported already."""
+    path = saved_folder(folder, state)
+    out = onnx_folder(path, state)
+    if out.exists():
+        raise MopeError(f"this model is exported already: {out}")
+    job = submit(state, "export", {"model": str(path), "out": str(out)})
+    return f"Export to ONNX started (job {job}) → {out}"
+
+
+def export_status(folder: str, state: AppState) -> str:
+    """The last ONNX export of a saved model: running, failed, or done with its checks; '' when none."""
+    if not folder:
+        return ""
+    path = saved_folder(folder, state)
+    jobs = [j for j in state.store().jobs() if j["kind"] == "export" and j["params"].get("model") == str(path)]
+    if not jobs:
+        return ""
+    job = jobs[-1]
+    if job["status"] in ("queued", "running"):
+        return progress_line(job)
+    if job["status"] != "done":
+        return ended_line(job)
+    diffs = ", ".join(f"{t} {d:.1e}" for t, d in job["result"]["max_abs_diff"].items())
+    return (f"Exported to ONNX (opset {job['result']['opset']}): `{job['result']['export']}` — max |onnxruntime − "
+            f"torch| {diffs}")
