@@ -55,7 +55,7 @@ def build(page: Page) -> None:
             page.add(export_status=gr.Markdown(elem_id="export-status"),
                      download=gr.File(label="Download", interactive=False))
             with gr.Accordion("Model card (README.md of the saved folder)", open=False):
-                page.add(card=gr.Markdown(elem_id="saved-card"))
+                page.add(saved_card=gr.Markdown(elem_id="saved-card"))
             page.add(jobs=gr.Dataframe(label="Jobs (newest first)", interactive=False))
         page.add(prune_seen=gr.State(None))  # inside the Tab: a State directly under Tabs shifts the tab labels
 
@@ -110,7 +110,7 @@ def lists(state) -> dict:
 
 def saved_views(saved: str | None, state) -> dict:
     """The chosen saved model's card and its last ONNX export."""
-    return {"card": hp.model_card(saved, state), "export_status": hp.export_status(saved, state)}
+    return {"saved_card": hp.model_card(saved, state), "export_status": hp.export_status(saved, state)}
 
 
 def export(saved: str | None, state) -> dict:
@@ -180,11 +180,11 @@ def wire(page: Page, loaded) -> None:
     page.on(page.refresh.click, lambda: lists(state), [], ["saved", "chosen", "jobs"], **private)
     page.on(page.zip_button.click, lambda saved: {"download": hp.model_zip(saved, state)}, ["saved"], ["download"],
             api_name="zip_model")
-    page.on(page.saved.change, lambda saved: saved_views(saved, state), ["saved"], ["card", "export_status"],
+    page.on(page.saved.change, lambda saved: saved_views(saved, state), ["saved"], ["saved_card", "export_status"],
             api_name="saved_card")
     page.on(page.export_button.click, lambda saved: export(saved, state), ["saved"], ["export_status", "jobs"],
             api_name="export_onnx")
-    page.on(page.refresh.click, lambda saved: saved_views(saved, state), ["saved"], ["card", "export_status"],
+    page.on(page.refresh.click, lambda saved: saved_views(saved, state), ["saved"], ["saved_card", "export_status"],
             **private)
     page.on(page.timer.tick, tick, ["session", "prune_seen", "by", *BUDGET], ["prune_seen", *PLAN_VIEWS, *JOB_VIEWS],
             quiet=True, show_progress="hidden", **private)
