@@ -194,7 +194,7 @@ def losses(curve: list[dict], history: list[dict], references: dict | None = Non
         return empty("No training steps yet", height=300)
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     df = pd.DataFrame(curve)
-    for term in [c for c in df.columns if c != "step"]:
+    for term in [c for c in df.columns if c not in ("step", "data_s", "compute_s")]:  # seconds are no loss
         fig.add_trace(go.Scatter(x=df.step, y=df[term], mode="lines", name=term), secondary_y=False)
     evals = pd.DataFrame(history)
     last = max([steps or 0, *(df.step if len(df) else []), *(evals.step if len(evals) else [])], default=1)

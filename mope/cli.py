@@ -187,6 +187,8 @@ class _LossBar:
         if self.bar is None:
             return
         post = {k: f"{v:.4f}" for k, v in info["losses"].items() if k != "step"}
+        if info.get("time"):  # the share of the step spent waiting for data
+            post["data wait"] = f"{info['time']['data_s'] / max(1e-9, sum(info['time'].values())):.0%}"
         if info["eval"]:
             post.update({k: f"{v:.3f}" for k, v in info["eval"].items() if k in ("acc1", "recall_mean")})
         self.bar.set_postfix(post, refresh=False)
@@ -406,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    p.add_argument("--workers", type=int, default=None,
+                   help="data-loading worker processes (default: half the CPU cores, at most 8; 0: none)")
     p.add_argument("--device", default=None)
     p.add_argument("--resume", action="store_true", help="continue from --out's last checkpoint")
     p.add_argument("--quiet", action="store_true")
@@ -446,6 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

@@ -45,6 +45,7 @@ class DistillConfig:
     checkpoint_every: int = 100
     seed: int = 0
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    workers: int | None = None  # DataLoader worker processes; None: from the CPU core count (streams.resolve_workers)
 
 
 @dataclass
@@ -134,12 +135,13 @@ def distill(teacher: Clip, student: Clip, data: str, config: DistillConfig, out:
             should_stop: Callable[[], bool] | None = None, image_root: str | None = None) -> Clip:
     """Train `student` to imitate `teacher` on the pairs `data` names; checkpoints in `out`.
 
-    progress(step, total, eta_seconds, info) with info = {"losses": {...}, "eval": {...} or None}; with an
-    eval task, a first call at step 0 (losses {}) carries the student's eval before training (also the
-    first entry of the history) and info["references"] = {"teacher": {...}, "pruned": {...}}.
+    progress(step, total, eta_seconds, info) with info = {"losses": {...}, "eval": {...} or None,
+    "time": {"data_s": seconds waiting for the batch, "compute_s": seconds of the step itself}}; with an
+    eval task, a first call at step 0 (losses {}, no "time") carries the student's eval before training (also
+    the first entry of the history) and info["references"] = {"teacher": {...}, "pruned": {...}}.
     Returns the distilled student (also saved to out/final in the pruned-model format).
     """
-    from .data.streams import pair_stream
+    from .data.streams import BatchLoader, dead_worker, pair_batches, resolve_workers
 
     check_compatible(teacher, student)
     mapping = layer_map(student, teacher)
@@ -159,22 +161,24 @@ def distill(teacher: Clip, student: Clip, data: str, config: DistillConfig, out:
         state.history.append({"step": 0, **state.references["pruned"]})
         if progress:
             progress(0, config.steps, None, {"losses": {}, "eval": state.history[0], "references": state.references})
-    transform = _train_transform(model)
-    stream = pair_stream(data, transform, config.batch_size, seed=config.seed, start=state.step, rank=rank,
-                         world=world, image_root=image_root)
+    batches = pair_batches(data, _train_transform(model), config.batch_size, seed=config.seed, start=state.step,
+                           rank=rank, world=world, image_root=image_root, tokenizer=student.tokenizer, stop=config.steps)
+    loader = iter(BatchLoader(batches, resolve_workers(config.workers), pin_memory=device.type == "cuda"))
     autocast = _autocast(config, device)
     s_hooks = _Hidden(model, {t: list(range(len(m))) for t, m in mapping.items()})
     t_hooks = _Hidden(teacher.model, mapping)
     weights = {"affinity": config.affinity, "feature": config.feature, "hidden": config.hidden,
                "contrastive": config.contrastive}
-    start_time, start_step = time.time(), state.step
+    start_time, start_step, waited = time.time(), state.step, {"data_s": 0.0, "compute_s": 0.0}
     model.train()
     try:
         while state.step < config.steps:
-            if should_stop and should_stop():  # before the next batch: its transforms draw random numbers
+            if should_stop and should_stop():
                 break
-            step, images, captions = next(stream)
-            images, tokens = images.to(device), student.tokenizer(captions).to(device)
+            tick = time.perf_counter()
+            step, images, _, tokens = _next_batch(loader, out / "checkpoint")
+            fetched = time.perf_counter()
+            images, tokens = images.to(device, non_blocking=True), tokens.to(device, non_blocking=True)
             with torch.no_grad(), autocast():
                 t_img = teacher.model.encode_image(images, normalize=True).float()
                 t_txt = teacher.model.encode_text(tokens, normalize=True).float()
@@ -194,6 +198,8 @@ def distill(teacher: Clip, student: Clip, data: str, config: DistillConfig, out:
             optimizer.step()
             state.step = step + 1
             state.losses.append({"step": state.step, "loss": loss.item(), **{k: v.item() for k, v in terms.items()}})
+            timing = {"data_s": fetched - tick, "compute_s": time.perf_counter() - fetched}  # .item() waited for the GPU
+            waited = {k: waited[k] + v for k, v in timing.items()}
             evaluated = None
             if eval_task is not None and (state.step % config.eval_every == 0 or state.step == config.steps):
                 model.eval()
@@ -206,10 +212,16 @@ def distill(teacher: Clip, student: Clip, data: str, config: DistillConfig, out:
             if progress:
                 done = state.step - start_step
                 eta = (time.time() - start_time) / done * (config.steps - state.step)
-                progress(state.step, config.steps, eta, {"losses": state.losses[-1], "eval": evaluated})
+                progress(state.step, config.steps, eta, {"losses": state.losses[-1], "eval": evaluated, "time": timing})
     except torch.OutOfMemoryError:
         raise MopeError(f"out of memory at batch size {config.batch_size}: use a smaller --batch-size") from None
+    except RuntimeError as e:
+        died = dead_worker(e, data)
+        if died is None:
+            raise
+        raise _checkpoint_note(died, out / "checkpoint") from None
     finally:
+        loader.close()  # stops the data workers
         s_hooks.close()
         t_hooks.close()
         model.eval()
@@ -217,8 +229,22 @@ def distill(teacher: Clip, student: Clip, data: str, config: DistillConfig, out:
         _save_checkpoint(out / "checkpoint", model, optimizer, state, config)
     student.info["distill"] = {"config": asdict(config), "data": data, "teacher": teacher.spec, "steps_done": state.step,
                                "history": state.history, "references": state.references,
-                               "final_losses": state.losses[-1] if state.losses else {}}
+                               "final_losses": state.losses[-1] if state.losses else {}, "seconds": waited}
     return student
+
+
+def _next_batch(loader, checkpoint: Path) -> tuple:
+    """The next (step, images, captions, tokens); a data error says whether a checkpoint is there to resume."""
+    try:
+        return next(loader)
+    except MopeError as e:
+        raise _checkpoint_note(e, checkpoint) from None
+
+
+def _checkpoint_note(error: MopeError, checkpoint: Path) -> MopeError:
+    if (checkpoint / "latest.json").is_file():
+        return MopeError(f"{error}; the last checkpoint in {checkpoint} is intact (resume with --resume)")
+    return error
 
 
 def _train_transform(model):

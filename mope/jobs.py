@@ -57,13 +57,14 @@ KINDS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
                                  "data": "shapes", "n": 256, "device": None}),
     "distill": (("teacher", "student", "out"), {"data": "shapes", "steps": 500, "batch_size": 64, "lr": 5e-4,
                                                 "eval_data": "shapes", "eval_n": 500, "eval_every": 100,
-                                                "resume": False, "device": None}),
+                                                "resume": False, "device": None, "workers": None}),
     "prune-and-distill": (("model", "out"), {"scores": None, "budget": None, "by": "mope", "keep": 0.5,
                                              "towers": ["vision"], "strategy": "uniform", "layers": 0,
                                              "iterative": 1, "step_schedule": "even",
                                              "data": "shapes", "n": 256, "distill_data": "shapes",
                                              "eval_data": "shapes", "eval_n": 500, "eval_every": 100, "steps": 500,
-                                             "batch_size": 64, "lr": 5e-4, "resume": False, "device": None}),
+                                             "batch_size": 64, "lr": 5e-4, "resume": False, "device": None,
+                                             "workers": None}),
     "export": (("model", "out"), {"format": "onnx"}),
 }
 

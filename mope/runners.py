@@ -122,14 +122,15 @@ def _distill(p, ctx, teacher=None, student=None, out=None) -> dict:
     student = student or load_model(p["student"], device=p["device"])
     out = Path(out or p["out"])
     config = DistillConfig(steps=p["steps"], batch_size=p["batch_size"], lr=p["lr"],
-                           eval_every=p.get("eval_every", 100), checkpoint_every=p.get("eval_every", 100))
+                           eval_every=p.get("eval_every", 100), checkpoint_every=p.get("eval_every", 100),
+                           workers=p.get("workers"))
     eval_task = load_task(p.get("eval_data") or "shapes", n=p.get("eval_n", 500))
 
     def progress(step, total, eta, info):
         if info.get("references"):  # teacher and pruned-before-distillation evals, for the plot's reference lines
             ctx.store.update(ctx.job_id, references=info["references"])
         if info["losses"]:
-            ctx.curve(info["losses"])
+            ctx.curve({**info["losses"], **info.get("time", {})})
         ctx.progress(step, total, eta, ", ".join(f"{k} {v:.4f}" for k, v in info["losses"].items() if k != "step"))
         if info["eval"]:
             ctx.metrics(info["eval"])
