@@ -23,19 +23,13 @@ import mope
 from mope.data.tasks import image_batches
 from mope.evaluate import task_texts
 from mope.scoring import score
+from mope.speed import median_seconds
 from mope.units import KINDS, TOWERS, enumerate_units, tokens_of, tower_blocks
 
 
 def layer_time(block: torch.nn.Module, x: torch.Tensor, attn_mask=None, repeats: int = 5) -> float:
-    """Median seconds of one block forward on x."""
-    times = []
-    with torch.inference_mode():
-        block(x, attn_mask=attn_mask)
-        for _ in range(repeats):
-            t = time.perf_counter()
-            block(x, attn_mask=attn_mask)
-            times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
+    """Median seconds of one block forward on x (on x's device)."""
+    return median_seconds(lambda: block(x, attn_mask=attn_mask), x.device, repeats)
 
 
 def ideal_seconds(units, depth: dict[str, int], per_layer: dict[str, float]) -> float:
@@ -63,7 +57,7 @@ def main() -> None:
     prompts = clip.tokenizer(task_texts(task)).to(clip.device)
     with torch.inference_mode():
         width = tower_blocks(model, "vision")[0].attn.embed_dim
-        x_vision = torch.randn(len(images), tokens_of(model, "vision"), width)
+        x_vision = torch.randn(len(images), tokens_of(model, "vision"), width, device=clip.device)
         x_text = model.token_embedding(prompts) + model.positional_embedding
     per_layer = {"vision": layer_time(tower_blocks(model, "vision")[0], x_vision),
                  "text": layer_time(tower_blocks(model, "text")[0], x_text, model.attn_mask)}
@@ -87,9 +81,12 @@ def main() -> None:
 
     # ViT-B-32: 12 layers each tower; vision width 768 on 50 tokens, text width 512 on 77 tokens;
     # 12 heads / 8 heads, neuron groups of 64 (48 / 32 per layer), one layer unit each.
-    vit_b = {"vision": layer_time(ResidualAttentionBlock(768, 12), torch.randn(args.n, 50, 768), repeats=3),
-             "text": layer_time(ResidualAttentionBlock(512, 8), torch.randn(len(prompts), 77, 512),
-                                torch.full((77, 77), float("-inf")).triu(1), repeats=3)}
+    device = clip.device
+    vit_b = {"vision": layer_time(ResidualAttentionBlock(768, 12).to(device).eval(),
+                                  torch.randn(args.n, 50, 768, device=device), repeats=3),
+             "text": layer_time(ResidualAttentionBlock(512, 8).to(device).eval(),
+                                torch.randn(len(prompts), 77, 512, device=device),
+                                torch.full((77, 77), float("-inf"), device=device).triu(1), repeats=3)}
     per_layer_units = {"vision": 12 + 48 + 1, "text": 8 + 32 + 1}
     projected = sum(per_layer_units[t] * (12 - layer) * vit_b[t] for t in TOWERS for layer in range(12))
     print(f"ViT-B-32 layer pass: vision {vit_b['vision']:.3f} s ({args.n} images), text {vit_b['text']:.3f} s "

@@ -101,16 +101,20 @@ def _shared_inputs(clips: Mapping[str, Clip], tower: str, batch: int) -> dict[st
 def latency_seconds(clip: Clip, tower: str, batch: int, repeats: int = 5) -> float:
     """Median wall time of one batch (after a warm-up run)."""
     x = tower_inputs(clip, tower, batch)
+    return median_seconds(lambda: encode(clip, tower, x), clip.device, repeats)
+
+
+def median_seconds(run, device: torch.device | str, repeats: int = 5) -> float:
+    """Median wall time of run() under inference mode, after a warm-up call; waits for the GPU on CUDA."""
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     times = []
     with torch.inference_mode():
-        encode(clip, tower, x)
+        run()
         for _ in range(repeats):
-            if clip.device.type == "cuda":
-                torch.cuda.synchronize()
+            sync()
             t = time.perf_counter()
-            encode(clip, tower, x)
-            if clip.device.type == "cuda":
-                torch.cuda.synchronize()
+            run()
+            sync()
             times.append(time.perf_counter() - t)
     return sorted(times)[len(times) // 2]
 

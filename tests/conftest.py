@@ -1,17 +1,39 @@
 import json
 import os
 import tempfile
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 # every test session gets its own home: caches, jobs and workers never touch ~/.cache/mope or another run
 os.environ["MOPE_HOME"] = tempfile.mkdtemp(prefix="mope-test-")
+# MOPE_TEST_DEVICE=cuda runs every test that runs a model on the GPU (bench/gpu.sh); default cpu
+DEVICE = os.environ.get("MOPE_TEST_DEVICE", "cpu")
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS, set before CUDA starts
 
 import open_clip  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from mope.io import atomic_save_safetensors, atomic_write_json  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+if torch.device(DEVICE).type == "cuda":  # the same numbers run after run: full fp32 and deterministic kernels
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+# torchrun tests start two ranks, each on its own GPU: with fewer than two GPUs they run on the CPU
+TORCHRUN_DEVICE = DEVICE if torch.device(DEVICE).type != "cuda" or torch.cuda.device_count() >= 2 else "cpu"
+
+
+def subprocess_env(home=None, **extra: str) -> dict[str, str]:
+    """The parent's environment (packages on PYTHONPATH included, MOPE_TEST_DEVICE too), with this checkout
+    importable, offline, and its own MOPE_HOME when given."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": path, **extra}
+    if home is not None:
+        env["MOPE_HOME"] = str(home)
+    return env
 
 TINY = {
     "embed_dim": 32,

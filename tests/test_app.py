@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DEVICE
 from PIL import Image
 
 import mope
@@ -120,7 +121,7 @@ def test_an_impossible_budget_is_a_message(settings, scored):
 
 def test_prune_and_distill_job_saves_a_model_to_compare_and_download(settings, scored, tiny_dir):
     budget = hp.budget_of("keep fraction", 0.5, 1.0, "uniform", "params", 0, 0, 0, 0, 0, 0)
-    session, _message = hp.start_prune_distill(scored, budget, "mope", "cpu", 4, 8, "shapes", "my model!", settings)
+    session, _message = hp.start_prune_distill(scored, budget, "mope", DEVICE, 4, 8, "shapes", "my model!", settings)
     [job] = run_queued(settings)
     assert job["status"] == "done", job["error"]
     line, curve, history, result = hj.job_state(session["pd_job"], settings)
@@ -170,7 +171,7 @@ def test_a_saved_model_shows_its_card_and_exports_to_onnx(settings, tiny_dir):
 
 def test_cancel_a_queued_distillation(settings, scored):
     budget = hp.budget_of("keep fraction", 0.5, 1.0, "uniform", "params", 0, 0, 0, 0, 0, 0)
-    session, _ = hp.start_prune_distill(scored, budget, "mope", "cpu", 3, 8, "shapes", "c", settings)
+    session, _ = hp.start_prune_distill(scored, budget, "mope", DEVICE, 3, 8, "shapes", "c", settings)
     assert "Cancel requested" in hj.cancel(session["pd_job"], settings)
     assert run_queued(settings) == [] and "was cancelled" in hj.job_state(session["pd_job"], settings)[0]
     with pytest.raises(mope.MopeError, match="before it started"):
@@ -268,7 +269,7 @@ def test_served_page_answers_a_client(tmp_path, monkeypatch):
 def test_a_restarted_app_finds_the_session_and_its_jobs(settings, scored):
     budget = hp.budget_of("keep fraction", 0.5, 1.0, "uniform", "params", 0, 0, 0, 0, 0, 0)
     session_id, before = settings.sessions.open(None)
-    session, _ = hp.start_prune_distill({**before, **scored}, budget, "mope", "cpu", 2, 8, "shapes", "r", settings)
+    session, _ = hp.start_prune_distill({**before, **scored}, budget, "mope", DEVICE, 2, 8, "shapes", "r", settings)
     settings.sessions.save(session_id, session, before)
     # a new app process: new state (empty caches, stores opened anew), the same home
     fresh = AppState(model_dirs=settings.model_dirs, data_dirs=settings.data_dirs, upload_dirs=settings.upload_dirs,

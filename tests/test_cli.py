@@ -6,7 +6,7 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
-from conftest import TINY, save_local_dir
+from conftest import DEVICE, TINY, save_local_dir, subprocess_env
 
 import mope
 
@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(*args, home):
-    env = {"HF_HUB_OFFLINE": "1", "MOPE_HOME": str(home), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "mope", *args], capture_output=True, text=True, env=env, cwd=ROOT)
+    return subprocess.run([sys.executable, "-m", "mope", *args], capture_output=True, text=True,
+                          env=subprocess_env(home), cwd=ROOT)
 
 
 def test_eval_json(tiny_dir, tmp_path):
@@ -37,7 +37,7 @@ def test_score_then_prune_then_load(tiny_dir, tmp_path):
               "--n", "8", "--quiet", "--out", str(pruned), home=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "params after" in out.stdout and (pruned / "pruning.json").is_file()
-    clip = mope.load_model(str(pruned), device="cpu")
+    clip = mope.load_model(str(pruned), device=DEVICE)
     assert len(clip.model.visual.transformer.resblocks) == 1
     again = run("prune", "--model", str(tiny_dir), "--scores", str(scores), "--keep", "0.5", "--out", str(pruned),
                 home=tmp_path)

@@ -6,6 +6,7 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
+from conftest import DEVICE
 from safetensors.torch import load_file
 
 import mope
@@ -15,7 +16,7 @@ from mope.units import model_summary
 
 @pytest.fixture(scope="module")
 def demo():
-    return mope.load_model("demo", device="cpu")
+    return mope.load_model("demo", device=DEVICE)
 
 
 def test_demo_architecture(demo):

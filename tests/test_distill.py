@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import DEVICE, TORCHRUN_DEVICE, subprocess_env
 
 import mope
 from mope import distill as distill_module
@@ -17,13 +18,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def student_dir(tiny_dir, tmp_path_factory):
-    clip = mope.load_model(str(tiny_dir), device="cpu")
+    clip = mope.load_model(str(tiny_dir), device=DEVICE)
     p = mope.plan(unit_table(clip), Budget(keep=0.5, layers=1), by="magnitude")
     return mope.save_pruned(mope.prune(clip, p), tmp_path_factory.mktemp("students") / "student")
 
 
 def _pair(tiny_dir, student_dir):
-    return mope.load_model(str(tiny_dir), device="cpu"), mope.load_model(str(student_dir), device="cpu")
+    return mope.load_model(str(tiny_dir), device=DEVICE), mope.load_model(str(student_dir), device=DEVICE)
 
 
 def _config(**kw):
@@ -47,7 +48,7 @@ def test_loss_terms_vanish_when_the_student_is_the_teacher():
 def test_distill_moves_the_student_towards_the_teacher(tiny_dir, student_dir, tmp_path):
     teacher, student = _pair(tiny_dir, student_dir)
     held_out = mope.load_task("shapes", n=16, seed=77)
-    x = torch.stack([teacher.preprocess(held_out.pil_image(i)) for i in range(16)])
+    x = torch.stack([teacher.preprocess(held_out.pil_image(i)) for i in range(16)]).to(DEVICE)
     before = {k: v.clone() for k, v in teacher.model.state_dict().items()}
 
     def gap():
@@ -69,15 +70,18 @@ def test_distill_moves_the_student_towards_the_teacher(tiny_dir, student_dir, tm
     assert len(history) == 11 and history[0] == {"step": 0, **before_training} == seen[0][1]["eval"]
     assert seen[0][1]["references"] == {"teacher": teacher_eval, "pruned": before_training}
     assert student.info["distill"]["references"]["teacher"] == teacher_eval
+    trained = [info for step, info in seen if step]
+    assert all(t >= 0 for info in trained for t in info["time"].values()) and set(trained[0]["time"]) == {"data_s", "compute_s"}
 
 
-def test_resume_continues_exactly(tiny_dir, student_dir, tmp_path):
+@pytest.mark.parametrize("workers", [(0, 0, 0), (0, 2, 1)], ids=["in-process", "with-workers"])
+def test_resume_continues_exactly(tiny_dir, student_dir, tmp_path, workers):
     teacher, straight = _pair(tiny_dir, student_dir)
-    distill(teacher, straight, "shapes", _config(), tmp_path / "a")
+    distill(teacher, straight, "shapes", _config(workers=workers[0]), tmp_path / "a")
     _, first = _pair(tiny_dir, student_dir)
-    distill(teacher, first, "shapes", _config(steps=6), tmp_path / "b", should_stop=_stop_after(3))
+    distill(teacher, first, "shapes", _config(steps=6, workers=workers[1]), tmp_path / "b", should_stop=_stop_after(3))
     _, resumed = _pair(tiny_dir, student_dir)
-    distill(teacher, resumed, "shapes", _config(), tmp_path / "b", resume=True)
+    distill(teacher, resumed, "shapes", _config(workers=workers[2]), tmp_path / "b", resume=True)
     for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), k
     assert json.loads((tmp_path / "b" / "checkpoint" / "latest.json").read_text())["step"] == 6
@@ -94,9 +98,9 @@ def test_incompatible_student(tiny_dir, tmp_path):
 
     cfg = tiny_config(width=96, head_width=16)
     save_local_dir(open_clip.CLIP(**cfg), cfg, tmp_path / "wide")
-    teacher = mope.load_model(str(tiny_dir), device="cpu")
+    teacher = mope.load_model(str(tiny_dir), device=DEVICE)
     with pytest.raises(mope.MopeError, match="not derived from the teacher"):
-        distill(teacher, mope.load_model(str(tmp_path / "wide"), device="cpu"), "shapes", _config(), tmp_path / "x")
+        distill(teacher, mope.load_model(str(tmp_path / "wide"), device=DEVICE), "shapes", _config(), tmp_path / "x")
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tiny_dir, student_dir, tmp_path, monkeypatch):
@@ -114,6 +118,29 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tiny_dir, student_d
         distill(teacher, student, "shapes", _config(checkpoint_every=1), tmp_path / "run")
     latest = json.loads((tmp_path / "run" / "checkpoint" / "latest.json").read_text())
     assert latest["step"] == 4 and (tmp_path / "run" / "checkpoint" / "student-4.safetensors").is_file()
+
+
+def test_a_dead_data_worker_is_a_clear_error_and_keeps_the_checkpoint(tiny_dir, student_dir, tmp_path, monkeypatch):
+    import os
+    import signal
+    import time
+
+    from mope.data import shapes
+
+    real = shapes.stream_batch
+
+    def dying(batch_size, seed, step, image_size=64):
+        if step == 4:  # once the step-3 checkpoint is written (workers prefetch ahead)
+            while not (tmp_path / "run" / "checkpoint" / "latest.json").is_file():
+                time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(batch_size, seed, step, image_size)
+
+    monkeypatch.setattr(shapes, "stream_batch", dying)
+    teacher, student = _pair(tiny_dir, student_dir)
+    with pytest.raises(mope.MopeError, match="worker reading 'shapes' died.*checkpoint .* is intact"):
+        distill(teacher, student, "shapes", _config(workers=2), tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "checkpoint" / "latest.json").read_text())["step"] == 3
 
 
 def test_disk_full_while_checkpointing_keeps_the_previous_one(tiny_dir, student_dir, tmp_path, monkeypatch):
@@ -146,14 +173,13 @@ def test_empty_data_is_a_clear_error(tiny_dir, student_dir, tmp_path):
 
 
 def test_torchrun_two_processes(tiny_dir, student_dir, tmp_path):
-    env = {"HF_HUB_OFFLINE": "1", "MOPE_HOME": str(tmp_path / "h"), "PATH": "/usr/bin:/bin",
-           "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = subprocess_env(tmp_path / "h", OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "mope", "--",
                           "distill", "--teacher", str(tiny_dir), "--student", str(student_dir), "--steps", "4",
-                          "--batch-size", "4", "--eval-n", "16", "--eval-every", "2", "--quiet",
+                          "--batch-size", "4", "--eval-n", "16", "--eval-every", "2", "--quiet", "--device", TORCHRUN_DEVICE,
                           "--out", str(tmp_path / "ddp")], capture_output=True, text=True, env=env, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("distilled 4 steps") == 1  # only rank 0 writes and reports
     meta = json.loads((tmp_path / "ddp" / "final" / "pruning.json").read_text())
     assert meta["distill"]["steps_done"] == 4 and len(meta["distill"]["history"]) == 3
-    assert mope.load_model(str(tmp_path / "ddp" / "final"), device="cpu")
+    assert mope.load_model(str(tmp_path / "ddp" / "final"), device=DEVICE)

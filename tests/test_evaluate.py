@@ -1,5 +1,6 @@
 import pytest
 import torch
+from conftest import DEVICE
 
 import mope
 from mope.evaluate import (
@@ -54,7 +55,7 @@ def test_retrieval_hand_computed():
 
 
 def test_template_ensembling_is_mean_of_normalized_then_renormalized(tiny_dir):
-    clip = mope.load_model(str(tiny_dir), device="cpu")
+    clip = mope.load_model(str(tiny_dir), device=DEVICE)
     templates = ["a {}", "a photo of a {}"]
     got = classifier(clip, ["cat", "dog"], templates)
     e = text_embeddings(clip, ["a cat", "a photo of a cat"])
@@ -64,7 +65,7 @@ def test_template_ensembling_is_mean_of_normalized_then_renormalized(tiny_dir):
 
 
 def test_results_do_not_depend_on_batch_size(tiny_dir):
-    clip = mope.load_model(str(tiny_dir), device="cpu")
+    clip = mope.load_model(str(tiny_dir), device=DEVICE)
     task = mope.load_task("shapes", n=40)
     a, b = mope.evaluate(clip, task, batch_size=7), mope.evaluate(clip, task, batch_size=40)
     assert a == pytest.approx(b, abs=1e-6)

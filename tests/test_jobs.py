@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import DEVICE, subprocess_env
 
 import mope
 from mope.jobs import Store, _alive, ensure_worker, gpu_turn, work
@@ -22,8 +23,7 @@ def home(tmp_path, monkeypatch):
 
 
 def _env(home):
-    return {"HF_HUB_OFFLINE": "1", "MOPE_HOME": str(home), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
-            "OMP_NUM_THREADS": "1"}
+    return subprocess_env(home, OMP_NUM_THREADS="1")
 
 
 def _worker(home, *args):
@@ -231,7 +231,7 @@ def test_cancelled_distillation_keeps_its_checkpoint_and_resumes(home, tiny_dir)
     from mope.plan import Budget
     from mope.scoring import unit_table
 
-    clip = mope.load_model(str(tiny_dir), device="cpu")
+    clip = mope.load_model(str(tiny_dir), device=DEVICE)
     student = mope.save_pruned(mope.prune(clip, mope.plan(unit_table(clip), Budget(keep=0.5), by="magnitude")),
                                home / "student")
     store = Store()
@@ -250,7 +250,7 @@ def test_cancelled_distillation_keeps_its_checkpoint_and_resumes(home, tiny_dir)
     work(store, idle_exit=0.5)
     done = store.get(again)
     assert done["status"] == "done", done["error"]
-    assert mope.load_model(done["result"]["model"], device="cpu")
+    assert mope.load_model(done["result"]["model"], device=DEVICE)
 
 
 def test_prune_score_and_prune_and_distill_jobs(home, tiny_dir):
@@ -264,7 +264,7 @@ def test_prune_score_and_prune_and_distill_jobs(home, tiny_dir):
     assert mope.load_scores(job["result"]["scores"])["unit"].str.startswith("vision").all()
     job = store.get(both)
     assert job["status"] == "done", job["error"]
-    final = mope.load_model(job["result"]["model"], device="cpu")
+    final = mope.load_model(job["result"]["model"], device=DEVICE)
     assert len(final.model.visual.transformer.resblocks) == 1 and final.info["distill"]["steps_done"] == 2
     assert [h["step"] for h in job["history"]] == [0, 2]  # an eval before the first step, and at the end
     assert job["references"]["pruned"] == {k: v for k, v in job["history"][0].items() if k != "step"}

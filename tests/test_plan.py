@@ -1,6 +1,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import DEVICE
 
 import mope
 from mope.plan import Budget, Plan, plan
@@ -9,7 +10,7 @@ from mope.scoring import unit_table
 
 @pytest.fixture(scope="module")
 def table(tiny_dir):
-    df = unit_table(mope.load_model(str(tiny_dir), device="cpu"), baselines=("magnitude", "random"))
+    df = unit_table(mope.load_model(str(tiny_dir), device=DEVICE), baselines=("magnitude", "random"))
     df["mope"] = df["random"]
     return df
 

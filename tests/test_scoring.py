@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import DEVICE, TORCHRUN_DEVICE, subprocess_env
 
 import mope
 from mope import scoring
@@ -21,7 +22,7 @@ def home(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny(tiny_dir):
-    return mope.load_model(str(tiny_dir), device="cpu")
+    return mope.load_model(str(tiny_dir), device=DEVICE)
 
 
 @pytest.mark.parametrize("kind, metric", [("zeroshot", "loss"), ("zeroshot", "acc1"), ("retrieval", "loss"),
@@ -36,7 +37,7 @@ def test_fast_equals_naive_on_tiny(tiny, kind, metric):
 
 
 def test_fast_equals_naive_and_ranks_identically_on_demo():
-    clip = mope.load_model("demo", device="cpu")
+    clip = mope.load_model("demo", device=DEVICE)
     task = mope.load_task("shapes", n=64)
     kw = dict(metric="loss", units=["head", "layer"], baselines=(), cache=False)
     fast, naive = score(clip, task, **kw), score(clip, task, impl="naive", **kw)
@@ -129,9 +130,9 @@ def test_scores_file_round_trip(tiny, tmp_path):
 
 
 def test_cli_and_torchrun_two_processes_match_one(tiny_dir, tmp_path):
-    env = {"HF_HUB_OFFLINE": "1", "MOPE_HOME": str(tmp_path / "h"), "PATH": "/usr/bin:/bin",
-           "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    args = ["score", "--model", str(tiny_dir), "--n", "16", "--metric", "loss", "--no-cache", "--quiet"]
+    env = subprocess_env(tmp_path / "h", OMP_NUM_THREADS="1")
+    args = ["score", "--model", str(tiny_dir), "--n", "16", "--metric", "loss", "--no-cache", "--quiet",
+            "--device", TORCHRUN_DEVICE]
     one = subprocess.run([sys.executable, "-m", "mope", *args, "--out", str(tmp_path / "one.csv")],
                          capture_output=True, text=True, env=env, cwd=ROOT)
     assert one.returncode == 0, one.stderr

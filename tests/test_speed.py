@@ -1,5 +1,6 @@
 import pytest
 import torch
+from conftest import DEVICE
 
 import mope
 from mope.speed import gflops_per_sample, interleaved_latency, speed_table
@@ -14,7 +15,7 @@ def _vision_flops(width=64, tokens=17, ffn=128, heads=4, head_dim=16, layers=2, 
 
 
 def test_flops_are_counted_by_hand_dense_and_pruned(tiny_dir):
-    clip = mope.load_model(str(tiny_dir), device="cpu")
+    clip = mope.load_model(str(tiny_dir), device=DEVICE)
     assert gflops_per_sample(clip, "vision") * 1e9 == pytest.approx(_vision_flops())
     pruned = mope.surgery.prune_units(clip, [Unit("vision", "head", 0, 1), Unit("vision", "head", 1, 2)],
                                       {"vision": 64, "text": 64})
@@ -24,7 +25,7 @@ def test_flops_are_counted_by_hand_dense_and_pruned(tiny_dir):
 
 
 def test_speed_table_rows(tiny_dir):
-    df = speed_table(mope.load_model(str(tiny_dir), device="cpu"), batches=(1, 4), repeats=1)
+    df = speed_table(mope.load_model(str(tiny_dir), device=DEVICE), batches=(1, 4), repeats=1)
     assert list(df.tower) == ["vision", "vision", "text", "text"] and (df["throughput (/s)"] > 0).all()
 
 

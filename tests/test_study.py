@@ -1,4 +1,5 @@
 import pytest
+from conftest import DEVICE
 
 import mope
 from mope.pipeline import prune_model
@@ -7,7 +8,7 @@ from mope.study import compression_curve, iterative_name
 
 @pytest.fixture(scope="module")
 def scored(tiny_dir):
-    clip = mope.load_model(str(tiny_dir), device="cpu")
+    clip = mope.load_model(str(tiny_dir), device=DEVICE)
     task = mope.load_task("shapes", n=24, seed=5)
     scores = mope.score(clip, task, towers=["vision"], units=["head", "neurons"], baselines=("magnitude", "random"),
                         cache=False)

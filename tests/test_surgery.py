@@ -4,6 +4,7 @@ import random
 import open_clip
 import pytest
 import torch
+from conftest import DEVICE
 
 import mope
 from mope.ablation import ablated
@@ -19,12 +20,12 @@ GS = {"vision": 64, "text": 64}
 
 @pytest.fixture(scope="module")
 def tiny(tiny_dir):
-    return mope.load_model(str(tiny_dir), device="cpu")
+    return mope.load_model(str(tiny_dir), device=DEVICE)
 
 
 def _inputs(clip, n=5):
-    x = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(7))
-    return x, clip.tokenizer(["a red circle", "a photo of a cat", "two dogs", "", "a blue star"])
+    x = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(7)).to(clip.device)
+    return x, clip.tokenizer(["a red circle", "a photo of a cat", "two dogs", "", "a blue star"]).to(clip.device)
 
 
 def _embeddings(model, x, tokens):
@@ -91,7 +92,7 @@ def test_save_and_load_round_trip_without_source_weights(tiny, tmp_path):
     folder = save_pruned(pruned, tmp_path / "pruned")
     meta = json.loads((folder / "pruning.json").read_text())
     assert meta["stock"] is False and meta["source_spec"] == tiny.spec and meta["plan"][0]["removed"]
-    back = mope.load_model(str(folder), device="cpu")
+    back = mope.load_model(str(folder), device=DEVICE)
     x, tokens = _inputs(tiny)
     for a, b in zip(_embeddings(back.model, x, tokens), _embeddings(pruned.model, x, tokens)):
         assert torch.equal(a, b)
@@ -107,14 +108,14 @@ def test_depth_only_or_uniform_ffn_fits_stock_open_clip(tiny, tmp_path):
     folder = save_pruned(pruned, tmp_path / "stock")
     assert json.loads((folder / "pruning.json").read_text())["stock"] is True
     model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{folder}")
-    model.eval()
+    model.eval().to(tiny.device)
     x, tokens = _inputs(tiny)
     for a, b in zip(_embeddings(model, x, tokens), _embeddings(pruned.model, x, tokens)):
         assert torch.allclose(a, b, atol=1e-6)
 
 
 def test_scores_from_another_model_are_refused(tiny, tiny_dir):
-    other = mope.load_model(str(tiny_dir), device="cpu")
+    other = mope.load_model(str(tiny_dir), device=DEVICE)
     with torch.no_grad():
         other.model.visual.proj.mul_(2)
     p = plan(unit_table(other), Budget(keep=0.5), by="magnitude")
@@ -127,5 +128,5 @@ def test_not_a_model_folder(tmp_path):
     (tmp_path / "open_clip_config.json").write_text("{}")
     (tmp_path / "open_clip_model.safetensors").write_bytes(b"")
     with pytest.raises(mope.MopeError, match="not a pruned model"):
-        mope.load_model(str(tmp_path), device="cpu")
+        mope.load_model(str(tmp_path), device=DEVICE)
 
