@@ -93,7 +93,7 @@ def test_per_class_accuracy_side_by_side_lost_most_first(monkeypatch):
 def test_per_class_accuracy_agrees_with_acc1(tiny_dir):
     from mope.evaluate import per_class_accuracy
 
-    clip = mope.load_model(str(tiny_dir), device="cpu")
+    clip = mope.load_model(str(tiny_dir), device=DEVICE)
     task = mope.load_task("shapes:target=colour", n=48)
     df = per_class_accuracy({"tiny": clip}, task)
     assert df.images.sum() == 48
