@@ -1,5 +1,6 @@
 import pytest
 import torch
+from conftest import DEVICE
 
 import mope
 from mope import importance, study
@@ -12,7 +13,7 @@ from mope.units import Unit, check_group_size, enumerate_units, unit_weights
 
 @pytest.fixture(scope="module")
 def tiny(tiny_dir):
-    return mope.load_model(str(tiny_dir), device="cpu")
+    return mope.load_model(str(tiny_dir), device=DEVICE)
 
 
 def test_registry_lists_mope_first_and_every_baseline():
@@ -85,11 +86,11 @@ def test_baselines_by_hand(tiny):
 
 
 def _grad_images(clip, task):
-    x = torch.stack([clip.preprocess(task.pil_image(i)) for i in range(len(task))])
+    x = torch.stack([clip.preprocess(task.pil_image(i)) for i in range(len(task))]).to(clip.device)
     return clip.model.encode_image(x, normalize=True)
 
 
 def _grad_text(clip, task):
     from mope.evaluate import ensemble
     prompts = [t.format(c) for c in task.classnames for t in task.templates]
-    return ensemble(clip.model.encode_text(clip.tokenizer(prompts), normalize=True), len(task.classnames))
+    return ensemble(clip.model.encode_text(clip.tokenizer(prompts).to(clip.device), normalize=True), len(task.classnames))
