@@ -116,8 +116,10 @@ class BatchLoader:
             except StopIteration:
                 return
             except RuntimeError as e:
+                it = None  # the last reference: the other workers stop now, not when the traceback goes
                 raise dead_worker(e, self.name) or e from None
             if isinstance(item, _Failed):
+                it = None
                 raise MopeError(item.message)
             yield item
 

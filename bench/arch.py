@@ -1,0 +1,181 @@
+"""Real architectures: a random-init open_clip ViT-B-32 / ViT-B-16 / ViT-L-14 (open_clip's own config;
+speed and memory do not depend on the weights), in one run:
+
+- one layer pass per tower: a vision block on the calibration images' tokens, a text block on the prompts;
+- the full MoPE sweep (both towers, heads + neuron groups + layers): measured on a GPU; on a CPU the vision
+  tower's layer units are scored on --subset-n images, their time against their ideal cost (layers re-run ×
+  measured layer time) gives the fast path's efficiency, and the full sweep is projected from its ideal
+  cost at --n images — printed as "projected";
+- the scoring peak memory for each --memory-n calibration set size, each in a fresh process: RSS high-water
+  mark on a CPU, torch.cuda.max_memory_allocated on a GPU; the last vision layer alone is scored (every
+  image still passes through both towers; the peak does not depend on how many units are scored);
+- the vision tower pruned to half its transformer FLOPs (bench/prune.py): throughput vs FLOP ratio;
+- pruned == ablated: the largest |difference| of the image embeddings on a few images.
+
+    python bench/arch.py --arch ViT-B-32 [--device cuda] [--n 256] [--memory-n 256,2048] [--subset-n 16]
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: python bench/...
+
+import argparse
+import inspect
+import json
+import resource
+import subprocess
+import time
+from contextlib import nullcontext
+
+import torch
+from prune import compare, random_clip
+
+import mope
+from mope.ablation import ablated
+from mope.evaluate import task_texts
+from mope.scoring import score
+from mope.settings import default_device
+from mope.speed import device_name, median_seconds
+from mope.units import KINDS, TOWERS, enumerate_units, tokens_of, tower_blocks
+
+ARCHS = ("ViT-B-32", "ViT-B-16", "ViT-L-14")
+
+
+def autocast_for(device: torch.device, precision: str):
+    if precision == "bf16":
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext
+
+
+def layer_seconds(clip, n_images: int, prompts: int, autocast) -> dict[str, float]:
+    """Median time of one block forward per tower: n_images images' tokens, and the task's prompts."""
+    model, device, times = clip.model, clip.device, {}
+    for tower, n in (("vision", n_images), ("text", prompts)):
+        block = tower_blocks(model, tower)[0]
+        x = torch.randn(n, tokens_of(model, tower), block.attn.embed_dim, device=device)
+        mask = model.attn_mask if tower == "text" else None
+        with autocast():
+            times[tower] = median_seconds(lambda b=block, x=x, m=mask: b(x, attn_mask=m), device, repeats=3)
+    return times
+
+
+def ideal_seconds(units, depth: dict[str, int], per_layer: dict[str, float]) -> float:
+    """One unablated pass through both towers, then the layers each unit must re-run on its own tower,
+    at the measured time of one layer pass."""
+    base = sum(depth[t] * per_layer[t] for t in TOWERS)
+    return base + sum((depth[u.tower] - u.layer) * per_layer[u.tower] for u in units)
+
+
+def sweep(clip, args, per_layer: dict[str, float], autocast) -> None:
+    model = clip.model
+    depth = {t: len(tower_blocks(model, t)) for t in TOWERS}
+    units = enumerate_units(model, TOWERS, KINDS)
+    ideal = ideal_seconds(units, depth, per_layer)
+    kw = {"baselines": (), "cache": False, "precision": args.precision, "metric": "loss"}
+    if clip.device.type == "cuda":
+        t = time.perf_counter()
+        score(clip, mope.load_task(args.data, n=args.n), **kw)
+        measured = time.perf_counter() - t
+        print(f"full sweep ({len(units)} units, {args.n} images, {args.precision}): {measured:.1f} s measured "
+              f"(ideal cost {ideal:.1f} s; measured / ideal {measured / ideal:.2f})")
+        return
+    subset = enumerate_units(model, ["vision"], ["layer"])
+    task = mope.load_task(args.data, n=args.subset_n)
+    sub_layer = layer_seconds(clip, args.subset_n, len(task_texts(task)), autocast)
+    t = time.perf_counter()
+    score(clip, task, towers=["vision"], units=["layer"], **kw)
+    measured = time.perf_counter() - t
+    efficiency = measured / ideal_seconds(subset, depth, sub_layer)
+    print(f"subset: {len(subset)} vision layer units, {args.subset_n} images: {measured:.1f} s measured, "
+          f"{efficiency:.2f} x its ideal cost (both towers' unablated pass + the layers re-run)")
+    print(f"full sweep ({len(units)} units, {args.n} images, {args.precision}): {ideal * efficiency / 60:.1f} min "
+          f"PROJECTED (ideal cost {ideal / 60:.1f} min x {efficiency:.2f})")
+
+
+def memory_child(args) -> None:
+    """In a fresh process: score the last vision layer on N images; print the peak memory as JSON."""
+    device = torch.device(default_device(args.device))
+    clip = random_clip(args.arch, device)
+    task = mope.load_task(args.data, n=args.memory_child)
+    depth = len(tower_blocks(clip.model, "vision"))
+    before = _peak_mb(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    score(clip, task, towers=["vision"], units=["layer"], shard=(depth - 1, depth), baselines=(), cache=False,
+          precision=args.precision, metric="loss")
+    print(json.dumps({"before_mb": before, "peak_mb": _peak_mb(device)}))
+
+
+def _peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def memory(args) -> None:
+    chunked = "chunk" in inspect.signature(score).parameters
+    gpu = torch.device(default_device(args.device)).type == "cuda"
+    what = "torch.cuda.max_memory_allocated" if gpu else "peak RSS of the process"
+    print(f"scoring peak memory ({what}; last vision layer scored; "
+          + ("score() streams the images in chunks, automatic size)" if chunked else
+             "this checkout's score() has no chunk knob: it keeps every layer's hidden states for all images)"))
+    for n in [int(x) for x in args.memory_n.split(",") if x]:
+        cmd = [sys.executable, __file__, "--arch", args.arch, "--memory-child", str(n), "--precision", args.precision,
+               "--data", args.data]
+        if args.device:
+            cmd += ["--device", args.device]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if out.returncode:
+            print(f"  {n:5d} images: failed ({out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode})")
+            continue
+        m = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"  {n:5d} images: peak {m['peak_mb'] / 1024:.2f} GiB (model and data loaded: {m['before_mb'] / 1024:.2f} GiB)")
+
+
+def pruned_equals_ablated(clip, result: dict, n: int = 4) -> float:
+    size = clip.model.visual.image_size
+    size = size if isinstance(size, (tuple, list)) else (size, size)
+    x = torch.randn(n, 3, *size, generator=torch.Generator().manual_seed(0)).to(clip.device)
+    p = result["plan"]
+    with torch.inference_mode():
+        got = result["pruned"].model.encode_image(x)
+        with ablated(clip.model, p.removed, p.group_sizes):
+            want = clip.model.encode_image(x)
+    return (got - want).abs().max().item()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--arch", choices=ARCHS, default="ViT-B-32")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--precision", default=None, help="fp32 or bf16 (default: bf16 on a GPU, fp32 on a CPU)")
+    parser.add_argument("--data", default="shapes", help="calibration data spec (its prompts set the text cost)")
+    parser.add_argument("--n", type=int, default=256, help="calibration images of the full sweep")
+    parser.add_argument("--subset-n", type=int, default=16, help="CPU: images of the measured subset")
+    parser.add_argument("--memory-n", default="256,2048", help="calibration set sizes for the peak memory lines")
+    parser.add_argument("--batch", type=int, default=None, help="throughput batch (default: 256 on a GPU, 32 on a CPU)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    device = torch.device(default_device(args.device))
+    args.precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
+    if args.memory_child:
+        return memory_child(args)
+    autocast = autocast_for(device, args.precision)
+    clip = random_clip(args.arch, device)
+    params = sum(p.numel() for p in clip.model.parameters()) / 1e6
+    print(f"{args.arch} (random init, {params:.1f}M params) on {device_name(device)}, {args.precision}")
+    prompts = len(task_texts(mope.load_task(args.data, n=8)))
+    per_layer = layer_seconds(clip, args.n, prompts, autocast)
+    print(f"one layer pass: vision {per_layer['vision'] * 1e3:.1f} ms ({args.n} images), "
+          f"text {per_layer['text'] * 1e3:.1f} ms ({prompts} prompts of {args.data})")
+    sweep(clip, args, per_layer, autocast)
+    memory(args)
+    result = compare(clip, args.batch or (256 if device.type == "cuda" else 32), args.repeats, autocast)
+    print(f"pruned == ablated: largest |difference| of {4} image embeddings {pruned_equals_ablated(clip, result):.2e}")
+
+
+if __name__ == "__main__":
+    main()
