@@ -162,7 +162,8 @@ def main() -> None:
     device = torch.device(default_device(args.device))
     args.precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     if args.memory_child:
-        return memory_child(args)
+        memory_child(args)
+        return
     autocast = autocast_for(device, args.precision)
     clip = random_clip(args.arch, device)
     params = sum(p.numel() for p in clip.model.parameters()) / 1e6

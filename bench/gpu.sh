@@ -45,7 +45,7 @@ if [ "$DEVICE" = cuda ]; then
 else
   TESTS=(-m pytest -q tests/test_streams.py)
   SCORE=(bench/score.py --device cpu --n 8)
-  ARCH=(bench/arch.py --arch ViT-B-32 --device cpu --n 8 --subset-n 2 --memory-n 8 --batch 2 --repeats 1)
+  ARCH=(bench/arch.py --arch ViT-B-32 --device cpu --data shapes:target=shape --n 8 --subset-n 2 --memory-n 8 --batch 2 --repeats 1)
   DATA=(bench/data.py --device cpu --batch 8 --steps 6 --warmup 1 --workers 0,1 --rounds 1)
   LIMITS=(600 600 900 600)
 fi

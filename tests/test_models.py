@@ -6,8 +6,8 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
-from safetensors.torch import save_file
 from conftest import DEVICE, subprocess_env
+from safetensors.torch import save_file
 
 import mope
 from mope.models import DEMO_DIR
