@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
-from .blocks import attend
+from .blocks import attend, twin
 from .units import BlockView, Unit, tower_blocks, tower_transformer
 
 
@@ -81,17 +81,9 @@ def masked_block_forward(block: nn.Module, x: torch.Tensor, attn_mask: torch.Ten
     The forward runs on a twin of the block whose attention is `attend` with a head mask and whose FFN
     activation is multiplied by the neuron mask; the block itself is not changed (other threads may use it).
     """
-    mlp = _twin(block.mlp, gelu=_Scaled(block.mlp.gelu, neuron_mask.to(x.dtype).unsqueeze(1)))
-    y = _twin(block, attn=_HeadMasked(block.attn, head_mask), mlp=mlp).forward(x, attn_mask=attn_mask)
+    mlp = twin(block.mlp, gelu=_Scaled(block.mlp.gelu, neuron_mask.to(x.dtype).unsqueeze(1)))
+    y = twin(block, attn=_HeadMasked(block.attn, head_mask), mlp=mlp).forward(x, attn_mask=attn_mask)
     return torch.where(skip.view(-1, 1, 1), x, y)
-
-
-def _twin(module: nn.Module, **swapped: nn.Module) -> nn.Module:
-    """A shallow twin of `module` (same class, forward, parameters and other children) with some children swapped."""
-    twin = object.__new__(type(module))
-    twin.__dict__.update(module.__dict__)
-    object.__setattr__(twin, "_modules", {**module._modules, **swapped})
-    return twin
 
 
 class _HeadMasked(nn.Module):

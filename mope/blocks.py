@@ -108,3 +108,28 @@ def _take_linear(layer: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
         new.weight.copy_(w)
         new.bias.copy_(b)
     return new
+
+
+def twin(module: nn.Module, **swapped: nn.Module) -> nn.Module:
+    """A shallow twin of `module` (same class, forward, parameters and other children) with some children swapped.
+
+    The original is untouched, so a model other threads are using can be run with a child replaced.
+    """
+    other = object.__new__(type(module))
+    other.__dict__.update(module.__dict__)
+    object.__setattr__(other, "_modules", {**module._modules, **swapped})
+    return other
+
+
+def with_attention(module: nn.Module, make) -> nn.Module:
+    """A twin of `module` in which every attention (nn.MultiheadAttention, PrunedAttention) is make(attention);
+    parameters are shared, nothing is copied and `module` is untouched."""
+    if isinstance(module, (nn.MultiheadAttention, PrunedAttention)):
+        return make(module)
+    changed = {}
+    for name, child in module._modules.items():
+        new = with_attention(child, make) if child is not None else None
+        if new is not child:
+            changed[name] = new
+    return twin(module, **changed) if changed else module
+

@@ -299,11 +299,30 @@ def _train_demo(args) -> None:
                    **{**STAGES[args.stage], **freeze, **{k: v for k, v in recipe.items() if v is not None}})
 
 
+DISTILL_HELP = {"affinity": "weight of the cross-modal affinity loss",
+                "feature": "weight of the embedding (uni-modal) loss",
+                "hidden": "weight of the hidden-state loss",
+                "contrastive": "weight of the ground-truth CLIP loss",
+                "precision": "auto: bf16 autocast on CUDA, fp32 on CPU",
+                "workers": "data-loading worker processes (None: half the CPU cores, at most 8; 0: none)"}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from . import importance  # registered criteria name the --baselines and --by choices
     parser = argparse.ArgumentParser(prog="python -m mope", description="MoPE-CLIP Explorer command line")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_eval(sub)
+    _add_export(sub)
+    _add_score(sub)
+    _add_prune(sub)
+    _add_bench(sub)
+    _add_distill(sub)
+    _add_worker(sub)
+    _add_jobs(sub)
+    _add_train_demo(sub)
+    return parser
 
+
+def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="zero-shot metrics of a model on a task")
     p.add_argument("--model", default="demo", help="model spec (demo, NAME:TAG, NAME:/ckpt, hf-hub:…, folder)")
     p.add_argument("--data", default="shapes", help="shapes[:target=…,placement=grid|free,seed=…], folder:PATH, pairs:FILE, "
@@ -320,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="new file for the clip_benchmark JSON")
     p.set_defaults(func=_eval)
 
+
+def _add_export(sub) -> None:
     p = sub.add_parser("export", help="both towers as ONNX graphs (dynamic batch), checked with onnxruntime")
     p.add_argument("--model", default="demo", help="model spec (demo, NAME:TAG, hf-hub:…, a pruned-model folder)")
     p.add_argument("--format", default="onnx", help="onnx")
@@ -328,21 +349,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="new folder for image.onnx, text.onnx and export.json")
     p.set_defaults(func=_export)
 
+
+def _add_score(sub) -> None:
+    from . import defaults, importance
+    scoring = defaults.score()
+
     p = sub.add_parser("score", help="MoPE score of every unit (one row per unit, CSV)")
     p.add_argument("--model", default="demo")
-    p.add_argument("--data", default="shapes")
+    p.add_argument("--data", default=defaults.DATA)
     p.add_argument("--task", choices=["zeroshot", "retrieval"], default=None)
-    p.add_argument("--n", type=int, default=256, help="calibration images")
+    p.add_argument("--n", type=int, default=defaults.CALIBRATION_N, help="calibration images")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--image-root", default=None)
-    p.add_argument("--towers", default="vision,text")
-    p.add_argument("--units", default="heads,neurons,layers")
-    p.add_argument("--metric", default=None, help="acc1 (zeroshot default), recall_mean (retrieval default), loss, …")
-    p.add_argument("--impl", choices=["fast", "naive"], default="fast")
-    p.add_argument("--group-size", type=int, default=None, help="FFN neurons per group (default: 64 or a divisor)")
+    p.add_argument("--towers", default=",".join(scoring["towers"]))
+    p.add_argument("--units", default=",".join(scoring["units"]), help="head(s), neurons, layer(s)")
+    p.add_argument("--metric", default=scoring["metric"], help="acc1 (zeroshot default), recall_mean (retrieval default), loss, …")
+    p.add_argument("--impl", choices=["fast", "naive"], default=scoring["impl"])
+    p.add_argument("--group-size", type=int, default=scoring["group_size"],
+                   help="FFN neurons per group (default: 64 or a divisor)")
     p.add_argument("--baselines", default=",".join(importance.baselines()),
                    help=f"comma list of {', '.join(importance.baselines())}, or '' for none")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast on GPU")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=scoring["precision"], help="autocast on GPU")
     p.add_argument("--no-cache", action="store_true", help="recompute even when cached scores exist")
     p.add_argument("--chunk", type=int, default=None,
                    help="images (texts) held at once; default: what one ablation pass holds. Results do not change")
@@ -357,6 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="scores.csv")
     p.set_defaults(func=_score)
 
+
+def _add_prune(sub) -> None:
+    from . import defaults, importance
+    pruning = defaults.prune()
+
     p = sub.add_parser("prune", help="prune a model by its scores and save the smaller model")
     p.add_argument("--model", default="demo")
     p.add_argument("--scores", default=None, help="scores CSV from 'score' (default: score now on --data)")
@@ -364,23 +396,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heads", type=int, default=None, help="heads removed from every layer (instead of --keep)")
     p.add_argument("--neurons", type=int, default=None, help="neuron groups removed from every layer (instead of --keep)")
     p.add_argument("--depth", type=int, default=0, help="layers removed after width pruning (re-scored on --data)")
-    p.add_argument("--iterative", type=int, default=1, metavar="K",
+    p.add_argument("--iterative", type=int, default=pruning["steps"], metavar="K",
                    help="reach the width budget in K steps, re-scoring the pruned model on --data before each (default 1: one-shot)")
-    p.add_argument("--step-schedule", choices=["even", "geometric"], default="even",
+    p.add_argument("--step-schedule", choices=["even", "geometric"], default=pruning["step_schedule"],
                    help="how the K steps share the removal: even shares or equal ratios (more early)")
-    p.add_argument("--towers", default="vision")
-    p.add_argument("--strategy", choices=["uniform", "global"], default="uniform")
-    p.add_argument("--measure", choices=["params", "flops"], default="params")
-    p.add_argument("--by", default="mope", help=f"rank by this column: {', '.join(importance.names())} (or any "
+    p.add_argument("--towers", default=",".join(pruning["towers"]))
+    p.add_argument("--strategy", choices=["uniform", "global"], default=pruning["strategy"])
+    p.add_argument("--measure", choices=["params", "flops"], default=pruning["measure"])
+    p.add_argument("--by", default=pruning["by"], help=f"rank by this column: {', '.join(importance.names())} (or any "
                    "column of --scores)")
-    p.add_argument("--data", default="shapes", help="calibration data for scoring (layers, or all when no --scores)")
-    p.add_argument("--n", type=int, default=256)
+    p.add_argument("--data", default=defaults.DATA, help="calibration data for scoring (layers, or all when no --scores)")
+    p.add_argument("--n", type=int, default=defaults.CALIBRATION_N)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--out", required=True, help="new folder for the pruned model")
     p.set_defaults(func=_prune)
 
+
+def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="params, GFLOPs, latency and throughput per tower")
     p.add_argument("--model", default="demo")
     p.add_argument("--batch", default="1,8,32")
@@ -388,39 +422,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.set_defaults(func=_bench)
 
+
+def _add_distill(sub) -> None:
+    from . import defaults
+
     p = sub.add_parser("distill", help="recover a pruned student by distilling it from its teacher")
     p.add_argument("--teacher", default="demo")
     p.add_argument("--student", required=True, help="pruned-model folder")
-    p.add_argument("--data", default="shapes", help="shapes, pairs:FILE (CSV/JSONL) or wds:/path/shard-*.tar")
+    p.add_argument("--data", default=defaults.DATA, help="shapes, pairs:FILE (CSV/JSONL) or wds:/path/shard-*.tar")
     p.add_argument("--image-root", default=None)
-    p.add_argument("--steps", type=int, default=500)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--warmup", type=int, default=50)
-    p.add_argument("--temperature", type=float, default=0.05)
-    p.add_argument("--affinity", type=float, default=1.0, help="weight of the cross-modal affinity loss")
-    p.add_argument("--feature", type=float, default=1.0, help="weight of the embedding (uni-modal) loss")
-    p.add_argument("--hidden", type=float, default=1.0, help="weight of the hidden-state loss")
-    p.add_argument("--contrastive", type=float, default=0.0, help="weight of the ground-truth CLIP loss")
-    p.add_argument("--eval-data", default="shapes", help="held-out task evaluated every --eval-every steps ('' for none)")
-    p.add_argument("--eval-n", type=int, default=500)
-    p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--checkpoint-every", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
-    p.add_argument("--workers", type=int, default=None,
-                   help="data-loading worker processes (default: half the CPU cores, at most 8; 0: none)")
+    types = defaults.distill_types()
+    for name, default in defaults.distill().items():  # one option per DistillConfig field, with its default
+        p.add_argument(f"--{name.replace('_', '-')}", type=types[name], default=default,
+                       help=f"{DISTILL_HELP.get(name, name.replace('_', ' '))} (default {default})",
+                       **({"choices": ["auto", "bf16", "fp32"]} if name == "precision" else {}))
+    p.add_argument("--eval-data", default=defaults.DATA, help="held-out task evaluated every --eval-every steps ('' for none)")
+    p.add_argument("--eval-n", type=int, default=defaults.EVAL_N)
     p.add_argument("--device", default=None)
     p.add_argument("--resume", action="store_true", help="continue from --out's last checkpoint")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--out", required=True)
     p.set_defaults(func=_distill)
 
+
+def _add_worker(sub) -> None:
     p = sub.add_parser("worker", help="run queued background jobs")
     p.add_argument("--concurrency", type=int, default=1, help="jobs at once (CPU); GPU jobs run one at a time")
     p.add_argument("--idle-exit", type=float, default=None, help="exit after this many idle seconds")
     p.set_defaults(func=_worker)
 
+
+def _add_jobs(sub) -> None:
     p = sub.add_parser("jobs", help="submit, list, show, cancel, resume background jobs")
     p.add_argument("action", choices=["submit", "list", "show", "cancel", "logs", "resume"])
     p.add_argument("id", nargs="?", help="job id (show, cancel, logs, resume)")
@@ -430,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=1)
     p.set_defaults(func=_jobs)
 
+
+def _add_train_demo(sub) -> None:
     p = sub.add_parser("train-demo", help="train the demo CLIP on the shapes world (seeded)")
     p.add_argument("--out", default="assets/demo-clip", help="model folder; also gets training-log.txt and train-state.pt")
     p.add_argument("--stage", choices=("grid", "free"), default="grid",
@@ -446,7 +480,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue from the folder's train-state.pt (same arguments); the log is appended")
     p.set_defaults(func=_train_demo)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

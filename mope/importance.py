@@ -53,7 +53,15 @@ class Criterion:
         return [float(v) for v in self.fn(clip, list(units), group_sizes, task=task, seed=seed)]
 
 
-REGISTRY: dict[str, Criterion] = {}
+def _mope_needs_scoring(clip: Clip, units: Sequence[Unit], group_sizes: dict[str, int], task: Task | None = None,
+                        seed: int = 0) -> list[float]:
+    """Stands in until mope.scoring (which computes MoPE, a layer above) registers mope_importance."""
+    raise MopeError("MoPE is computed by mope.scoring: import it (or call mope.score) first")
+
+
+# MoPE is declared here, so listing the criteria needs nothing else; scoring registers its function on import
+REGISTRY: dict[str, Criterion] = {"mope": Criterion("mope", "MoPE", _mope_needs_scoring, needs_task=True,
+                                                    baseline=False)}
 
 
 def register(name: str, label: str | None = None, needs_task: bool = False, baseline: bool = True

@@ -2,7 +2,8 @@
 
 A job is a dict: id, kind, params, status (queued → running → done | failed | cancelled), progress
 (step, total, message, eta), history (eval metrics over time), curve (training losses over steps),
-partial (result rows so far, e.g. the units scored), log (last lines), result, timestamps,
+partial (result rows so far, e.g. the units scored; kept in append-only chunks beside the record and
+joined by get() / jobs()), log (last lines), result, timestamps,
 error, worker (pid running it) and worker_start (that process's start time), cancel (requested).
 The store is one diskcache Cache under $MOPE_HOME/jobs (eviction off: nothing vanishes).
 
@@ -18,6 +19,7 @@ worker and store on the machine.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import subprocess
 import sys
@@ -42,32 +44,47 @@ CURVE_POINTS = 5000
 LOCK_DIR = Path(tempfile.gettempdir())  # machine-wide: the GPU locks live here
 WORKER_LOCK_FD = "MOPE_WORKER_LOCK_FD"  # the inherited, already locked worker.lock of a started worker
 
-# kind → (required params, optional params with defaults)
-KINDS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
-    "ping": ((), {"seconds": 0.0}),
-    "evaluate": (("model",), {"data": "shapes", "task": None, "n": 500, "device": None}),
-    "score": (("model",), {"data": "shapes", "task": None, "n": 256, "towers": ["vision", "text"],
-                           "units": ["head", "neurons", "layer"], "metric": None, "device": None,
-                           "schedule": "exact"}),
-    "study": (("model", "scores"), {"data": "shapes", "n": 500, "removed": [0.25, 0.5, 0.75],
-                                    "rankings": ["mope", "magnitude", "random"], "towers": ["vision"], "device": None,
-                                    "iterative": [], "calibration": None, "calibration_n": 256}),
-    "prune": (("model", "out"), {"scores": None, "budget": None, "by": "mope", "keep": 0.5, "towers": ["vision"],
-                                 "strategy": "uniform", "layers": 0, "iterative": 1, "step_schedule": "even",
-                                 "data": "shapes", "n": 256, "device": None}),
-    "distill": (("teacher", "student", "out"), {"data": "shapes", "steps": 500, "batch_size": 64, "lr": 5e-4,
-                                                "eval_data": "shapes", "eval_n": 500, "eval_every": 100,
-                                                "resume": False, "device": None, "workers": None}),
-    "prune-and-distill": (("model", "out"), {"scores": None, "budget": None, "by": "mope", "keep": 0.5,
-                                             "towers": ["vision"], "strategy": "uniform", "layers": 0,
-                                             "iterative": 1, "step_schedule": "even",
-                                             "data": "shapes", "n": 256, "distill_data": "shapes",
-                                             "eval_data": "shapes", "eval_n": 500, "eval_every": 100, "steps": 500,
-                                             "batch_size": 64, "lr": 5e-4, "resume": False, "device": None,
-                                             "workers": None}),
-    "export": (("model", "out"), {"format": "onnx"}),
-}
+_PLAIN_KINDS = {"ping": ((), {"seconds": 0.0}), "export": (("model", "out"), {"format": "onnx"})}  # no library defaults
 
+
+@functools.cache
+def kinds() -> dict[str, tuple[tuple[str, ...], dict[str, Any]]]:
+    """kind → (required params, optional params with defaults); the defaults are the library's (mope.defaults).
+
+    Built on first use (also as `jobs.KINDS`): reading the library's defaults imports torch, which a
+    worker starting up should not wait for.
+    """
+    from . import defaults
+
+    _SCORE, _PRUNE, _STUDY, _DISTILL = defaults.score(), defaults.prune(), defaults.study(), defaults.distill()
+    _PRUNING = {"scores": None, "budget": None, "by": _PRUNE["by"], "keep": 0.5, "towers": list(_PRUNE["towers"]),
+                "strategy": _PRUNE["strategy"], "layers": 0, "iterative": _PRUNE["steps"],
+                "step_schedule": _PRUNE["step_schedule"], "data": defaults.DATA, "n": defaults.CALIBRATION_N}
+    _DISTILLING = {"steps": _DISTILL["steps"], "batch_size": _DISTILL["batch_size"], "lr": _DISTILL["lr"],
+                   "eval_data": defaults.DATA, "eval_n": defaults.EVAL_N, "eval_every": _DISTILL["eval_every"],
+                   "resume": False, "workers": _DISTILL["workers"]}
+    return {
+        **_PLAIN_KINDS,
+        "evaluate": (("model",), {"data": defaults.DATA, "task": None, "n": defaults.EVAL_N, "device": None}),
+        "score": (("model",), {"data": defaults.DATA, "task": None, "n": defaults.CALIBRATION_N,
+                               "towers": list(_SCORE["towers"]), "units": list(_SCORE["units"]),
+                               "metric": _SCORE["metric"], "device": None, "schedule": _SCORE["schedule"]}),
+        "study": (("model", "scores"), {"data": defaults.DATA, "n": defaults.EVAL_N, "removed": list(_STUDY["removed"]),
+                                        "rankings": list(_STUDY["rankings"]), "towers": list(_STUDY["towers"]),
+                                        "device": None, "iterative": list(_STUDY["iterative"]), "calibration": None,
+                                        "calibration_n": defaults.CALIBRATION_N}),
+        "prune": (("model", "out"), {**_PRUNING, "device": None}),
+        "distill": (("teacher", "student", "out"), {"data": defaults.DATA, **_DISTILLING, "device": None}),
+        "prune-and-distill": (("model", "out"), {**_PRUNING, "distill_data": defaults.DATA, **_DISTILLING,
+                                                 "device": None}),
+    }
+
+
+
+def __getattr__(name: str):
+    if name == "KINDS":
+        return kinds()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 class Store:
     """The job store. Safe across threads and processes (SQLite underneath, writes in transactions)."""
@@ -98,14 +115,42 @@ class Store:
         return job_id
 
     def get(self, job_id: str) -> dict:
+        """The job's record, with its partial rows."""
+        return self._with_partial(self._record(job_id))
+
+    def _record(self, job_id: str) -> dict:
         job = self.cache.get(f"job:{job_id}")
         if job is None:
             raise MopeError(f"no job {job_id}; 'python -m mope jobs list' shows the jobs")
         return job
 
+    def _with_partial(self, job: dict) -> dict:
+        """Partial rows are kept in append-only chunks beside the record (a chunk per report, never rewritten)."""
+        chunks = [self.cache.get(f"partial:{job['id']}:{i}") or [] for i in range(job.get("partial_chunks", 0))]
+        return {**job, "partial": job["partial"] + [row for chunk in chunks for row in chunk]}
+
+    def add_partial(self, job_id: str, rows: list[dict]) -> None:
+        """Append result rows to the job's partial rows (a new chunk; nothing stored is rewritten)."""
+        with self.cache.transact():
+            job = self._record(job_id)
+            n = job.get("partial_chunks", 0)
+            self.cache.set(f"partial:{job_id}:{n}", rows)
+            job["partial_chunks"] = n + 1
+            self.cache.set(f"job:{job_id}", job)
+
+    def set_partial(self, job_id: str, rows: list[dict]) -> None:
+        """Replace the job's partial rows (one chunk)."""
+        with self.cache.transact():
+            job = self._record(job_id)
+            for i in range(1, job.get("partial_chunks", 0)):
+                self.cache.delete(f"partial:{job_id}:{i}")
+            self.cache.set(f"partial:{job_id}:0", list(rows))
+            job["partial_chunks"] = 1
+            self.cache.set(f"job:{job_id}", job)
+
     def update(self, job_id: str, **changes) -> dict:
         with self.cache.transact():
-            job = self.get(job_id)
+            job = self._record(job_id)
             job.update(changes)
             self.cache.set(f"job:{job_id}", job)
         return job
@@ -115,14 +160,18 @@ class Store:
 
     def extend(self, job_id: str, field: str, items: list, limit: int | None = None) -> None:
         with self.cache.transact():
-            job = self.get(job_id)
+            job = self._record(job_id)
             job[field] = (job[field] + items)[-limit:] if limit else job[field] + items
             self.cache.set(f"job:{job_id}", job)
 
     def jobs(self) -> list[dict]:
-        self.reap()
-        found = [self.cache.get(k) for k in self.cache.iterkeys() if isinstance(k, str) and k.startswith("job:")]
-        return sorted((j for j in found if j), key=lambda j: j["created"])
+        """Every job (each record read once; a running job whose worker is gone is marked failed first)."""
+        found = [self._reaped(j) for j in self._records()]
+        return sorted((self._with_partial(j) for j in found), key=lambda j: j["created"])
+
+    def _records(self) -> list[dict]:
+        found = [self.cache.get(k) for k in list(self.cache.iterkeys()) if isinstance(k, str) and k.startswith("job:")]
+        return [j for j in found if j]
 
     def cancel(self, job_id: str) -> dict:
         job = self.get(job_id)
@@ -174,19 +223,23 @@ class Store:
 
     def reap(self) -> None:
         """Jobs running under a worker that is gone become failed, with the reason."""
-        for key in list(self.cache.iterkeys()):
-            if not (isinstance(key, str) and key.startswith("job:")):
-                continue
+        for job in self._records():
+            self._reaped(job)
+
+    def _reaped(self, job: dict) -> dict:
+        """The job; if it is running under a worker that is gone, now marked failed with the reason."""
+        if job["status"] != "running" or _alive(job["worker"], job.get("worker_start")):
+            return job
+        key = f"job:{job['id']}"
+        with self.cache.transact():
             job = self.cache.get(key)
-            if job and job["status"] == "running" and not _alive(job["worker"], job.get("worker_start")):
-                with self.cache.transact():
-                    job = self.cache.get(key)
-                    if job["status"] == "running" and not _alive(job["worker"], job.get("worker_start")):
-                        job.update(status="failed", finished=time.time(),
-                                   error=f"the worker (pid {job['worker']}) died while running this job"
-                                         + ("; resume it to continue from its last checkpoint"
-                                            if job["kind"] in ("distill", "prune-and-distill") else ""))
-                        self.cache.set(key, job)
+            if job["status"] == "running" and not _alive(job["worker"], job.get("worker_start")):
+                job.update(status="failed", finished=time.time(),
+                           error=f"the worker (pid {job['worker']}) died while running this job"
+                                 + ("; resume it to continue from its last checkpoint"
+                                    if job["kind"] in ("distill", "prune-and-distill") else ""))
+                self.cache.set(key, job)
+        return job
 
 
 def process_start(pid: int) -> str | None:
@@ -313,9 +366,9 @@ def gpu_turn(device: str, should_stop, waiting=lambda: None):
 
 def validate(kind: str, params: dict) -> dict:
     """Params with defaults filled in; a clear error for an unknown kind, a missing or an unknown param."""
-    if kind not in KINDS:
-        raise MopeError(f"unknown job kind '{kind}'; use one of {', '.join(KINDS)}")
-    required, optional = KINDS[kind]
+    if kind not in _PLAIN_KINDS and kind not in kinds():  # ping and export validate without importing torch
+        raise MopeError(f"unknown job kind '{kind}'; use one of {', '.join(kinds())}")
+    required, optional = _PLAIN_KINDS.get(kind) or kinds()[kind]
     missing = [k for k in required if k not in params]
     unknown = [k for k in params if k not in required and k not in optional]
     if missing or unknown:
@@ -342,6 +395,7 @@ class JobContext:
         self.store, self.job_id, self._last_poll, self._cancel = store, job_id, 0.0, False
         self._curve: list[dict] = []
         self._curve_written = time.time()
+        self._partial_sent: list[dict] = []
 
     def progress(self, step: int, total: int, eta: float | None = None, message: str = "") -> None:
         self.store.update(self.job_id, progress={"step": step, "total": total, "eta": eta, "message": message})
@@ -361,7 +415,15 @@ class JobContext:
         self._curve, self._curve_written = [], time.time()
 
     def partial(self, rows: list[dict]) -> None:
-        self.store.update(self.job_id, partial=rows)
+        """The result rows so far. When they extend what was stored, only the new rows are appended; when
+        earlier rows changed (anytime scoring refines its estimates), the stored rows are replaced."""
+        n = len(self._partial_sent)
+        if rows[:n] == self._partial_sent:
+            if len(rows) > n:
+                self.store.add_partial(self.job_id, rows[n:])
+        else:
+            self.store.set_partial(self.job_id, rows)
+        self._partial_sent = [dict(r) for r in rows]  # copies: the caller may update its rows in place
 
     def log(self, line: str) -> None:
         self.store.append(self.job_id, "log", f"{time.strftime('%H:%M:%S')} {line}", limit=LOG_LINES)
@@ -369,7 +431,7 @@ class JobContext:
     def should_stop(self) -> bool:
         if time.time() - self._last_poll > 0.2:
             self._last_poll = time.time()
-            self._cancel = self.store.get(self.job_id)["cancel"]
+            self._cancel = self.store._record(self.job_id)["cancel"]
         return self._cancel
 
 
@@ -396,7 +458,7 @@ def run_job(store: Store, job: dict) -> None:
                 result = RUNNERS[job["kind"]](job["params"], ctx) if ready else None
             finally:
                 ctx.flush()  # the whole curve is in the store before the job shows as ended
-        status = "cancelled" if ctx.should_stop() or store.get(job["id"])["cancel"] else "done"
+        status = "cancelled" if ctx.should_stop() or store._record(job["id"])["cancel"] else "done"
         store.update(job["id"], status=status, result=result, finished=time.time())
         ctx.log(status)
     except Exception as e:  # every failure is recorded on the job, the worker goes on

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -73,14 +74,27 @@ def save_pruned(clip: Clip, folder: str | Path, extra: dict | None = None) -> Pa
     return folder
 
 
+class _OtherThreads(logging.Filter):
+    """Lets through what other threads log, and errors; drops this thread's warnings and below."""
+
+    def __init__(self):
+        super().__init__()
+        self.thread = threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread != self.thread or record.levelno >= logging.ERROR
+
+
 @contextmanager
 def _quiet_logging():
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
+    """Silence the warnings open_clip logs on the root logger, in this thread only (a server's other threads
+    keep logging: no process-wide logging.disable)."""
+    only_others = _OtherThreads()
+    logging.root.addFilter(only_others)
     try:
         yield
     finally:
-        logging.disable(previous)
+        logging.root.removeFilter(only_others)
 
 
 def load_pruned(folder: Path, spec: str, device: torch.device, name: str | None = None) -> Clip:

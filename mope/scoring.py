@@ -637,7 +637,7 @@ def baseline_correlations(df: pd.DataFrame) -> pd.DataFrame:
     for (tower, kind), g in df.groupby(["tower", "kind"], sort=False):
         row = {"tower": tower, "kind": kind, "units": len(g)}
         for b in present:
-            row[b] = g["mope"].rank().corr(g[b].rank()) if len(g) > 1 else float("nan")
+            row[b] = g["mope"].corr(g[b], method="spearman") if len(g) > 1 else float("nan")
         out.append(row)
     return pd.DataFrame(out)
 

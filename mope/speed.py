@@ -4,16 +4,18 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from .blocks import with_attention
 from .clip import Clip
 from .errors import MopeError
-from .units import TOWERS, tower_summary
+from .units import TOWERS, split_qkv, tower_summary
 
 
 def tower_inputs(clip: Clip, tower: str, batch: int) -> torch.Tensor:
@@ -29,16 +31,37 @@ def encode(clip: Clip, tower: str, x: torch.Tensor) -> torch.Tensor:
 
 
 def gflops_per_sample(clip: Clip, tower: str) -> float:
-    """FLOPs of one sample through the tower, counted by torch's FlopCounterMode."""
+    """FLOPs of one sample through the tower, counted by torch's FlopCounterMode.
+
+    The fused attention kernels are invisible to the counter, so the count runs on a twin of the model
+    whose attentions are plain matmuls (`_CountedAttention`); no process-wide switch is flipped, and
+    threads using the model meanwhile are unaffected.
+    """
+    counted = replace(clip, model=with_attention(clip.model, _CountedAttention))
     counter = FlopCounterMode(display=False)
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)  # the fused MHA kernel is invisible to the counter
-    try:  # the math attention kernel is plain matmuls, which the counter sees on every device
-        with torch.inference_mode(), sdpa_kernel(SDPBackend.MATH), counter:
-            encode(clip, tower, tower_inputs(clip, tower, 1))
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
+    with torch.inference_mode(), counter:
+        encode(counted, tower, tower_inputs(clip, tower, 1))
     return counter.get_total_flops() / 1e9
+
+
+class _CountedAttention(torch.nn.Module):
+    """An attention computed as plain matmuls (what the FLOP counter sees), for counting only."""
+
+    def __init__(self, attn: torch.nn.Module):
+        super().__init__()
+        self.attn = attn
+
+    def forward(self, query, key=None, value=None, need_weights=False, attn_mask=None):
+        attn, (b, s, _) = self.attn, query.shape
+        heads, hd = attn.num_heads, attn.head_dim
+        if heads == 0:
+            return attn.out_proj.bias.expand(b, s, attn.embed_dim), None
+        q, k, v = split_qkv(F.linear(query, attn.in_proj_weight, attn.in_proj_bias), heads, hd)
+        logits = q @ k.transpose(-1, -2) / hd ** 0.5
+        if attn_mask is not None:
+            logits = logits + attn_mask
+        out = logits.softmax(-1) @ v
+        return attn.out_proj(out.transpose(1, 2).reshape(b, s, heads * hd)), None
 
 
 _clock = time.perf_counter  # the timer interleaved_latency reads (a seam for its test)

@@ -11,7 +11,7 @@ import pytest
 from conftest import DEVICE, subprocess_env
 
 import mope
-from mope.jobs import Store, _alive, ensure_worker, gpu_turn, work
+from mope.jobs import JobContext, Store, _alive, ensure_worker, gpu_turn, work
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -303,3 +303,31 @@ def test_anytime_score_job_reports_rounds(home, tiny_dir):
     assert job["progress"]["message"].startswith("round ") and "0 of 14 units estimates" in job["progress"]["message"]
     assert len(job["partial"]) == 14 and all(r["images_used"] == 20 for r in job["partial"])
     assert not mope.load_scores(job["result"]["scores"])["estimate"].any()
+
+
+def test_partial_rows_are_appended_not_rewritten(tmp_path):
+    store = Store(tmp_path / "jobs")
+    job_id = store.submit("ping")
+    ctx = JobContext(store, job_id)
+    rows = [{"unit": f"u{i}"} for i in range(5)]
+    ctx.partial(rows[:2])
+    first = store.cache.get(f"partial:{job_id}:0")
+    ctx.partial(rows[:2])  # nothing new: nothing written
+    ctx.partial(rows)
+    assert store.get(job_id)["partial"] == rows
+    assert store.cache.get(f"partial:{job_id}:0") == first == rows[:2]
+    assert store.cache.get(f"job:{job_id}")["partial"] == []  # the record itself does not grow
+    assert [j["partial"] for j in store.jobs()] == [rows]
+    rows[0] = {"unit": "u0", "estimate": False}  # refined in place (anytime): the stored rows are replaced
+    ctx.partial(rows)
+    assert store.get(job_id)["partial"] == rows
+
+
+def test_listing_reads_each_job_once(tmp_path, monkeypatch):
+    store = Store(tmp_path / "jobs")
+    ids = [store.submit("ping") for _ in range(3)]
+    reads = []
+    real_get = store.cache.get
+    monkeypatch.setattr(store.cache, "get", lambda key, *a, **kw: (reads.append(key), real_get(key, *a, **kw))[1])
+    assert [j["id"] for j in store.jobs()] == ids
+    assert sorted(k for k in reads if k.startswith("job:")) == sorted(f"job:{i}" for i in ids)

@@ -1,7 +1,9 @@
 """The pruned-model folder: a hub-ready artifact a fresh process loads identically, and its provenance line."""
 import json
+import logging
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 import mope
 from mope.plan import Budget, plan
-from mope.pruned import describe_provenance, folder_provenance, provenance, save_pruned
+from mope.pruned import _quiet_logging, describe_provenance, folder_provenance, provenance, save_pruned
 from mope.scoring import unit_table
 from mope.surgery import prune_units
 from mope.units import Unit
@@ -113,3 +115,18 @@ def test_provenance_of_original_pruned_saved_and_distilled(tiny_dir, tmp_path):
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "pruning.json").write_text("{not json")
     assert folder_provenance(tmp_path / "bad") == "unknown origin (pruning.json is unreadable)"
+
+
+def test_quiet_loading_silences_only_its_own_thread(caplog):
+    def elsewhere():
+        logging.warning("from another thread")
+
+    with caplog.at_level(logging.WARNING), _quiet_logging():
+        logging.warning("from the loading thread")
+        other = threading.Thread(target=elsewhere)
+        other.start()
+        other.join()
+        assert logging.root.manager.disable == logging.NOTSET
+    logging.warning("after loading")
+    assert "from another thread" in caplog.text and "after loading" in caplog.text
+    assert "from the loading thread" not in caplog.text

@@ -24,6 +24,19 @@ def test_flops_are_counted_by_hand_dense_and_pruned(tiny_dir):
     assert smaller < dense
 
 
+def test_counting_flips_no_process_wide_switch_and_leaves_the_model_alone(tiny_dir, monkeypatch):
+    clip = mope.load_model(str(tiny_dir), device="cpu")
+    attentions = [b.attn for b in clip.model.visual.transformer.resblocks]
+
+    def refuse(*_):
+        raise AssertionError("a process-wide switch was flipped while other threads may be running")
+
+    monkeypatch.setattr(torch.backends.mha, "set_fastpath_enabled", refuse)
+    monkeypatch.setattr(torch._C, "_set_sdp_use_flash", refuse)
+    assert gflops_per_sample(clip, "vision") * 1e9 == pytest.approx(_vision_flops())
+    assert [b.attn for b in clip.model.visual.transformer.resblocks] == attentions
+
+
 def test_speed_table_rows(tiny_dir):
     df = speed_table(mope.load_model(str(tiny_dir), device=DEVICE), batches=(1, 4), repeats=1)
     assert list(df.tower) == ["vision", "vision", "text", "text"] and (df["throughput (/s)"] > 0).all()
