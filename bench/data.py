@@ -65,7 +65,7 @@ def main() -> None:
     for w in counts:
         steps_s = statistics.median(r["steps_s"] for r in runs[w])
         wait = statistics.median(r["wait"] for r in runs[w])
-        print(f"workers {w}: {steps_s:6.2f} steps/s  {steps_s * args.batch:8.0f} images/s  data wait {wait:5.1%} "
+        print(f"workers {w}: {steps_s:6.2f} steps/s  {steps_s * args.batch:8.1f} images/s  data wait {wait:5.1%} "
               f"of step time  ({steps_s / base:.2f}x workers {counts[0]})")
 
 
