@@ -4,6 +4,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import DEVICE
 from PIL import Image
@@ -19,6 +20,7 @@ from app.handlers import scores as hs
 from app.security import check_spec, unpack_zip
 from app.session import NEW_SESSION
 from app.state import AppState
+from app.tabs import prune as prune_tab
 from mope.jobs import run_job
 
 
@@ -117,13 +119,29 @@ def test_an_impossible_budget_is_a_message(settings, scored):
     df = hs.scores_table(scored["scores"], settings)
     with pytest.raises(mope.MopeError):
         hp.preview(df, hp.budget_of("explicit counts", 1, 1, "uniform", "params", 0, 0, 0, 0, 0, 0), "mope")
+    every_head = hp.budget_of("explicit counts", 1, 1, "uniform", "params", 0, 0, 4, 0, 0, 0)
+    for budget, message in ((hp.budget_of("keep fraction", 1, 1, "uniform", "params", 0, 0, 0, 0, 0, 0), "nothing"),
+                            (every_head, "every head of the vision tower")):
+        with pytest.raises(mope.MopeError, match=message):
+            hp.preview(df, budget, "mope")
+        with pytest.raises(mope.MopeError, match=message):  # refused before any job is queued
+            hp.start_prune_distill(scored, budget, "mope", "cpu", 2, 4, "shapes", "x", settings)
+    assert settings.store().jobs() == [] or all(j["kind"] == "score" for j in settings.store().jobs())
 
 
 def test_prune_and_distill_job_saves_a_model_to_compare_and_download(settings, scored, tiny_dir):
     budget = hp.budget_of("keep fraction", 0.5, 1.0, "uniform", "params", 0, 0, 0, 0, 0, 0)
     session, _message = hp.start_prune_distill(scored, budget, "mope", DEVICE, 4, 8, "shapes", "my model!", settings)
+    controls = {k: v for k, v in zip(prune_tab.BUDGET, ["keep fraction", 0.5, 1.0, "uniform", "params"] + [0] * 6)}
+    queued = prune_tab.follow(session, None, "mope", controls, settings)
+    assert queued["jobs"].status.iloc[0] == "queued" and "saved" not in queued
     [job] = run_queued(settings)
     assert job["status"] == "done", job["error"]
+    ended = prune_tab.follow(session, queued["prune_seen"], "mope", controls, settings)
+    assert ended["jobs"].status.iloc[0] == "done" and ended["saved"]["value"] == job["result"]["model"]
+    lines = {t.name: t for t in ended["loss_plot"].data}
+    assert list(lines["acc1: teacher"].y) == [job["references"]["teacher"]["acc1"]] * 2
+    assert lines["acc1"].x[0] == 0 and "acc1: pruned, before distillation" in lines
     line, curve, history, result = hj.job_state(session["pd_job"], settings)
     assert [c["step"] for c in curve] == [1, 2, 3, 4] and {"affinity", "feature", "hidden"} <= set(curve[0])
     assert history and "acc1" in history[-1] and "Saved" in line
@@ -134,8 +152,13 @@ def test_prune_and_distill_job_saves_a_model_to_compare_and_download(settings, s
     assert result["model"] in models and result["pruned"] in models and "my-model-" in result["model"]
     archive = hp.model_zip(result["model"], settings)
     assert "pruning.json" in zipfile.ZipFile(archive).namelist()
-    table = hc.compare([str(tiny_dir), result["model"]], next(iter(EVALUATION)), 20, settings)
+    compared = hc.compare([str(tiny_dir), result["model"]], next(iter(EVALUATION)), 20, settings)
+    table = compared.table
     assert table["params (M)"].iloc[1] < table["params (M)"].iloc[0] and "acc1" in table
+    assert table.origin.iloc[0] == "original (not pruned)"
+    assert table.origin.iloc[1].startswith(f"pruned from {tiny_dir}; plan by mope (keep") and "distilled 4 steps" in \
+        table.origin.iloc[1]
+    assert list(compared.per_class.columns[2:4]) == compared.models and (compared.per_class.change.diff().dropna() >= 0).all()
     assert hj.jobs_table(settings).loc[0, "status"] == "done"
     with pytest.raises(mope.MopeError, match="outside"):
         hp.model_zip(str(tiny_dir), settings)
@@ -213,17 +236,59 @@ def test_uploaded_zip_becomes_a_calibration_folder(settings, tmp_path):
 
 def test_predictions_and_bad_uploads(settings, tiny_dir, tmp_path):
     paths, labels = hc.sample_images(settings)
-    table = hc.predictions(["demo", str(tiny_dir)], paths, labels, 2, settings)
-    assert list(table.columns) == ["image", "demo", "tiny0/tiny-clip"] and len(table) == len(paths)
+    got = hc.predictions(["demo", str(tiny_dir)], paths, labels, 2, settings)
+    table = got.table
+    assert list(table.columns) == ["image", "demo", "tiny0/tiny-clip", "note"] and len(table) == len(paths)
     assert all(cell.count("%") == 2 for cell in table["demo"])
+    assert got.probs["demo"].shape == (len(paths), len(got.labels)) and np.allclose(got.probs["demo"].sum(1), 1)
     (tmp_path / "notes.txt").write_text("not an image")
     with pytest.raises(mope.MopeError, match="notes.txt is not an image"):
         hc.predictions(["demo"], [str(tmp_path / "notes.txt")], "cat", 1, settings)
+    (tmp_path / "fake.png").write_text("a text file named like an image")
+    mixed = hc.predictions(["demo"], [paths[0], str(tmp_path / "fake.png"), paths[1]], labels, 1, settings)
+    assert mixed.table.demo[0] and mixed.table.demo[2] and mixed.table.demo[1] == ""  # the valid ones still predicted
+    assert "fake.png is not an image" in mixed.table.note[1] and mixed.errors == {1: mixed.table.note[1]}
     Image.new("1", (8000, 6000)).save(tmp_path / "huge.png")
     with pytest.raises(mope.MopeError, match="megapixel limit"):
         hc.predictions(["demo"], [str(tmp_path / "huge.png")], "cat", 1, settings)
     with pytest.raises(mope.MopeError, match="at least one label"):
         hc.predictions(["demo"], paths, " , ,", 1, settings)
+
+
+def test_sample_images_are_added_to_uploads_not_replacing_them(settings, tmp_path):
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "mine.png")
+    images, labels, message = hc.add_samples([str(tmp_path / "mine.png")], "my label", settings)
+    assert images[0] == str(tmp_path / "mine.png") and len(images) == 7 and labels.startswith("my label, ")
+    assert "after your 1 image" in message
+    again, _, _ = hc.add_samples(images, labels, settings)
+    assert again == images  # pressing it twice adds nothing twice
+
+
+def test_a_drawing_is_predicted_by_each_model(settings, tiny_dir):
+    canvas = np.zeros((64, 64, 4), dtype=np.uint8)
+    assert hc.sketch_image({"composite": canvas}) is None  # nothing drawn yet
+    canvas[20:40, 20:40] = (255, 0, 0, 255)
+    image = hc.sketch_image({"composite": canvas})
+    assert image.getpixel((0, 0)) == (255, 255, 255) and image.getpixel((30, 30)) == (255, 0, 0)
+    got = hc.sketch_predictions(["demo", str(tiny_dir)], {"composite": canvas}, "red square, blue circle", settings)
+    assert set(got.probs) == {"demo", "tiny0/tiny-clip"} and got.probs["demo"].shape == (1, 2)
+    assert got.probs["demo"][0, 0] > got.probs["demo"][0, 1]  # the demo CLIP sees a red square
+
+
+def test_compare_times_the_models_back_to_back(settings, tiny_dir, monkeypatch):
+    calls = []
+
+    def fake(clips, tower, batch, repeats):
+        calls.append((list(clips), tower, batch))
+        df = pd.DataFrame({"model": list(clips), "median (ms)": [1.5 + i for i in range(len(clips))]})
+        df.attrs["device"] = "cpu (test CPU, 2 threads)"
+        return df
+
+    monkeypatch.setattr(hc, "interleaved_latency", fake)
+    compared = hc.compare(["demo", str(tiny_dir)], next(iter(EVALUATION)), 10, settings)
+    assert calls == [(["demo", "tiny0/tiny-clip"], "vision", 1), (["demo", "tiny0/tiny-clip"], "text", 1)]
+    assert list(compared.table["image latency (ms)"]) == [1.5, 2.5]
+    assert "cpu (test CPU, 2 threads)" in compared.latency_note and "back to" in compared.latency_note
 
 
 def test_served_page_answers_a_client(tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ from mope.plan import Budget
 from ..security import allowed_path, check_scores, check_spec, check_training_data
 from ..state import AppState
 from .jobs import ended_line, progress_line, submit
+from .scores import scores_table
 
 CARD_CHARS = 20_000  # a model card is a few kB; a larger README.md is cut
 
@@ -65,6 +66,7 @@ def start_prune_distill(session: dict, budget: Budget, by: str, device: str, ste
     if device == "cuda" and not torch.cuda.is_available():
         raise MopeError("this machine has no CUDA GPU: choose auto or cpu")
     spec, scores = check_spec(session["spec"], state), check_scores(session["scores"], state)
+    preview(scores_table(str(scores), state), budget, by)  # a budget the preview refuses never becomes a job
     data = check_training_data(data, state)
     name = "".join(c if c.isalnum() or c in "-_" else "-" for c in str(name or "").strip()[:80]) or "pruned"
     out = state.saved_dir / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -18,6 +18,11 @@ labels to see each model's top guesses."""
 STUDY_VIEWS = ["study_status", "study_plot"]
 
 
+NEXT_STEP = """**Next step:** prune by another ranking or budget in *3 · Prune & distill* and compare again, or draw
+a shape in the sketchpad to see where the pruned model's answer changes. Each figure's camera icon (top right, on
+hover) saves it as PNG; the buttons below save its data as CSV."""
+
+
 def build(page: Page) -> None:
     with gr.Tab("4 · Compare", id="compare"):
         gr.Markdown(TEACH)
@@ -27,23 +32,42 @@ def build(page: Page) -> None:
                                         elem_id="compare-models"),
                      evaluation=gr.Dropdown(list(EVALUATION), value=next(iter(EVALUATION)), label="Benchmark"),
                      eval_n=gr.Number(500, precision=0, minimum=10, maximum=10_000, label="Images"))
-        page.add(run_compare=gr.Button("Compare", variant="primary", elem_id="run-compare"),
-                 comparison=gr.Dataframe(label="Side by side", interactive=False, elem_id="comparison"))
+        page.add(origins=gr.Markdown(elem_id="compare-origins"),
+                 run_compare=gr.Button("Compare", variant="primary", elem_id="run-compare"),
+                 comparison=gr.Dataframe(label="Side by side", interactive=False, wrap=True,
+                                         elem_id="comparison"),
+                 latency_note=gr.Markdown(elem_id="latency-note"),
+                 per_class_plot=gr.Plot(label="Per-class accuracy", elem_id="per-class-plot"),
+                 per_class_csv=gr.DownloadButton("Per-class accuracy (CSV)", size="sm"),
+                 comparison_csv=gr.DownloadButton("Side-by-side table (CSV)", size="sm"))
         with gr.Row():
             page.add(run_study=gr.Button("Run study (accuracy vs compression)"), study_status=gr.Markdown())
-        page.add(study_plot=gr.Plot(label="Accuracy vs compression", elem_id="study-plot"))
-        gr.Markdown("### Your images")
-        with gr.Row():
-            page.add(images=gr.File(file_count="multiple", file_types=["image"], type="filepath", label="Images"))
-            with gr.Column():
-                page.add(labels=gr.Textbox(label="Labels, comma-separated", lines=2),
-                         k=gr.Slider(1, 5, 3, step=1, label="Top k"))
-                with gr.Row():
-                    page.add(samples=gr.Button("Use sample images"),
-                             predict=gr.Button("Predict", variant="primary", elem_id="predict"))
-        page.add(gallery=gr.Gallery(label="Images", columns=6, height=180, elem_id="gallery"),
-                 predicted=gr.Dataframe(label="Top-k per model", interactive=False, elem_id="predictions"),
-                 compare_seen=gr.State(None))
+        page.add(study_plot=gr.Plot(label="Accuracy vs compression", elem_id="study-plot"),
+                 study_csv=gr.DownloadButton("Study data (CSV)", size="sm"))
+        _your_images(page)
+        gr.Markdown(NEXT_STEP, elem_id="next-compare")
+
+
+def _your_images(page: Page) -> None:
+    gr.Markdown("### Your images\n" + figures.FORCED_CHOICE)
+    with gr.Row():
+        page.add(images=gr.File(file_count="multiple", file_types=["image"], type="filepath", label="Images"))
+        with gr.Column():
+            page.add(labels=gr.Textbox(label="Labels, comma-separated", lines=2, elem_id="labels"),
+                     k=gr.Slider(1, 5, 3, step=1, label="Top k"))
+            with gr.Row():
+                page.add(samples=gr.Button("Add sample images"),
+                         predict=gr.Button("Predict", variant="primary", elem_id="predict"))
+    page.add(gallery=gr.Gallery(label="Images", columns=6, height=200, object_fit="contain", elem_id="gallery"),
+             predicted=gr.Dataframe(label="Top-k per model", interactive=False, wrap=True, elem_id="predictions"),
+             prob_bars=gr.Plot(label="Every label's probability, per model", elem_id="probability-bars"),
+             predicted_csv=gr.DownloadButton("Probabilities (CSV)", size="sm"), compare_seen=gr.State(None))
+    gr.Markdown("### Draw a shape\nDraw with the mouse; every stroke re-asks each chosen model to pick among the "
+                "labels above (the original and the pruned model side by side).")
+    with gr.Row():
+        page.add(sketch=gr.Sketchpad(label="Sketchpad", type="numpy", height=300, width=300, elem_id="sketchpad",
+                                     brush=gr.Brush(default_size=12, colors=["#d62728", "#1f77b4", "#2ca02c", "#000000"])),
+                 sketch_bars=gr.Plot(label="What each model sees in your drawing", elem_id="sketch-bars"))
 
 
 def study_views(session: dict, state) -> dict:
@@ -52,14 +76,30 @@ def study_views(session: dict, state) -> dict:
     return {"study_status": line, "study_plot": figure}
 
 
+def probability_table(got) -> "object":
+    """Every label's probability per image and model, long format, for the CSV."""
+    import pandas as pd
+
+    rows = [{"image": image, "model": model, "label": label, "probability": round(float(p[i, j]), 5)}
+            for model, p in got.probs.items() for i, image in enumerate(got.names) if i not in got.errors
+            for j, label in enumerate(got.labels)]
+    return pd.DataFrame(rows)
+
+
 def wire(page: Page, loaded) -> None:
     state = page.state
+    he = Lazy("app.handlers.exports")
 
     def draw_study(session):
         return study_views(page.session(session)[1], state)
 
     def compare(chosen, evaluation, eval_n, progress):
-        return {"comparison": hc.compare(chosen, evaluation, eval_n, state, progress=progress)}
+        got = hc.compare(chosen, evaluation, eval_n, state, progress=progress)
+        plot = figures.per_class(got.per_class, got.models) if got.per_class is not None else \
+            figures.empty("Per-class accuracy needs a classification benchmark", height=200)
+        return {"comparison": got.table, "latency_note": got.latency_note, "per_class_plot": plot,
+                "per_class_csv": he.table_csv(got.per_class, "per-class-accuracy", state) if got.per_class is not None
+                else None, "comparison_csv": he.table_csv(got.table, "comparison", state)}
 
     def start_study(session):
         sid, before = page.session(session)
@@ -68,13 +108,26 @@ def wire(page: Page, loaded) -> None:
         gr.Info(message)
         return {"session": sid}
 
-    def use_samples():
-        paths, text = hc.sample_images(state)
+    def add_samples(images, labels):
+        paths, text, message = hc.add_samples(images, labels, state)
+        gr.Info(message)
         return {"images": paths, "labels": text, "gallery": paths}
 
     def predict(chosen, images, labels, k):
-        table = hc.predictions(chosen, images, labels, k, state)
-        return {"gallery": [(f, None) for f in images], "predicted": table}
+        got = hc.predictions(chosen, images, labels, k, state)
+        return {"gallery": [(f, None if i not in got.errors else "not an image") for i, f in enumerate(images)],
+                "predicted": got.table, "prob_bars": figures.probability_bars(got.names, got.labels, got.probs, got.errors),
+                "predicted_csv": he.table_csv(probability_table(got), "probabilities", state)}
+
+    def sketch(chosen, sketch, labels):
+        if hc.sketch_image(sketch) is None:
+            return {"sketch_bars": figures.empty("Draw something", height=240)}
+        got = hc.sketch_predictions(chosen, sketch, labels, state)
+        return {"sketch_bars": figures.probability_bars(got.names, got.labels, got.probs)}
+
+    def study_csv(session):
+        study, _metric, _line = hc.study_table(page.session(session)[1], state)
+        return {"study_csv": he.table_csv(study, "study", state)}
 
     def tick(session, compare_seen):
         """Redraw the study when the session's scores changed or its study job moved."""
@@ -84,12 +137,19 @@ def wire(page: Page, loaded) -> None:
 
     private = {"api_visibility": "private"}
     page.on(loaded.then, draw_study, ["session"], STUDY_VIEWS, **private)
-    page.on(page.run_compare.click, compare, ["chosen", "evaluation", "eval_n"], ["comparison"], api_name="compare",
+    page.on(page.chosen.change, lambda chosen: {"origins": hc.origins(chosen, state)}, ["chosen"], ["origins"],
+            **private)
+    page.on(loaded.then, lambda chosen: {"origins": hc.origins(chosen, state)}, ["chosen"], ["origins"], **private)
+    page.on(page.run_compare.click, compare, ["chosen", "evaluation", "eval_n"],
+            ["comparison", "latency_note", "per_class_plot", "per_class_csv", "comparison_csv"], api_name="compare",
             concurrency_id="heavy")
     studied = page.on(page.run_study.click, start_study, ["session"], ["session"], **private)
     page.on(studied.then, draw_study, ["session"], STUDY_VIEWS, **private)
-    page.on(page.samples.click, use_samples, [], ["images", "labels", "gallery"], **private)
-    page.on(page.predict.click, predict, ["chosen", "images", "labels", "k"], ["gallery", "predicted"],
-            api_name="predict", concurrency_id="heavy")
+    page.on(page.study_csv.click, study_csv, ["session"], ["study_csv"], **private)
+    page.on(page.samples.click, add_samples, ["images", "labels"], ["images", "labels", "gallery"], **private)
+    page.on(page.predict.click, predict, ["chosen", "images", "labels", "k"],
+            ["gallery", "predicted", "prob_bars", "predicted_csv"], api_name="predict", concurrency_id="heavy")
+    page.on(page.sketch.change, sketch, ["chosen", "sketch", "labels"], ["sketch_bars"], trigger_mode="always_last",
+            show_progress="hidden", api_name="sketch")
     page.on(page.timer.tick, tick, ["session", "compare_seen"], ["compare_seen", *STUDY_VIEWS], quiet=True,
             show_progress="hidden", **private)

@@ -25,7 +25,7 @@ image–text similarities, embeddings and hidden states — it recovers most of 
 BUDGET = ["mode", "keep_vision", "keep_text", "strategy", "measure", "layers_vision", "layers_text", "heads_vision",
           "groups_vision", "heads_text", "groups_text"]
 PLAN_VIEWS = ["plan_table", "plan_notes", "plan_heatmap"]
-JOB_VIEWS = ["pd_status", "loss_plot", "evals"]
+JOB_VIEWS = ["pd_status", "loss_plot", "evals", "jobs"]
 
 
 def build(page: Page) -> None:
@@ -96,9 +96,13 @@ def plan_views(session: dict, by: str, budget: dict, state) -> dict:
 
 
 def job_views(session: dict, state) -> dict:
+    """The job's status line, its loss / eval plot with reference lines, its eval table; and the jobs table."""
     line, curve, history, _ = hj.job_state(session["pd_job"], state)
-    return {"pd_status": line, "loss_plot": figures.losses(curve, history),
-            "evals": pd.DataFrame(history).round(4) if history else None}
+    job = hj.job_or_none(state.store(), session["pd_job"]) if session["pd_job"] else None
+    references, steps = (job.get("references"), job["params"].get("steps")) if job else (None, None)
+    return {"pd_status": line, "loss_plot": figures.losses(curve, history, references, steps),
+            "evals": pd.DataFrame(history).round(4) if history else pd.DataFrame(columns=["step"]),
+            "jobs": hj.jobs_table(state)}
 
 
 def lists(state) -> dict:
@@ -117,6 +121,21 @@ def export(saved: str | None, state) -> dict:
     message = hp.start_export(saved, state)
     gr.Info(message)
     return {"export_status": message, "jobs": hj.jobs_table(state)}
+
+
+def follow(sess: dict, prune_seen, by: str, budget: dict, state) -> dict:
+    """A timer tick: redraw the plan when the session's scores changed, the job views (and the jobs table) when
+    its job moved, and the saved-model lists when the job has just ended."""
+    seen = (hj.signature(sess["pd_job"], state), sess["scores"])
+    last = prune_seen or (None, None)
+    out = {"prune_seen": seen}
+    if seen[1] != last[1]:
+        out.update(plan_views(sess, by, budget, state))
+    if seen[0] != last[0]:
+        out.update(job_views(sess, state))
+        if seen[0] and seen[0][1] in ("done", "failed", "cancelled"):  # a finished job may have saved a model
+            out.update(lists(state))
+    return out
 
 
 def wire(page: Page, loaded) -> None:
@@ -151,20 +170,11 @@ def wire(page: Page, loaded) -> None:
         return {"session": sid}
 
     def tick(session, prune_seen, by, **budget):
-        """Redraw the plan when the session's scores changed, the job views when its job moved."""
-        _sid, sess = page.session(session)
-        seen = (hj.signature(sess["pd_job"], state), sess["scores"])
-        last = prune_seen or (None, None)
-        out = {"prune_seen": seen}
-        if seen[1] != last[1]:
-            out.update(plan_views(sess, by, budget, state))
-        if seen[0] != last[0]:
-            out.update(job_views(sess, state))
-        return out
+        return follow(page.session(session)[1], prune_seen, by, budget, state)
 
     private = {"api_visibility": "private"}
     plan = {"inputs": ["session", "by", *BUDGET], "outputs": PLAN_VIEWS, "show_progress": "hidden"}
-    page.on(loaded.then, restore, ["session", "by", *BUDGET], [*PLAN_VIEWS, *JOB_VIEWS, "saved", "chosen", "jobs"],
+    page.on(loaded.then, restore, ["session", "by", *BUDGET], [*PLAN_VIEWS, *JOB_VIEWS, "saved", "chosen"],
             **private)
     page.on(page.events["draw_scores"].then, draw_plan, **plan, api_name="draw_plan")
     page.on(page.events["start_scores"].then, draw_plan, **plan, **private)
@@ -173,7 +183,6 @@ def wire(page: Page, loaded) -> None:
     started = page.on(page.start.click, start_pd, ["session", "by", "device", "steps", "batch", "data", "name",
                                                    *BUDGET], ["session"], api_name="prune_and_distill")
     page.on(started.then, draw_job, ["session"], JOB_VIEWS, **private)
-    page.on(started.then, lambda: {"jobs": hj.jobs_table(state)}, [], ["jobs"], **private)
     page.on(page.cancel_pd.click, cancel_pd, ["session"], **private)
     resumed = page.on(page.resume_pd.click, resume_pd, ["session"], ["session"], **private)
     page.on(resumed.then, draw_job, ["session"], JOB_VIEWS, **private)
@@ -186,5 +195,6 @@ def wire(page: Page, loaded) -> None:
             api_name="export_onnx")
     page.on(page.refresh.click, lambda saved: saved_views(saved, state), ["saved"], ["saved_card", "export_status"],
             **private)
-    page.on(page.timer.tick, tick, ["session", "prune_seen", "by", *BUDGET], ["prune_seen", *PLAN_VIEWS, *JOB_VIEWS],
+    page.on(page.timer.tick, tick, ["session", "prune_seen", "by", *BUDGET],
+            ["prune_seen", *PLAN_VIEWS, *JOB_VIEWS, "saved", "chosen"],
             quiet=True, show_progress="hidden", **private)
