@@ -84,6 +84,7 @@ def _panel(fig: go.Figure, part: pd.DataFrame, column: str, zrange: tuple[float,
     """One heatmap with axes that fit its grid even when nothing is scored yet."""
     z, text = _grid(part, column)
     fig.add_trace(go.Heatmap(z=z, customdata=text, hovertemplate="%{customdata}<extra></extra>", colorscale="Viridis",
+                             name=f"{part.tower.iloc[0]} {part.kind.iloc[0]}",  # the page's click handler reads it
                              zmin=zrange[0], zmax=zrange[1], showscale=colorbar is not None, colorbar=colorbar),
                   row=r, col=c)
     layers, cells = z.shape

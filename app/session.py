@@ -13,7 +13,9 @@ from pathlib import Path
 
 import diskcache
 
-NEW_SESSION = {"spec": "demo", "scores": None, "score_job": None, "pd_job": None, "study_job": None}
+NEW_SESSION = {"spec": "demo", "scores": None, "score_job": None, "pd_job": None, "study_job": None,
+               "score_settings": None,  # what the session's scores were computed from (data, images, towers, metric)
+               "controls": {}}          # the page's settings (budget, steps, name, compare selection) across reloads
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32)
 LIFETIME_S = 30 * 24 * 3600  # a session not written for 30 days is forgotten
 

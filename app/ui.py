@@ -17,6 +17,34 @@ from .tabs import compare, model, prune, scores
 TABS = (model, scores, prune, compare)  # wired in this order: a tab may chain on the events of those before it
 
 
+# A click on a cell of a heads heatmap (tab 2) names that head in the attention panel, which then draws its maps.
+HEAD_CLICK_JS = """
+() => {
+  const pick = (name) => {
+    const wrap = document.querySelector('#attention-panel .label-wrap');
+    if (wrap && !wrap.classList.contains('open')) wrap.click();
+    setTimeout(() => {
+      const box = document.querySelector('#attn-head textarea, #attn-head input');
+      if (!box) return;
+      box.value = name;
+      box.dispatchEvent(new Event('input', {bubbles: true}));
+    }, 100);
+  };
+  const bind = () => document.querySelectorAll('#heatmap .js-plotly-plot').forEach((div) => {
+    if (div.dataset.mopeClick || typeof div.on !== 'function') return;
+    div.dataset.mopeClick = '1';
+    div.on('plotly_click', (event) => {
+      const point = event.points && event.points[0];
+      const trace = String((point && point.data && point.data.name) || '');
+      if (trace.endsWith(' head')) pick(`${trace.split(' ')[0]}.L${point.y}.head${point.x}`);
+    });
+  });
+  bind();
+  new MutationObserver(bind).observe(document.body, {childList: true, subtree: true});
+}
+"""
+
+
 def build(state: AppState) -> gr.Blocks:
     """The page of an app instance."""
     page = Page(state)
@@ -32,4 +60,5 @@ def build(state: AppState) -> gr.Blocks:
                          api_visibility="private")
         for tab in TABS:
             tab.wire(page, loaded)
+        demo.load(None, js=HEAD_CLICK_JS, api_visibility="private")
     return demo

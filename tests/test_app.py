@@ -71,11 +71,14 @@ def test_scores_job_then_cached_scores_at_once(settings, tiny_dir):
     assert session["score_job"] and "Scoring started" in message
     _, df, total, line = hs.scores_state(session, settings)
     assert df.mope.isna().all() and total == len(df) == 14 and "queued" in line  # the empty grid, to fill in
+    assert "the worker process is starting" in line and "16 images, towers vision" in line  # no silent wait
     [job] = run_queued(settings)
     assert job["status"] == "done" and len(job["partial"]) == job["result"]["units"]
     session, df, total, line = hs.scores_state(session, settings)
     assert session["score_job"] is None and session["scores"] and total is None
     assert set(df.kind) == {"head", "neurons", "layer"} and "units scored" in line
+    assert "calibration **shapes" in line and "16 images, towers vision" in line  # what the scores came from
+    assert hj.ended_line(job) == f"Job {job['id']} (score) finished."
     again, message = hs.start_scores({**session, "scores": None}, source, None, None, "", 16, ["vision"], settings)
     assert again["scores"] == session["scores"] and again["score_job"] is None and "Cached" in message
 
@@ -289,6 +292,33 @@ def test_compare_times_the_models_back_to_back(settings, tiny_dir, monkeypatch):
     assert calls == [(["demo", "tiny0/tiny-clip"], "vision", 1), (["demo", "tiny0/tiny-clip"], "text", 1)]
     assert list(compared.table["image latency (ms)"]) == [1.5, 2.5]
     assert "cpu (test CPU, 2 threads)" in compared.latency_note and "back to" in compared.latency_note
+
+
+def test_attention_of_a_head_beside_the_pruned_model(settings, tiny_dir):
+    from app.handlers import attention as ha
+    from mope.surgery import prune_units
+    from mope.units import Unit
+
+    clip = mope.load_model(str(tiny_dir), device="cpu")
+    folder = mope.save_pruned(prune_units(clip, [Unit("vision", "head", 0, 1)], {"vision": 16, "text": 16}),
+                              settings.saved_dir / "p")
+    paths, _ = hc.sample_images(settings)
+    maps, image = ha.head_maps(str(tiny_dir), str(folder), "vision.L0.head2", paths[0], None, settings)
+    assert list(maps) == ["tiny0/tiny-clip", "models/p"] and image.shape == (160, 160, 3)
+    assert np.allclose(maps["tiny0/tiny-clip"].weights, maps["models/p"].weights, atol=1e-6)  # source index 2 kept
+    gone, _ = ha.head_maps(str(tiny_dir), str(folder), "vision.L0.head1", paths[0], None, settings)
+    assert gone["models/p"].removed == "head removed" and gone["tiny0/tiny-clip"].weights is not None
+    table = ha.attention_table(gone)
+    assert set(table.model) == {"tiny0/tiny-clip", "models/p"} and table.weight.notna().sum() == 16
+    text, none = ha.head_maps(str(tiny_dir), None, "text.L1.head0", None, "a red star", settings)
+    assert none is None and text["tiny0/tiny-clip"].tokens[1:3] == ["a", "red"]
+    assert figures.attention_maps(text).data[0].type == "bar"
+    with pytest.raises(mope.MopeError, match="not a head"):
+        ha.parse_head("vision.L0")
+    with pytest.raises(mope.MopeError, match="choose an image"):
+        ha.head_maps(str(tiny_dir), None, "vision.L0.head0", None, None, settings)
+    with pytest.raises(mope.MopeError, match="outside"):
+        ha.head_maps(str(tiny_dir), None, "vision.L0.head0", str(tiny_dir / "open_clip_config.json"), None, settings)
 
 
 def test_served_page_answers_a_client(tmp_path, monkeypatch):

@@ -262,6 +262,7 @@ def test_prune_score_and_prune_and_distill_jobs(home, tiny_dir):
     job = store.get(scored)
     assert job["status"] == "done", job["error"]
     assert mope.load_scores(job["result"]["scores"])["unit"].str.startswith("vision").all()
+    assert job["progress"]["eta"] is None and "computing the baselines" in job["progress"]["message"]
     job = store.get(both)
     assert job["status"] == "done", job["error"]
     final = mope.load_model(job["result"]["model"], device=DEVICE)

@@ -38,20 +38,38 @@ def signature(job_id: str | None, state: AppState):
             len(job["history"]))
 
 
-def progress_line(job: dict) -> str:
+def progress_line(job: dict, store: Store | None = None) -> str:
     p = job["progress"]
-    if job["status"] == "queued" or not p:
-        return f"Job {job['id']} ({job['kind']}) is queued — waiting for the worker."
+    if job["status"] == "queued":
+        return f"Job {job['id']} ({job['kind']}) is queued — {waiting_for(job, store)}."
+    if not p:
+        return f"Job {job['id']} ({job['kind']}) is running — loading the model and the data."
     eta = f", about {p['eta']:.0f} s left" if p.get("eta") is not None else ""
     filled = round(20 * p["step"] / max(p["total"], 1))
     return (f"`{'█' * filled}{'░' * (20 - filled)}` Job {job['id']} ({job['kind']}): {p['step']}/{p['total']}"
             f"{eta} — {p.get('message', '')}")
 
 
+def waiting_for(job: dict, store: Store | None) -> str:
+    """What a queued job waits for: the worker process to start, or the jobs ahead of it."""
+    if store is None:
+        return "waiting for the worker"
+    if not store.live_workers():
+        return ("the worker process is starting (it imports torch and loads the model: up to about half a minute "
+                "on a small CPU)")
+    ahead = [j for j in store.jobs() if j["status"] in ("queued", "running") and j["created"] < job["created"]]
+    if ahead:
+        return f"waiting for {len(ahead)} job{'s' * (len(ahead) > 1)} ahead of it ({', '.join(j['kind'] for j in ahead)})"
+    return "the worker is picking it up"
+
+
+ENDED = {"done": "finished", "cancelled": "was cancelled", "failed": "failed"}
+
+
 def ended_line(job: dict) -> str:
     if job["status"] == "failed":
         return f"Job {job['id']} ({job['kind']}) failed: {job['error']}"
-    return f"Job {job['id']} ({job['kind']}) was {job['status']}."
+    return f"Job {job['id']} ({job['kind']}) {ENDED.get(job['status'], job['status'])}."
 
 
 def job_state(job_id: str | None, state: AppState) -> tuple[str, list[dict], list[dict], dict | None]:
@@ -61,7 +79,7 @@ def job_state(job_id: str | None, state: AppState) -> tuple[str, list[dict], lis
     job = job_or_none(state.store(), job_id)
     if job is None:
         return f"Job {job_id} is gone from the job store.", [], [], None
-    line = progress_line(job) if job["status"] in ("queued", "running") else ended_line(job)
+    line = progress_line(job, state.store()) if job["status"] in ("queued", "running") else ended_line(job)
     if job["status"] == "done" and job["result"]:
         line += f" Saved: {job['result'].get('model', '')}"
     return line, job["curve"], job["history"], job["result"]

@@ -67,6 +67,8 @@ def start_scores(session: dict, source: str, upload: str | None, folder: str | N
     clip = get_model(session["spec"], state)
     metric = metric or None
     kw = {"towers": list(towers), "units": ["head", "neurons", "layer"], "metric": metric}
+    settings = {"source": source, "data": task.name, "n": len(task), "towers": list(towers), "metric": metric or ""}
+    session = {**session, "score_settings": settings}
     hit = cached_scores(clip, task, **kw)
     if hit is not None:
         path = scores_path(hit.attrs["fingerprint"])
@@ -91,6 +93,14 @@ def schedule_for(clip: mope.Clip, task, kw: dict) -> tuple[str, str]:
                        "estimate on a few images, refined in rounds to the exact scores (hatched cells: estimates)")
 
 
+def settings_line(session: dict) -> str:
+    """What the session's scores were computed from: calibration data, images, towers."""
+    s = session.get("score_settings")
+    if not s:
+        return ""
+    return f" · calibration **{s['data']}**, {s['n']} images, towers {' + '.join(s['towers'])}"
+
+
 def scores_table(path: str, state: AppState) -> pd.DataFrame:
     """A scores CSV the app wrote, read once per process (the files never change: named by fingerprint)."""
     checked = check_scores(path, state)
@@ -108,7 +118,7 @@ def scores_state(session: dict, state: AppState) -> tuple[dict, pd.DataFrame | N
             params = job["params"]
             frame = partial_scores(get_model(params["model"], state), params["towers"], params["units"],
                                    job["partial"], state)
-            return session, frame, len(frame), progress_line(job)
+            return session, frame, len(frame), progress_line(job, state.store()) + settings_line(session)
         session = {**session, "score_job": None}
         if job["status"] == "done":
             session["scores"] = job["result"]["scores"]
@@ -117,8 +127,8 @@ def scores_state(session: dict, state: AppState) -> tuple[dict, pd.DataFrame | N
     df = scores_or_none(session, state)
     if df is None:
         return session, None, None, "No scores yet: pick calibration data and press **Compute MoPE scores**."
-    return session, df, None, (f"{len(df)} units scored · metric **{df.attrs.get('metric', '?')}** · "
-                               f"{Path(session['scores']).name}")
+    return session, df, None, (f"{len(df)} units scored · metric **{df.attrs.get('metric', '?')}**"
+                               f"{settings_line(session)} · {Path(session['scores']).name}")
 
 
 ANYTIME_COLUMNS = ("estimate", "images_used", "se", "round")  # what anytime rows add, for the heatmaps

@@ -5,10 +5,14 @@ import gradio as gr
 
 from .. import figures
 from ..choices import BASELINES, CALIBRATION, CRITERIA
-from ..page import Lazy, Page
+from ..page import Lazy, Page, user_error
 
 hs = Lazy("app.handlers.scores")
 hj = Lazy("app.handlers.jobs")
+ha = Lazy("app.handlers.attention")
+hc = Lazy("app.handlers.compare")
+he = Lazy("app.handlers.exports")
+hm = Lazy("app.handlers.model")
 
 TEACH = """**MoPE** (Module-wise Pruning Error) of a unit = the zero-shot metric of the whole model minus the metric
 with that unit removed, on the calibration data. High MoPE → the model needs it; near zero → prunable; negative → the
@@ -39,13 +43,45 @@ def build(page: Page) -> None:
         colour_by = gr.Radio(list(CRITERIA), value=CRITERIA[0], label="Colour by")
         heatmap = gr.Plot(label="Heatmaps", elem_id="heatmap")
         bars = gr.Plot(label="Per layer")
+        scores_csv = gr.DownloadButton("Scores behind these figures (CSV)", size="sm")
         with gr.Accordion("MoPE vs a baseline", open=False):
             baseline = gr.Radio(list(BASELINES), value=BASELINES[0], label="Baseline")
             scatter = gr.Plot(label="MoPE vs baseline")
             rho = gr.Dataframe(label="Spearman ρ between MoPE and each baseline", interactive=False)
-        page.add(source=source, n=n, metric=metric, towers=towers, upload=upload, folder=folder, compute=compute,
-                 cancel_scores=cancel_scores, score_status=score_status, colour_by=colour_by, heatmap=heatmap,
-                 bars=bars, baseline=baseline, scatter=scatter, rho=rho, scores_seen=gr.State(None))
+        _attention(page)
+        gr.Markdown(NEXT_STEP, elem_id="next-scores")
+    page.add(scores_csv=scores_csv, source=source, n=n, metric=metric, towers=towers, upload=upload, folder=folder,
+             compute=compute, cancel_scores=cancel_scores, score_status=score_status, colour_by=colour_by,
+             heatmap=heatmap, bars=bars, baseline=baseline, scatter=scatter, rho=rho, scores_seen=gr.State(None))
+
+
+NEXT_STEP = """**Next step:** in *3 · Prune & distill*, move the *keep* slider and watch which of these cells the
+plan crosses out; low-scored heads and neuron groups go first. Each figure's camera icon (top right, on hover) saves
+it as PNG."""
+
+ATTENTION = """**What one head looks at.** Click a cell of a *heads* heatmap above (or type a head such as
+`vision.L3.head1`). For a vision head: where the class token looks among the image's patches (bright = much
+attention); for a text head: how the end-of-text token spreads its attention over the prompt's tokens. Beside it, the
+same head in a pruned model (a head the pruning removed is shown as removed)."""
+
+
+def _attention(page: Page) -> None:
+    with gr.Accordion("Attention of one head (original vs pruned)", open=False, elem_id="attention-panel"):
+        gr.Markdown(ATTENTION)
+        with gr.Row():
+            page.add(attn_head=gr.Textbox("vision.L0.head0", label="Head (click one on a heads heatmap)",
+                                          elem_id="attn-head", scale=2),
+                     attn_other=gr.Dropdown([], label="Pruned model beside it (saved models)", scale=3,
+                                            elem_id="attn-other"),
+                     attn_prompt=gr.Textbox("a photo of a red star", label="Prompt (text heads)", scale=2))
+        with gr.Row():
+            page.add(attn_image=gr.Image(type="filepath", sources=["upload"], label="Image (vision heads)", height=180,
+                                         elem_id="attn-image", scale=1),
+                     attn_plot=gr.Plot(label="Attention map", elem_id="attn-plot", scale=4))
+        with gr.Row():
+            page.add(attn_sample=gr.Button("Use a sample image", size="sm"),
+                     attn_show=gr.Button("Show attention", variant="primary", size="sm", elem_id="attn-show"),
+                     attn_csv=gr.DownloadButton("Attention weights (CSV)", size="sm"))
 
 
 def views(df, total, line: str, colour_by: str, baseline: str) -> dict:
@@ -103,5 +139,32 @@ def wire(page: Page, loaded) -> None:
     page.on(page.cancel_scores.click, cancel_scores, ["session"], api_visibility="private")
     for control in (page.colour_by, page.baseline):
         page.on(control.change, draw_scores, **draw, api_visibility="private")
+    def draw_attention(session, attn_head, attn_other, attn_image, attn_prompt):
+        """The head's maps; a head name being typed or a missing image is a note in the plot, not a popup."""
+        spec = page.session(session)[1]["spec"]
+        try:
+            maps, image = ha.head_maps(spec, attn_other, attn_head, attn_image, attn_prompt, state)
+        except Exception as e:
+            if not user_error(e):
+                raise
+            return {"attn_plot": figures.empty(str(e), height=300), "attn_csv": None}
+        return {"attn_plot": figures.attention_maps(maps, image),
+                "attn_csv": he.table_csv(ha.attention_table(maps), "attention", state)}
+
+    def pruned_choices():
+        models = hm.saved_models(state)
+        return {"attn_other": gr.update(choices=models, value=models[0] if models else None)}
+
+    attention = {"inputs": ["session", "attn_head", "attn_other", "attn_image", "attn_prompt"],
+                 "outputs": ["attn_plot", "attn_csv"]}
+    page.on(loaded.then, pruned_choices, [], ["attn_other"], api_visibility="private")
+    page.on(page.attn_show.click, draw_attention, **attention, api_name="attention", concurrency_id="heavy")
+    for control in (page.attn_head, page.attn_other, page.attn_image):  # a click on the heatmap fills attn_head
+        page.on(control.change, draw_attention, **attention, trigger_mode="always_last", api_visibility="private")
+    page.on(page.attn_sample.click, lambda: {"attn_image": hc.sample_images(state)[0][0]}, [], ["attn_image"],
+            api_visibility="private")
+    page.on(page.scores_csv.click, lambda session: {"scores_csv": he.table_csv(
+        hs.scores_or_none(page.session(session)[1], state), "scores", state)}, ["session"], ["scores_csv"],
+        api_visibility="private")
     page.on(page.timer.tick, tick, ["session", "scores_seen", "colour_by", "baseline"],
             ["session", "scores_seen", *VIEWS], quiet=True, show_progress="hidden", api_visibility="private")
