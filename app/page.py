@@ -83,6 +83,22 @@ class Page:
         return event
 
 
+    def remember(self, names: list[str], loaded) -> None:
+        """Keep these controls' values in the session, and put them back when the page is opened again."""
+        def keep(session, **values):
+            sid, before = self.session(session)
+            self.save(sid, {**before, "controls": {**before["controls"], **values}}, before)
+
+        def restore(session):
+            kept = self.session(session)[1]["controls"]
+            return {n: kept[n] for n in names if n in kept}
+
+        for name in names:
+            self.on(self.parts[name].change, keep, ["session", name], [], trigger_mode="always_last",
+                    show_progress="hidden", api_visibility="private")
+        self.on(loaded.then, restore, ["session"], names, api_visibility="private")
+
+
 def _guard(call, name: str, quiet: bool, outputs: dict):
     """Errors as messages (or, for the timer, logged and nothing redrawn)."""
     @functools.wraps(call)

@@ -351,8 +351,10 @@ def test_served_page_answers_a_client(tmp_path, monkeypatch):
                                               0, 0, 0, 0, api_name="/draw_plan")
         vision = dict(zip(table["headers"], table["data"][0]))
         assert vision["tower"] == "vision" and vision["params after"] < vision["params before"]
-        comparison = client.predict(["demo"], next(iter(EVALUATION)), 50, api_name="/compare")
-        assert comparison["headers"][:2] == ["model", "params (M)"] and comparison["data"][0][0] == "demo"
+        comparison, latency, _plot, _per_class, _csv = client.predict(["demo"], next(iter(EVALUATION)), 50,
+                                                                      api_name="/compare")
+        assert comparison["headers"][:3] == ["model", "origin", "params (M)"] and comparison["data"][0][0] == "demo"
+        assert "back to back" in latency and "measured just now on **cpu (" in latency
         _, headline, _ = client.predict(session, "/etc", api_name="/load_model")
         assert "Could not load" in headline and "outside the model folder" in headline and "demo" in headline
     finally:

@@ -5,6 +5,7 @@ import pandas as pd
 
 import mope
 from mope import units as mope_units
+from mope.pruned import provenance
 from mope.settings import default_device
 from mope.speed import gflops_per_sample, latency_seconds
 
@@ -36,7 +37,7 @@ def _measure(clip: mope.Clip) -> tuple[str, pd.DataFrame]:
                      "latency, batch 1 (ms)": round(latency_seconds(clip, tower, 1) * 1e3, 2),
                      "throughput, batch 32 (/s)": round(32 / latency_seconds(clip, tower, 32, repeats=3), 1)})
     headline = (f"**{clip.name}** · {summary['params'] / 1e6:.2f} M parameters in all · on {clip.device} · "
-                f"image size {clip.model.visual.image_size}")
+                f"image size {clip.model.visual.image_size}\n\nOrigin: {provenance(clip)}")
     return headline, pd.DataFrame(rows)
 
 

@@ -35,6 +35,7 @@ def build(page: Page) -> None:
         page.add(origins=gr.Markdown(elem_id="compare-origins"),
                  run_compare=gr.Button("Compare", variant="primary", elem_id="run-compare"),
                  comparison=gr.Dataframe(label="Side by side", interactive=False, wrap=True,
+                                         headers=["model", "origin", "params (M)", "acc1", "image latency (ms)"],
                                          elem_id="comparison"),
                  latency_note=gr.Markdown(elem_id="latency-note"),
                  per_class_plot=gr.Plot(label="Per-class accuracy", elem_id="per-class-plot"),
@@ -59,7 +60,8 @@ def _your_images(page: Page) -> None:
                 page.add(samples=gr.Button("Add sample images"),
                          predict=gr.Button("Predict", variant="primary", elem_id="predict"))
     page.add(gallery=gr.Gallery(label="Images", columns=6, height=200, object_fit="contain", elem_id="gallery"),
-             predicted=gr.Dataframe(label="Top-k per model", interactive=False, wrap=True, elem_id="predictions"),
+             predicted=gr.Dataframe(label="Top-k per model", interactive=False, wrap=True, elem_id="predictions",
+                                    headers=["image", "model", "note"]),
              prob_bars=gr.Plot(label="Every label's probability, per model", elem_id="probability-bars"),
              predicted_csv=gr.DownloadButton("Probabilities (CSV)", size="sm"), compare_seen=gr.State(None))
     gr.Markdown("### Draw a shape\nDraw with the mouse; every stroke re-asks each chosen model to pick among the "
@@ -151,5 +153,6 @@ def wire(page: Page, loaded) -> None:
             ["gallery", "predicted", "prob_bars", "predicted_csv"], api_name="predict", concurrency_id="heavy")
     page.on(page.sketch.change, sketch, ["chosen", "sketch", "labels"], ["sketch_bars"], trigger_mode="always_last",
             show_progress="hidden", api_name="sketch")
+    page.remember(["chosen", "evaluation", "eval_n", "labels", "k"], loaded)
     page.on(page.timer.tick, tick, ["session", "compare_seen"], ["compare_seen", *STUDY_VIEWS], quiet=True,
             show_progress="hidden", **private)

@@ -14,6 +14,10 @@ the image's. Each layer has attention **heads** and an FFN (MLP) whose hidden **
 GFLOPs are counted per sample; latency is measured here, now, on this machine."""
 
 
+NEXT_STEP = """**Next step:** open *2 · Scores* and press **Compute MoPE scores** to see how much each head, neuron
+group and layer of this model matters."""
+
+
 def build(page: Page) -> None:
     with gr.Tab("1 · Model", id="model"):
         gr.Markdown(TEACH)
@@ -23,7 +27,10 @@ def build(page: Page) -> None:
                                      "the model folders")
             load = gr.Button("Load", variant="primary", scale=1)
         headline = gr.Markdown(elem_id="model-headline")
-        card = gr.Dataframe(label="Model card", interactive=False, elem_id="model-card")
+        card = gr.Dataframe(label="Model card", interactive=False, elem_id="model-card", wrap=True,
+                            headers=["tower", "layers", "width", "heads / layer", "FFN width", "params (M)",
+                                     "GFLOPs / sample", "latency, batch 1 (ms)", "throughput, batch 32 (/s)"])
+        gr.Markdown(NEXT_STEP, elem_id="next-model")
     page.add(spec=spec, load=load, headline=headline, card=card)
 
 

@@ -12,6 +12,8 @@ hp = Lazy("app.handlers.prune")
 hs = Lazy("app.handlers.scores")
 hj = Lazy("app.handlers.jobs")
 hm = Lazy("app.handlers.model")
+hc = Lazy("app.handlers.compare")
+he = Lazy("app.handlers.exports")
 
 TEACH = """**Budget → plan.** The plan removes the lowest-scored units until each tower keeps the chosen fraction
 of its head + FFN parameters (or FLOPs). *Uniform* removes the same number in every layer (the paper's layout, fast on
@@ -28,11 +30,18 @@ PLAN_VIEWS = ["plan_table", "plan_notes", "plan_heatmap"]
 JOB_VIEWS = ["pd_status", "loss_plot", "evals", "jobs"]
 
 
+NEXT_STEP = """**Next step:** when the job has saved its model, open *4 · Compare*, pick the original and the
+saved model, and press **Compare**: accuracy, size and speed side by side. Each figure's camera icon (top right, on
+hover) saves it as PNG."""
+
+
 def build(page: Page) -> None:
     with gr.Tab("3 · Prune & distill", id="prune"):
         gr.Markdown(TEACH)
         _budget(page)
-        page.add(plan_table=gr.Dataframe(label="Before → after", interactive=False, elem_id="plan-table"),
+        page.add(plan_table=gr.Dataframe(label="Before → after", interactive=False, elem_id="plan-table", wrap=True,
+                                         headers=["tower", "heads removed", "neuron groups removed", "layers removed",
+                                                  "params before", "params after", "GFLOPs before", "GFLOPs after"]),
                  plan_notes=gr.Markdown(elem_id="plan-notes"),
                  plan_heatmap=gr.Plot(label="What the plan removes", elem_id="plan-heatmap"))
         with gr.Row():
@@ -46,17 +55,25 @@ def build(page: Page) -> None:
                      cancel_pd=gr.Button("Cancel"), resume_pd=gr.Button("Resume from checkpoint"))
         page.add(pd_status=gr.Markdown(elem_id="pd-status"),
                  loss_plot=gr.Plot(label="Distillation: losses and eval metrics", elem_id="loss-plot"),
-                 evals=gr.Dataframe(label="Eval metrics during distillation", interactive=False))
+                 evals=gr.Dataframe(label="Eval metrics during distillation (step 0: before training)",
+                                    interactive=False, headers=["step", "acc1", "acc5", "mean_per_class_recall"]))
+        with gr.Row():
+            page.add(plan_csv=gr.DownloadButton("Plan table (CSV)", size="sm"),
+                     evals_csv=gr.DownloadButton("Distillation curve and evals (CSV)", size="sm"))
         with gr.Accordion("Saved models and all jobs", open=False):
             with gr.Row():
                 page.add(saved=gr.Dropdown([], label="Saved models", scale=4), refresh=gr.Button("Refresh", scale=1),
                          zip_button=gr.Button("Zip for download", scale=1),
                          export_button=gr.Button("Export to ONNX", scale=1, elem_id="export-onnx"))
-            page.add(export_status=gr.Markdown(elem_id="export-status"),
+            page.add(saved_origin=gr.Markdown(elem_id="saved-origin"),
+                     export_status=gr.Markdown(elem_id="export-status"),
                      download=gr.File(label="Download", interactive=False))
             with gr.Accordion("Model card (README.md of the saved folder)", open=False):
                 page.add(saved_card=gr.Markdown(elem_id="saved-card"))
-            page.add(jobs=gr.Dataframe(label="Jobs (newest first)", interactive=False))
+            page.add(jobs=gr.Dataframe(label="Jobs (newest first)", interactive=False, wrap=True,
+                                       headers=["job", "kind", "status", "progress", "model", "started",
+                                                "result / error"]))
+        gr.Markdown(NEXT_STEP, elem_id="next-prune")
         page.add(prune_seen=gr.State(None))  # inside the Tab: a State directly under Tabs shifts the tab labels
 
 
@@ -195,6 +212,22 @@ def wire(page: Page, loaded) -> None:
             api_name="export_onnx")
     page.on(page.refresh.click, lambda saved: saved_views(saved, state), ["saved"], ["saved_card", "export_status"],
             **private)
+    page.remember(["by", *BUDGET, "device", "steps", "batch", "data", "name"], loaded)
+    page.on(page.saved.change, lambda saved: {"saved_origin": hc.origins([saved], state) if saved else ""}, ["saved"],
+            ["saved_origin"], api_visibility="private")
+
+    def plan_csv(session, by, **budget):
+        return {"plan_csv": he.table_csv(plan_views(page.session(session)[1], by, budget, state)["plan_table"],
+                                         "plan", state)}
+
+    def evals_csv(session):
+        _line, curve, history, _ = hj.job_state(page.session(session)[1]["pd_job"], state)
+        frames = [pd.DataFrame(rows) for rows in (curve, history) if rows]
+        table = frames[0].merge(frames[1], on="step", how="outer") if len(frames) == 2 else (frames or [None])[0]
+        return {"evals_csv": he.table_csv(table, "distillation", state)}
+
+    page.on(page.plan_csv.click, plan_csv, ["session", "by", *BUDGET], ["plan_csv"], api_visibility="private")
+    page.on(page.evals_csv.click, evals_csv, ["session"], ["evals_csv"], api_visibility="private")
     page.on(page.timer.tick, tick, ["session", "prune_seen", "by", *BUDGET],
             ["prune_seen", *PLAN_VIEWS, *JOB_VIEWS, "saved", "chosen"],
             quiet=True, show_progress="hidden", **private)

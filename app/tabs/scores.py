@@ -126,11 +126,21 @@ def wire(page: Page, loaded) -> None:
 
     draw = {"inputs": ["session", "colour_by", "baseline"], "outputs": ["session", *VIEWS]}
     page.on(loaded.then, draw_scores, **draw, api_visibility="private")
-    def metrics_of(source):
-        return {"metric": gr.update(choices=hs.metric_choices(source), value="")}
+    def metrics_of(source, metric):
+        choices = hs.metric_choices(source)
+        return {"metric": gr.update(choices=choices, value=metric if metric in choices else "")}
 
-    for trigger in (loaded.then, page.source.change):
-        page.on(trigger, metrics_of, ["source"], ["metric"], api_visibility="private")
+    def controls_of_scores(session, source):
+        """The controls as the session's scores were computed (not the defaults beside other scores)."""
+        kept = page.session(session)[1]["score_settings"]
+        if not kept or kept.get("source") not in CALIBRATION:
+            return {"metric": gr.update(choices=hs.metric_choices(source), value="")}
+        return {"source": kept["source"], "n": kept["n"], "towers": kept["towers"],
+                "metric": gr.update(choices=hs.metric_choices(kept["source"]), value=kept["metric"])}
+
+    page.on(loaded.then, controls_of_scores, ["session", "source"], ["source", "n", "towers", "metric"],
+            api_visibility="private")
+    page.on(page.source.change, metrics_of, ["source", "metric"], ["metric"], api_visibility="private")
     page.on(page.events["load_model"].then, draw_scores, **draw, api_name="draw_scores")
     started = page.on(page.compute.click, start_scores, ["session", "source", "upload", "folder", "metric", "n",
                                                          "towers"], ["session"], api_name="start_scores",
