@@ -48,7 +48,15 @@ def main() -> None:
 
 
 def warm_up(state) -> None:
-    """Load and measure the demo model, so the first page's model card comes quickly."""
+    """Start the job worker (so the first job does not wait for it to import torch) and load and measure the demo
+    model, so the first page's model card comes quickly."""
+    try:
+        from mope.jobs import ensure_worker
+
+        if state.start_worker:
+            ensure_worker(state.store(), idle_exit=600)
+    except Exception as e:  # noqa: BLE001 (a job started later says what it waits for)
+        logging.getLogger("app").warning("worker not started: %s", e)
     try:
         from .handlers.model import model_card
 

@@ -105,6 +105,10 @@ def test_heatmaps_fill_in_and_mark_what_the_plan_removes(settings, scored):
                                                       0), "mope")
     row = table.set_index("tower").loc["vision"]
     assert row["params after"] < row["params before"] and plan.removed
+    rho = hs.correlations(df)
+    assert set(rho.kind) == {"head", "neurons", "layer"}  # whole layers get a ρ of their own
+    scatter = figures.versus(df, "magnitude", rho)
+    assert {t.xaxis for t in scatter.data if t.name.split()[1] == "layer"} == {"x2"}  # on their own axes
     marked = figures.heatmaps(df, removed={u.name for u in plan.removed})
     crosses = sum(len(t.x) for t in marked.data if t.type == "scatter")
     assert crosses == len([u for u in plan.removed if u.kind != "layer"])

@@ -159,4 +159,5 @@ def scores_or_none(session: dict, state: AppState) -> pd.DataFrame | None:
 
 
 def correlations(df: pd.DataFrame) -> pd.DataFrame:
-    return baseline_correlations(df[df.kind != "layer"]).round(3)
+    """Spearman ρ of MoPE and each baseline per tower and kind: whole layers get their own ρ too."""
+    return baseline_correlations(df).round(3)
