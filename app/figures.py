@@ -289,14 +289,16 @@ def attention_maps(maps: dict, image: np.ndarray | None = None) -> go.Figure:
             fig.add_trace(go.Heatmap(z=m.weights.numpy(), colorscale="Inferno", zmin=0, showscale=c == len(shown),
                                      hovertemplate="patch row %{y}, col %{x}: %{z:.3f}<extra></extra>"), row=1, col=c)
             fig.update_yaxes(autorange="reversed", scaleanchor=f"x{c if c > 1 else ''}", row=1, col=c)
+            fig.update_xaxes(constrain="domain", row=1, col=c)
         else:
             fig.add_trace(go.Bar(x=list(range(len(m.tokens))), y=m.weights.numpy(), showlegend=False,
                                  customdata=m.tokens, hovertemplate="%{customdata}: %{y:.3f}<extra></extra>"),
                           row=1, col=c)
             fig.update_xaxes(tickvals=list(range(len(m.tokens))), ticktext=m.tokens, tickangle=-45, row=1, col=c)
     what = "class token → patches" if vision else "end-of-text token → prompt tokens"
+    side = ", original vs pruned" if len(maps) > 1 else ""
     fig.update_layout(height=360, margin={"t": 70, "b": 60},
-                      title={"text": f"Attention of {unit} ({what}), original vs pruned", "font": {"size": 14}})
+                      title={"text": f"Attention of {unit} ({what}){side}", "font": {"size": 14}})
     return fig
 
 

@@ -64,7 +64,7 @@ class Page:
         def call(args, progress=None):
             extra = {"progress": progress} if progress is not None else {}
             answer = fn(**dict(zip(inputs, args)), **extra) or {}
-            return {components[name]: value for name, value in answer.items()}
+            return {c: answer.get(name, gr.skip()) for name, c in components.items()}  # left out: stays as it is
 
         run = _guard(call, fn.__name__, quiet, components)
         params = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in inputs]

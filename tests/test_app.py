@@ -255,6 +255,7 @@ def test_predictions_and_bad_uploads(settings, tiny_dir, tmp_path):
     mixed = hc.predictions(["demo"], [paths[0], str(tmp_path / "fake.png"), paths[1]], labels, 1, settings)
     assert mixed.table.demo[0] and mixed.table.demo[2] and mixed.table.demo[1] == ""  # the valid ones still predicted
     assert "fake.png is not an image" in mixed.table.note[1] and mixed.errors == {1: mixed.table.note[1]}
+    assert len(mixed.long_table()) == 2 * len(mixed.labels) and "fake.png" not in set(mixed.long_table().image)
     Image.new("1", (8000, 6000)).save(tmp_path / "huge.png")
     with pytest.raises(mope.MopeError, match="megapixel limit"):
         hc.predictions(["demo"], [str(tmp_path / "huge.png")], "cat", 1, settings)

@@ -91,7 +91,7 @@ def test_demo_flow_in_chromium(served):
 def _model_tab(page):
     from playwright.sync_api import expect
 
-    expect(page.locator("#model-card")).to_contain_text("vision", timeout=30_000)
+    expect(page.locator("#model-card")).to_contain_text("vision", timeout=120_000)  # a shared 2-core machine
     expect(page.locator("#model-headline")).to_contain_text("demo")
     expect(page.locator("#model-headline")).to_contain_text("Origin: original")
     expect(page.locator("#next-model")).to_contain_text("Next step")
@@ -121,7 +121,7 @@ def _scores_tab(page, browser, served):
     page.get_by_role("tab", name="2 · Scores").click()
     expect(page.locator("#score-status")).to_contain_text("units scored", timeout=30_000)
     expect(page.locator("#calibration-n input")).to_have_value("32")
-    expect(page.locator("#heatmap .js-plotly-plot")).to_be_visible()
+    expect(page.locator("#heatmap .js-plotly-plot")).to_be_visible(timeout=30_000)
     other = browser.new_context().new_page()  # another person: their own, empty selections
     other.goto(served)
     other.get_by_role("tab", name="2 · Scores").click()
@@ -135,17 +135,17 @@ def _prune_tab(page):
     page.get_by_role("tab", name="3 · Prune & distill").click()
     expect(page.locator("#plan-table")).to_contain_text("vision", timeout=30_000)
     expect(page.locator("#plan-heatmap .js-plotly-plot")).to_be_visible()
-    page.locator("#pd-steps input").fill("3")
+    page.locator("#pd-steps input").fill("2")
     page.locator("#pd-steps input").press("Enter")
     page.locator("#pd-batch input").fill("8")
     page.locator("#pd-batch input").press("Enter")
     page.wait_for_timeout(1500)
     page.reload()  # a reload keeps the settings
     page.get_by_role("tab", name="3 · Prune & distill").click()
-    expect(page.locator("#pd-steps input")).to_have_value("3", timeout=30_000)
+    expect(page.locator("#pd-steps input")).to_have_value("2", timeout=30_000)
     expect(page.locator("#pd-batch input")).to_have_value("8")
     page.locator("#prune-distill").click()
-    expect(page.locator("#pd-status")).to_contain_text("Saved", timeout=240_000)
+    expect(page.locator("#pd-status")).to_contain_text("Saved", timeout=480_000)  # evals of 500 images, shared CPU
     expect(page.locator("#loss-plot")).to_contain_text("affinity")
     expect(page.locator("#loss-plot")).to_contain_text("acc1: teacher")
     expect(page.locator("#next-prune")).to_contain_text("Next step")

@@ -130,6 +130,12 @@ class Predictions:
     probs: dict[str, np.ndarray]
     errors: dict[int, str]
 
+    def long_table(self) -> pd.DataFrame:
+        """Every label's probability per image and model, one row each (for the CSV)."""
+        return pd.DataFrame([{"image": image, "model": model, "label": label, "probability": round(float(p[i, j]), 5)}
+                             for model, p in self.probs.items() for i, image in enumerate(self.names)
+                             if i not in self.errors for j, label in enumerate(self.labels)])
+
 
 def predictions(specs: list[str], files: list[str], labels_text: str, k: int, state: AppState) -> Predictions:
     """Each readable image's top-k labels per model; an unreadable one gets its reason and the others still

@@ -78,16 +78,6 @@ def study_views(session: dict, state) -> dict:
     return {"study_status": line, "study_plot": figure}
 
 
-def probability_table(got) -> "object":
-    """Every label's probability per image and model, long format, for the CSV."""
-    import pandas as pd
-
-    rows = [{"image": image, "model": model, "label": label, "probability": round(float(p[i, j]), 5)}
-            for model, p in got.probs.items() for i, image in enumerate(got.names) if i not in got.errors
-            for j, label in enumerate(got.labels)]
-    return pd.DataFrame(rows)
-
-
 def wire(page: Page, loaded) -> None:
     state = page.state
     he = Lazy("app.handlers.exports")
@@ -119,7 +109,7 @@ def wire(page: Page, loaded) -> None:
         got = hc.predictions(chosen, images, labels, k, state)
         return {"gallery": [(f, None if i not in got.errors else "not an image") for i, f in enumerate(images)],
                 "predicted": got.table, "prob_bars": figures.probability_bars(got.names, got.labels, got.probs, got.errors),
-                "predicted_csv": he.table_csv(probability_table(got), "probabilities", state)}
+                "predicted_csv": he.table_csv(got.long_table(), "probabilities", state)}
 
     def sketch(chosen, sketch, labels):
         if hc.sketch_image(sketch) is None:
