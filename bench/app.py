@@ -69,6 +69,11 @@ def main() -> None:
     ready, card, url, app = startup(home)
     print(f"start-up: 'ready' after {ready:.1f} s; model card visible in Chromium after "
           + (f"{card:.1f} s" if card is not None else "(playwright not installed)"), flush=True)
+    from mope.jobs import Store
+
+    workers = Store(home / "jobs").live_workers()
+    print(f"job worker when the page was up: {'warm (pid ' + str(workers[0]) + ')' if workers else 'not started'}",
+          flush=True)
 
     import mope
     from app import figures
@@ -111,7 +116,8 @@ def main() -> None:
     print(f"budget preview, {len(keeps)} slider positions: in-process median {statistics.median(local) * 1e3:.0f} ms "
           f"(max {max(local) * 1e3:.0f}); through the served app median {statistics.median(remote) * 1e3:.0f} ms "
           f"(max {max(remote) * 1e3:.0f})", flush=True)
-    print("targets: page interactive <= 10 s, preview <= 300 ms, sweep <= 60 s")
+    print("targets: page interactive <= 10 s, preview median <= 150 ms and max <= 300 ms through the served app, "
+          "worker warm when the page opens, sweep <= 60 s")
     app.terminate()
 
 
