@@ -55,15 +55,26 @@ def compression_curve(clip: Clip, scores: pd.DataFrame, task: Task, removed: Seq
         if should_stop and should_stop():
             raise Cancelled(rows)
         budget = Budget(keep=1 - fraction, towers=tuple(towers))
-        pruned = curve_model(clip, scores, budget, *curves[name], calibration, step_schedule, should_stop)
-        kinds = [u.kind for step in pruned.info["plan"] for u in Plan.from_dict(step).removed]
-        rows.append({"removed": fraction, "ranking": name, metric: evaluate(pruned, task)[metric],
-                     "heads": kinds.count("head"), "groups": kinds.count("neurons")})
+        rows.append(curve_point(clip, scores, task, metric, budget, fraction, name, curves[name], calibration,
+                                step_schedule, should_stop))
         if progress:
             progress(done, len(todo), (time.time() - start) / done * (len(todo) - done), rows)
     df = pd.DataFrame(rows)
     df.attrs.update(metric=metric, scores=scores.attrs.get("fingerprint", ""))
     return df
+
+
+def curve_point(clip: Clip, scores: pd.DataFrame, task: Task, metric: str, budget: Budget, fraction: float, name: str,
+                curve: tuple[str, int], calibration: Task | None, step_schedule: str, should_stop) -> dict:
+    """One row of the curve; a fraction no plan can reach (e.g. every head of a small tower) is a gap (NaN) with
+    the reason in `note`."""
+    try:
+        pruned = curve_model(clip, scores, budget, *curve, calibration, step_schedule, should_stop)
+    except MopeError as e:
+        return {"removed": fraction, "ranking": name, metric: float("nan"), "heads": 0, "groups": 0, "note": str(e)}
+    kinds = [u.kind for step in pruned.info["plan"] for u in Plan.from_dict(step).removed]
+    return {"removed": fraction, "ranking": name, metric: evaluate(pruned, task)[metric],
+            "heads": kinds.count("head"), "groups": kinds.count("neurons")}
 
 
 def iterative_name(steps: int) -> str:
