@@ -70,121 +70,59 @@ def served(tmp_path):
 
 def test_demo_flow_in_chromium(served):
     _browser_or_skip()
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        console = []
-        page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
         page.goto(served)
-        _model_tab(page)
-        _scores_tab(page, browser, served)
-        _prune_tab(page)
-        _compare_tab(page)
-        _error_message(page)
+        expect(page.locator("#model-card")).to_contain_text("vision", timeout=120_000)  # torch loads first
+        expect(page.locator("#model-headline")).to_contain_text("demo")
+        page.screenshot(path=ARTIFACTS / "1-model.png", full_page=True)
+
+        page.get_by_role("tab", name="2 · Scores").click()
+        page.locator("#calibration-n input").fill("32")
+        page.locator("#compute-scores").click()
+        expect(page.locator("#score-status")).to_contain_text("units scored", timeout=240_000)
+        expect(page.locator("#heatmap .js-plotly-plot")).to_be_visible()
+        expect(page.locator("#heatmap")).to_contain_text("attention heads")
+        page.screenshot(path=ARTIFACTS / "2-scores.png", full_page=True)
+        page.reload()  # the browser keeps this person's session: the scores come back
+        page.get_by_role("tab", name="2 · Scores").click()
+        expect(page.locator("#score-status")).to_contain_text("units scored", timeout=30_000)
+        expect(page.locator("#heatmap .js-plotly-plot")).to_be_visible(timeout=60_000)  # slow on a busy machine
+        other = browser.new_context().new_page()  # another person: their own, empty selections
+        other.goto(served)
+        other.get_by_role("tab", name="2 · Scores").click()
+        expect(other.locator("#score-status")).to_contain_text("No scores yet", timeout=30_000)
+        other.close()
+
+        page.get_by_role("tab", name="3 · Prune & distill").click()
+        expect(page.locator("#plan-table")).to_contain_text("vision", timeout=30_000)
+        expect(page.locator("#plan-heatmap .js-plotly-plot")).to_be_visible()
+        page.locator("#pd-steps input").fill("3")
+        page.locator("#pd-batch input").fill("8")
+        page.locator("#prune-distill").click()
+        expect(page.locator("#pd-status")).to_contain_text("Saved", timeout=240_000)
+        expect(page.locator("#loss-plot")).to_contain_text("affinity")
+        page.screenshot(path=ARTIFACTS / "3-plan.png", full_page=True)
+
+        page.get_by_role("tab", name="4 · Compare").click()
+        page.locator("#run-compare").click()
+        expect(page.locator("#comparison")).to_contain_text("acc1", timeout=120_000)
+        expect(page.locator("#comparison")).to_contain_text("demo")
+        page.get_by_role("button", name="Add sample images").click()
+        expect(page.locator("#gallery img").first).to_be_visible(timeout=30_000)
+        page.locator("#predict").click()
+        expect(page.locator("#predictions")).to_contain_text(re.compile(r"\d+%"), timeout=60_000)
+        page.screenshot(path=ARTIFACTS / "4-compare.png", full_page=True)
+
+        page.get_by_role("tab", name="1 · Model").click()
+        page.locator("#model-spec input").fill("/etc")
+        page.get_by_role("button", name="Load").click()
+        expect(page.locator("#model-headline")).to_contain_text("outside the model folder", timeout=30_000)
+        page.screenshot(path=ARTIFACTS / "5-error.png", full_page=True)
+        expect(page.locator("#model-card")).to_be_visible()  # the card of the model in use stays
+        expect(page.locator("#model-card")).to_contain_text("vision")
         browser.close()
-    assert not [m for m in console if "Too many arguments" in m], console  # every event gets what it asks for
-
-
-def _model_tab(page):
-    from playwright.sync_api import expect
-
-    expect(page.locator("#model-card")).to_contain_text("vision", timeout=120_000)  # a shared 2-core machine
-    expect(page.locator("#model-headline")).to_contain_text("demo")
-    expect(page.locator("#model-headline")).to_contain_text("Origin: original")
-    expect(page.locator("#next-model")).to_contain_text("Next step")
-    page.screenshot(path=ARTIFACTS / "1-model.png", full_page=True)
-
-
-def _scores_tab(page, browser, served):
-    from playwright.sync_api import expect
-
-    page.get_by_role("tab", name="2 · Scores").click()
-    page.locator("#calibration-n input").fill("32")
-    page.locator("#compute-scores").click()
-    expect(page.locator("#score-status")).to_contain_text(re.compile("queued|Job|units scored"), timeout=60_000)
-    expect(page.locator("#score-status")).not_to_contain_text("waiting for the worker")  # it says what it waits for
-    expect(page.locator("#score-status")).to_contain_text("units scored", timeout=240_000)
-    expect(page.locator("#score-status")).to_contain_text("32 images")
-    expect(page.locator("#heatmap .js-plotly-plot")).to_be_visible()
-    expect(page.locator("#heatmap")).to_contain_text("attention heads")
-    page.locator("#heatmap .nsewdrag").first.click()  # a cell of the vision heads heatmap
-    expect(page.locator("#attn-head textarea, #attn-head input").first).to_have_value(
-        re.compile(r"vision\.L\d\.head\d"), timeout=30_000)
-    page.get_by_role("button", name="Use a sample image").click()
-    expect(page.locator("#attn-plot")).to_contain_text("class token", timeout=60_000)
-    page.screenshot(path=ARTIFACTS / "2-scores.png", full_page=True)
-    page.locator("#attention-panel").screenshot(path=ARTIFACTS / "2b-attention.png")
-    page.reload()  # the browser keeps this person's session: the scores, and the settings they came from
-    page.get_by_role("tab", name="2 · Scores").click()
-    expect(page.locator("#score-status")).to_contain_text("units scored", timeout=30_000)
-    expect(page.locator("#calibration-n input")).to_have_value("32")
-    expect(page.locator("#heatmap .js-plotly-plot")).to_be_visible(timeout=30_000)
-    other = browser.new_context().new_page()  # another person: their own, empty selections
-    other.goto(served)
-    other.get_by_role("tab", name="2 · Scores").click()
-    expect(other.locator("#score-status")).to_contain_text("No scores yet", timeout=30_000)
-    other.close()
-
-
-def _prune_tab(page):
-    from playwright.sync_api import expect
-
-    page.get_by_role("tab", name="3 · Prune & distill").click()
-    expect(page.locator("#plan-table")).to_contain_text("vision", timeout=30_000)
-    expect(page.locator("#plan-heatmap .js-plotly-plot")).to_be_visible()
-    page.locator("#pd-steps input").fill("2")
-    page.locator("#pd-steps input").press("Enter")
-    page.locator("#pd-batch input").fill("8")
-    page.locator("#pd-batch input").press("Enter")
-    page.wait_for_timeout(1500)
-    page.reload()  # a reload keeps the settings
-    page.get_by_role("tab", name="3 · Prune & distill").click()
-    expect(page.locator("#pd-steps input")).to_have_value("2", timeout=30_000)
-    expect(page.locator("#pd-batch input")).to_have_value("8")
-    page.locator("#prune-distill").click()
-    expect(page.locator("#pd-status")).to_contain_text("Saved", timeout=480_000)  # evals of 500 images, shared CPU
-    expect(page.locator("#loss-plot")).to_contain_text("affinity")
-    expect(page.locator("#loss-plot")).to_contain_text("acc1: teacher")
-    expect(page.locator("#next-prune")).to_contain_text("Next step")
-    page.screenshot(path=ARTIFACTS / "3-prune.png", full_page=True)
-
-
-def _compare_tab(page):
-    from playwright.sync_api import expect
-
-    page.get_by_role("tab", name="4 · Compare").click()
-    expect(page.locator("#compare-origins")).to_contain_text("original", timeout=30_000)
-    page.locator("#run-compare").click()
-    expect(page.locator("#comparison")).to_contain_text("acc1", timeout=180_000)
-    expect(page.locator("#comparison")).to_contain_text("demo")
-    expect(page.locator("#latency-note")).to_contain_text("back to back")
-    expect(page.locator("#per-class-plot .js-plotly-plot")).to_be_visible()
-    page.get_by_role("button", name="Add sample images").click()
-    expect(page.locator("#gallery img").first).to_be_visible(timeout=30_000)
-    page.locator("#predict").click()
-    expect(page.locator("#predictions")).to_contain_text(re.compile(r"\d+%"), timeout=60_000)
-    expect(page.locator("#probability-bars .js-plotly-plot")).to_be_visible()
-    canvas = page.locator("#sketchpad canvas").first
-    box = canvas.bounding_box()
-    page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.3)
-    page.mouse.down()
-    for x, y in ((0.7, 0.3), (0.7, 0.7), (0.3, 0.7), (0.3, 0.3)):
-        page.mouse.move(box["x"] + box["width"] * x, box["y"] + box["height"] * y, steps=5)
-    page.mouse.up()
-    expect(page.locator("#sketch-bars")).to_contain_text("demo", timeout=60_000)
-    page.screenshot(path=ARTIFACTS / "4-compare.png", full_page=True)
-
-
-def _error_message(page):
-    from playwright.sync_api import expect
-
-    page.get_by_role("tab", name="1 · Model").click()
-    page.locator("#model-spec input").fill("/etc")
-    page.get_by_role("button", name="Load").click()
-    expect(page.locator("#model-headline")).to_contain_text("outside the model folder", timeout=30_000)
-    page.screenshot(path=ARTIFACTS / "5-error.png", full_page=True)
-    expect(page.locator("#model-card")).to_be_visible()  # the card of the model in use stays
-    expect(page.locator("#model-card")).to_contain_text("vision")

@@ -66,8 +66,8 @@ def start_prune_distill(session: dict, budget: Budget, by: str, device: str, ste
     if device == "cuda" and not torch.cuda.is_available():
         raise MopeError("this machine has no CUDA GPU: choose auto or cpu")
     spec, scores = check_spec(session["spec"], state), check_scores(session["scores"], state)
-    preview(scores_table(str(scores), state), budget, by)  # a budget the preview refuses never becomes a job
     data = check_training_data(data, state)
+    preview(scores_table(str(scores), state), budget, by)  # a budget the preview refuses never becomes a job
     name = "".join(c if c.isalnum() or c in "-_" else "-" for c in str(name or "").strip()[:80]) or "pruned"
     out = state.saved_dir / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     params = {"model": spec, "out": str(out), "scores": str(scores), "budget": asdict(budget),
