@@ -112,6 +112,7 @@ def _prune(args) -> None:
     from .plan import Budget, Plan
     from .pruned import save_pruned
     from .scoring import load_scores
+    from .stability import stability_line
 
     out = Path(args.out)
     if out.exists():
@@ -129,7 +130,10 @@ def _prune(args) -> None:
                              steps=args.iterative, step_schedule=args.step_schedule)
     save_pruned(pruned, out)
     for step in pruned.info["plan"]:
-        print(Plan.from_dict(step).summary().to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        step = Plan.from_dict(step)
+        print(step.summary().to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        print(stability_line(step.stability) if step.stability else
+              "stability: not measured (no per-image results cached for these scores, or not ranked by mope)")
     print(f"saved to {out}")
 
 

@@ -7,6 +7,7 @@ from .clip import Clip
 from .errors import MopeError
 from .plan import Budget, check_budget, plan
 from .scoring import score
+from .stability import measured_stability
 from .surgery import prune
 from .units import Unit
 
@@ -41,7 +42,7 @@ def prune_model(clip: Clip, task, budget, schedule: str = "width-then-depth", sc
     if has_width and steps > 1:
         pruned = _iterative_width(clip, task, width, scores, by, steps, step_schedule, progress, should_stop, score_kw)
     else:
-        pruned = prune(clip, plan(scores, width, by=by)) if has_width else clip
+        pruned = prune(clip, measured_stability(plan(scores, width, by=by), scores)) if has_width else clip
     if budget.per_tower("layers"):
         layer_kw = {**score_kw, "baselines": ()}
         layer_scores = score(pruned, task, towers=towers, units=["layer"], progress=progress,
@@ -119,7 +120,7 @@ def _iterative_width(clip, task, width: Budget, scores, by, steps, step_schedule
         if budget is None:
             record.append({"step": k + 1, "skipped": "nothing left to remove at this step"})
             continue
-        step_plan = plan(scores, budget, by=by)
+        step_plan = measured_stability(plan(scores, budget, by=by), scores)
         for t, size in step_plan.sizes.items():
             gone[t] = gone.get(t, 0.0) + size[f"{measure}_before"] - size[f"{measure}_after"]
         record.append(_step_record(k, pruned, scores, step_plan, by))

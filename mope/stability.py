@@ -12,6 +12,7 @@ import pandas as pd
 
 from .errors import MopeError
 from .plan import Budget, Plan, plan
+from .scoring import per_image
 
 STABLE = 0.9  # a unit removed in at least this fraction of the resamples counts as stable
 
@@ -52,6 +53,12 @@ def with_stability(plan_: Plan, scores: pd.DataFrame, per_image: pd.DataFrame, *
     """`plan_` with its stability measured (the budget and ranking it was made with)."""
     plan_.stability = plan_stability(scores, plan_.budget, per_image, by=plan_.by, **kw)
     return plan_
+
+
+def measured_stability(plan_: Plan, scores: pd.DataFrame, **kw) -> Plan:
+    """`plan_` with its stability when the scores' per-image results are in the cache (else unchanged)."""
+    matrix = per_image(scores) if plan_.by == "mope" else None
+    return plan_ if matrix is None else with_stability(plan_, scores, matrix, **kw)
 
 
 def _aligned(scores: pd.DataFrame, per_image: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:

@@ -70,6 +70,8 @@ def curve_point(clip: Clip, scores: pd.DataFrame, task: Task, metric: str, budge
     the reason in `note`."""
     try:
         pruned = curve_model(clip, scores, budget, *curve, calibration, step_schedule, should_stop)
+    except Cancelled:
+        raise
     except MopeError as e:
         return {"removed": fraction, "ranking": name, metric: float("nan"), "heads": 0, "groups": 0, "note": str(e)}
     kinds = [u.kind for step in pruned.info["plan"] for u in Plan.from_dict(step).removed]

@@ -75,6 +75,9 @@ def test_prune_iterative_records_its_steps(tiny_dir, tmp_path):
     assert out.returncode == 0, out.stderr
     saved = json.loads((tmp_path / "p" / "pruning.json").read_text())
     assert saved["iterative"]["steps"] == 2 and len(saved["plan"]) == 2
+    # each step's plan carries its bootstrap stability, measured from the cached per-image results
+    assert all(step["stability"]["units"] == len(step["removed"]) for step in saved["plan"])
+    assert out.stdout.count("bootstrap resamples of the 8 calibration images") == 2
 
 
 @pytest.mark.parametrize("args, message", [(["--chunk", "0"], "chunk must be a positive"),

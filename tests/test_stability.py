@@ -48,3 +48,17 @@ def test_the_plan_carries_its_stability_through_a_round_trip():
     scores, matrix = table(np.random.default_rng(1).normal(0, 0.1, (4, 16)) + np.arange(4)[:, None])
     p = with_stability(plan(scores, Budget(heads=2)), scores, matrix, resamples=20)
     assert p.stability["units"] == 2 and Plan.from_dict(p.to_dict()).stability == p.stability
+
+
+def test_stability_of_a_real_plan_from_cached_per_image_results(tiny_dir):
+    import mope
+    from mope.stability import measured_stability
+
+    clip = mope.load_model(str(tiny_dir), device="cpu")
+    task = mope.load_task("shapes", n=16)
+    scores = mope.score(clip, task, towers=["vision"], units=["head", "neurons"], metric="loss", baselines=())
+    per_image = mope.scoring.per_image(scores)
+    assert np.allclose(per_image.mean(axis=1).to_numpy(), scores.set_index("unit").loc[per_image.index, "mope"],
+                       atol=1e-5)
+    p = measured_stability(mope.plan(scores, Budget(keep=0.5)), scores, resamples=30)
+    assert p.stability["units"] == len(p.removed) and 0 <= p.stability["stable"] <= len(p.removed)

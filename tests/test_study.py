@@ -51,3 +51,11 @@ def test_iterative_curve_needs_the_calibration_task(scored):
     clip, scores, task = scored
     with pytest.raises(mope.MopeError, match="calibration task"):
         compression_curve(clip, scores, task, removed=(0.5,), iterative=(2,))
+
+
+def test_a_budget_the_plan_refuses_is_a_row_with_its_reason(scored):
+    clip, scores, task = scored
+    df = compression_curve(clip, scores, task, removed=(0.5, 0.99), rankings={"MoPE": "mope"})
+    refused = df[df.removed == 0.99]
+    assert refused.acc1.isna().all() and refused.note.str.contains("removes every head").all()
+    assert df[df.removed == 0.5].acc1.notna().all()
