@@ -93,7 +93,14 @@ def main() -> None:
     path = home / "results" / "scores-bench.csv"  # where the app may read scores from
     save_scores(scores, path)
     state = AppState(home, start_worker=False)
-    keeps = [round(0.05 * i, 2) for i in range(1, 20)]  # every slider position that removes something
+    keeps = []  # every slider position whose plan the app accepts (keep 0.05 / 0.1 remove every vision head)
+    for keep in (round(0.05 * i, 2) for i in range(1, 20)):
+        try:
+            hp.preview(hs.scores_table(str(path), state), hp.budget_of("keep fraction", keep, 1.0, "uniform", "params",
+                                                                        0, 0, 0, 0, 0, 0), "mope")
+            keeps.append(keep)
+        except mope.MopeError as e:
+            print(f"keep {keep}: refused ({e})", flush=True)
     local = []
     for keep in keeps:
         t = time.perf_counter()

@@ -50,9 +50,10 @@ def build(page: Page) -> None:
             rho = gr.Dataframe(label="Spearman ρ between MoPE and each baseline", interactive=False)
         _attention(page)
         gr.Markdown(NEXT_STEP, elem_id="next-scores")
-    page.add(scores_csv=scores_csv, source=source, n=n, metric=metric, towers=towers, upload=upload, folder=folder,
-             compute=compute, cancel_scores=cancel_scores, score_status=score_status, colour_by=colour_by,
-             heatmap=heatmap, bars=bars, baseline=baseline, scatter=scatter, rho=rho, scores_seen=gr.State(None))
+        page.add(scores_csv=scores_csv, source=source, n=n, metric=metric, towers=towers, upload=upload,
+                 folder=folder, compute=compute, cancel_scores=cancel_scores, score_status=score_status,
+                 colour_by=colour_by, heatmap=heatmap, bars=bars, baseline=baseline, scatter=scatter, rho=rho,
+                 scores_seen=gr.State(None))
 
 
 NEXT_STEP = """**Next step:** in *3 · Prune & distill*, move the *keep* slider and watch which of these cells the
