@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from .blocks import by_layer
 from .clip import Clip
 from .errors import MopeError
 from .plan import Budget, check_budget, plan
@@ -150,12 +151,9 @@ def source_unit(unit: Unit, structure: dict | None, group_sizes: dict[str, int])
     spec = structure[unit.tower]
     layer = spec["layers"][unit.layer]
 
-    def kept(mapping):
-        return mapping[layer] if layer in mapping else mapping[str(layer)]
-
     if unit.kind == "head":
-        return Unit(unit.tower, "head", layer, kept(spec["heads"])[unit.index])
+        return Unit(unit.tower, "head", layer, by_layer(spec["heads"], layer)[unit.index])
     if unit.kind == "neurons":
         g = group_sizes.get(unit.tower, 1)
-        return Unit(unit.tower, "neurons", layer, kept(spec["neurons"])[unit.index * g] // g)
+        return Unit(unit.tower, "neurons", layer, by_layer(spec["neurons"], layer)[unit.index * g] // g)
     return Unit(unit.tower, unit.kind, layer, unit.index)
