@@ -524,13 +524,25 @@ def _serve(store: Store, lock: _WorkerLock, concurrency: int, idle_exit: float |
         time.sleep(poll)
 
 
+def _lock_unless_a_worker_lives(root: Path, grace: float = 3.0) -> int | None:
+    """The worker lock, or None while a live worker holds it. A worker killed a moment ago can still hold it
+    for a few milliseconds (its threads are torn down after its main thread shows as gone): wait for that."""
+    end = time.time() + grace
+    while (fd := _try_flock(root / WORKER_LOCK)) is None:
+        marker = _read_marker(root) or {}
+        if _alive(marker.get("pid"), marker.get("start")) or time.time() > end:
+            return None
+        time.sleep(0.02)
+    return fd
+
+
 def ensure_worker(store: Store, concurrency: int = 1, idle_exit: float = 60.0) -> int | None:
     """Start a background worker unless one serves the store; returns the new worker's pid, else None.
 
     Atomic: the store's worker lock is taken here and handed to the new worker, so among any number of
     simultaneous callers (threads or processes) exactly one starts a worker."""
     with _flocked(store.root / SPAWN_LOCK):
-        fd = _try_flock(store.root / WORKER_LOCK)
+        fd = _lock_unless_a_worker_lives(store.root)
         if fd is None:
             return None
         try:
