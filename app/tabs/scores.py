@@ -150,6 +150,18 @@ def wire(page: Page, loaded) -> None:
     page.on(page.cancel_scores.click, cancel_scores, ["session"], api_visibility="private")
     for control in (page.colour_by, page.baseline):
         page.on(control.change, draw_scores, **draw, api_visibility="private")
+    _wire_attention(page, loaded)
+    page.on(page.scores_csv.click, lambda session: {"scores_csv": he.table_csv(
+        hs.scores_or_none(page.session(session)[1], state), "scores", state)}, ["session"], ["scores_csv"],
+        api_visibility="private")
+    page.on(page.timer.tick, tick, ["session", "scores_seen", "colour_by", "baseline"],
+            ["session", "scores_seen", *VIEWS], quiet=True, show_progress="hidden", api_visibility="private")
+
+
+def _wire_attention(page: Page, loaded) -> None:
+    """The attention panel's events: draw one head's maps, fill the pruned-model list, a sample image."""
+    state = page.state
+
     def draw_attention(session, attn_head, attn_other, attn_image, attn_prompt):
         """The head's maps; a head name being typed or a missing image is a note in the plot, not a popup."""
         spec = page.session(session)[1]["spec"]
@@ -174,8 +186,3 @@ def wire(page: Page, loaded) -> None:
         page.on(control.change, draw_attention, **attention, trigger_mode="always_last", api_visibility="private")
     page.on(page.attn_sample.click, lambda: {"attn_image": hc.sample_images(state)[0][0]}, [], ["attn_image"],
             api_visibility="private")
-    page.on(page.scores_csv.click, lambda session: {"scores_csv": he.table_csv(
-        hs.scores_or_none(page.session(session)[1], state), "scores", state)}, ["session"], ["scores_csv"],
-        api_visibility="private")
-    page.on(page.timer.tick, tick, ["session", "scores_seen", "colour_by", "baseline"],
-            ["session", "scores_seen", *VIEWS], quiet=True, show_progress="hidden", api_visibility="private")
