@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from .blocks import by_layer
 from .clip import Clip
 from .errors import MopeError
 from .units import BlockView, tower_blocks
@@ -46,12 +47,8 @@ def source_position(clip: Clip, tower: str, layer: int, head: int) -> tuple[int,
         return layer, head
     if layer not in structure["layers"]:
         return "layer removed"
-    heads = [int(h) for h in _by_layer(structure["heads"], layer)]
+    heads = [int(h) for h in by_layer(structure["heads"], layer)]
     return (structure["layers"].index(layer), heads.index(head)) if head in heads else "head removed"
-
-
-def _by_layer(mapping: dict, layer: int) -> list:
-    return mapping[layer] if layer in mapping else mapping[str(layer)]
 
 
 def head_attention(clip: Clip, tower: str, layer: int, head: int, image: Image.Image | None = None,

@@ -82,6 +82,7 @@ def apply_structure(model: nn.Module, structure: dict, copy_weights: bool = True
 
 
 def by_layer(mapping: dict, layer: int):
+    """mapping[layer], whether its keys are ints or (read back from JSON) strings."""
     return mapping[layer] if layer in mapping else mapping[str(layer)]
 
 

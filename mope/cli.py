@@ -299,7 +299,7 @@ def _train_demo(args) -> None:
 
         recipe = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed", "placement", "grid_every")}
         freeze = {"freeze_text": True} if args.freeze_text else {}
-        train_demo(out=out, resume=args.resume, log=log, init=args.init,
+        train_demo(out=out, resume=args.resume, log=log, init=args.init, workers=args.workers,
                    **{**STAGES[args.stage], **freeze, **{k: v for k, v in recipe.items() if v is not None}})
 
 
@@ -481,6 +481,7 @@ def _add_train_demo(sub) -> None:
     p.add_argument("--init", help="start from this model folder's weights (same architecture) instead of scratch")
     p.add_argument("--freeze-text", action="store_true", help="train only the image tower (default in stage free)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workers", type=int, default=None, help=DISTILL_HELP["workers"])
     p.add_argument("--resume", action="store_true",
                    help="continue from the folder's train-state.pt (same arguments); the log is appended")
     p.set_defaults(func=_train_demo)

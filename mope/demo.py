@@ -4,15 +4,19 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from typing import Callable
 
 import open_clip
 import torch
+from open_clip_train.scheduler import cosine_lr
 from safetensors.torch import load_file
 
 from .data import shapes
+from .data.streams import BatchLoader, StepBatches, StepClock, resolve_workers
 from .errors import MopeError
 from .io import atomic_save_safetensors, atomic_torch_save, atomic_write_json
 from .models import DEMO_DIR
+from .progress import TimeLeft
 
 DEMO_CONFIG = {
     "embed_dim": 128,
@@ -32,12 +36,6 @@ def images_to_input(images: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(MEAN).view(1, 3, 1, 1)
     std = torch.tensor(STD).view(1, 3, 1, 1)
     return (x - mean) / std
-
-
-def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    return 0.5 * lr * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
 class AttributeHeads(torch.nn.Module):
@@ -72,17 +70,71 @@ def train_demo(out: Path = DEMO_DIR, steps: int = RECIPE["steps"], batch_size: i
                lr: float = RECIPE["lr"], seed: int = RECIPE["seed"], placement: str = RECIPE["placement"],
                grid_every: int = RECIPE["grid_every"], eval_every: int = 500, checkpoint_every: int = 100,
                aux_weight: float = 1.0, log=print, log_every: int = 25, resume: bool = False, config: dict = DEMO_CONFIG,
-               init: Path | None = None, freeze_text: bool = False) -> dict:
+               init: Path | None = None, freeze_text: bool = False, workers: int | None = None,
+               progress: Callable | None = None) -> dict:
     """Train the demo CLIP from scratch or from init's weights (or resume from out/train-state.pt).
 
     freeze_text keeps the text tower as it is (only the image tower, its probes and the logit
     scale learn), which makes a step about a third cheaper when init already reads captions well.
+    Batches are made (images normalized, captions tokenized) by `workers` DataLoader processes
+    (None: from the CPU cores, streams.resolve_workers; 0: in this process).
 
     Batch i is a pure function of (seed, i) and the checkpoint holds everything else that changes,
-    so an interrupted run resumed with the same arguments ends with the same weights.
+    so an interrupted run resumed with the same arguments ends with the same weights, whatever the workers.
+    progress(step, total, eta, info) after each step, info = {"losses": {"clip", "probe"}, "time": {"data_s": seconds
+    waiting for the batch, "compute_s": seconds of the step}} (as distill's).
+    Returns {"seconds", "data_s", "compute_s"}: the wall time, and the steps' time waiting for data and computing.
     """
     shapes.check_placement(placement)
     torch.manual_seed(seed)
+    model, probes = _start_model(config, init, freeze_text)
+    params = [p for p in list(model.parameters()) + list(probes.parameters()) if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.1, betas=(0.9, 0.98), eps=1e-6)
+    schedule = cosine_lr(opt, lr, WARMUP, steps)
+    state_path = Path(out) / STATE_FILE
+    start = load_checkpoint(state_path, model, probes, opt) if resume and state_path.exists() else 0
+    if start:
+        log(f"resumed from {state_path} at step {start}")
+    tokenizer = open_clip.SimpleTokenizer(context_length=config["text_cfg"]["context_length"])
+    make = _DemoBatch(batch_size, seed, placement, grid_every, text_labels=not freeze_text)
+    batches = iter(BatchLoader(StepBatches(make, start, steps, tokenizer, "shapes"), resolve_workers(workers)))
+    loss_fn, clock, time_left, t0 = open_clip.ClipLoss(), StepClock(), TimeLeft(), time.time()
+    model.train()
+    try:
+        for step in range(start, steps):
+            _, images, labels, text_labels, _, tokens = clock.wait(next, batches)
+            schedule(step)
+            clip_loss, aux = _losses(model, probes, loss_fn, images, tokens, labels, text_labels)
+            opt.zero_grad(set_to_none=True)
+            (clip_loss + aux_weight * aux).backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))
+            timing = clock.split()  # on the CPU (train-demo's device) the step is done here
+            if progress:
+                progress(step + 1, steps, time_left(step + 1 - start, steps - start),
+                         {"losses": {"clip": clip_loss.item(), "probe": aux.item()}, "time": timing})
+            if step % log_every == 0:
+                log(f"step {step}/{steps} clip loss {clip_loss.item():.4f} probe loss {aux.item():.4f} "
+                    f"{(step - start + 1) * batch_size / (time.time() - t0):.1f} pairs/s elapsed {time.time() - t0:.0f}s "
+                    f"data {timing['data_s']:.3f}s compute {timing['compute_s']:.3f}s")
+            if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
+                save_checkpoint(state_path, model, probes, opt, step + 1)
+            if (step + 1) % eval_every == 0 or step + 1 == steps:
+                _save_and_evaluate(model, tokenizer, out, config, step + 1, log)
+    finally:
+        batches.close()  # stops the data workers
+    log(f"trained {steps - start} steps in {time.time() - t0:.0f}s (waiting for data {clock.total['data_s']:.1f}s, "
+        f"computing {clock.total['compute_s']:.1f}s)")
+    return {"seconds": time.time() - t0, **clock.total}
+
+
+WARMUP = 100  # steps of linear warmup before the cosine decay
+
+
+def _start_model(config: dict, init: Path | None, freeze_text: bool) -> tuple[open_clip.CLIP, torch.nn.ModuleDict]:
+    """The CLIP to train (random, or init's weights) and its attribute probes on both towers."""
     model = open_clip.CLIP(**config)
     if init is not None:
         model.load_state_dict(load_file(_init_weights(Path(init))))
@@ -90,39 +142,14 @@ def train_demo(out: Path = DEMO_DIR, steps: int = RECIPE["steps"], batch_size: i
         model.lock_text_tower()
     probes = torch.nn.ModuleDict({"image": AttributeHeads(config["embed_dim"]),
                                   "text": AttributeHeads(config["embed_dim"])})
-    tokenizer = open_clip.SimpleTokenizer(context_length=config["text_cfg"]["context_length"])
-    params = [p for p in list(model.parameters()) + list(probes.parameters()) if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.1, betas=(0.9, 0.98), eps=1e-6)
-    state_path = Path(out) / STATE_FILE
-    start = load_checkpoint(state_path, model, probes, opt) if resume and state_path.exists() else 0
-    if start:
-        log(f"resumed from {state_path} at step {start}")
-    loss_fn = open_clip.ClipLoss()
+    return model, probes
+
+
+def _save_and_evaluate(model, tokenizer, out: Path, config: dict, step: int, log) -> None:
+    save_demo(model, out, config)
+    log(f"step {step}: held-out colour×shape acc1 " + ", ".join(
+        f"{p} {quick_acc1(model, tokenizer, placement=p):.4f}" for p in shapes.PLACEMENTS))
     model.train()
-    t0 = time.time()
-    for step in range(start, steps):
-        batch = shapes.stream_batch(batch_size, seed, step, placement=placement, grid_every=grid_every)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, lr, warmup=100)
-        clip_loss, aux = _losses(model, probes, tokenizer, loss_fn, batch, text_probe=not freeze_text)
-        opt.zero_grad(set_to_none=True)
-        (clip_loss + aux_weight * aux).backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-        if step % log_every == 0:
-            log(f"step {step}/{steps} clip loss {clip_loss.item():.4f} probe loss {aux.item():.4f} "
-                f"{(step - start + 1) * batch_size / (time.time() - t0):.1f} pairs/s elapsed {time.time() - t0:.0f}s")
-        if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
-            save_checkpoint(state_path, model, probes, opt, step + 1)
-        if (step + 1) % eval_every == 0 or step + 1 == steps:
-            save_demo(model, out, config)
-            log(f"step {step + 1}: held-out colour×shape acc1 " + ", ".join(
-                f"{p} {quick_acc1(model, tokenizer, placement=p):.4f}" for p in shapes.PLACEMENTS))
-            model.train()
-    log(f"trained {steps - start} steps in {time.time() - t0:.0f}s")
-    return {"seconds": time.time() - t0}
 
 
 def _init_weights(folder: Path) -> Path:
@@ -132,14 +159,29 @@ def _init_weights(folder: Path) -> Path:
     return weights
 
 
-def _losses(model, probes, tokenizer, loss_fn, batch: shapes.ShapesBatch,
-            text_probe: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """The CLIP loss and the attribute probes' loss on one batch."""
-    captions = [c[0] for c in batch.captions]
-    image_f, text_f, scale = model(images_to_input(batch.images), tokenizer(captions))
-    aux = probes["image"].loss(image_f, batch.labels)
-    if text_probe:
-        aux = aux + probes["text"].loss(text_f, shapes.named_labels(captions))
+class _DemoBatch:
+    """Batch `step` of the recipe's shapes stream as the model takes it: (step, normalized images, the images'
+    attribute labels, the attributes each caption names (None when the text probe is off), captions)."""
+
+    def __init__(self, batch_size: int, seed: int, placement: str, grid_every: int, text_labels: bool):
+        self.batch_size, self.seed, self.placement, self.grid_every = batch_size, seed, placement, grid_every
+        self.text_labels = text_labels
+
+    def __call__(self, step: int) -> tuple:
+        batch = shapes.stream_batch(self.batch_size, self.seed, step, placement=self.placement,
+                                    grid_every=self.grid_every)
+        captions = [c[0] for c in batch.captions]
+        named = shapes.named_labels(captions) if self.text_labels else None
+        return step, images_to_input(batch.images), batch.labels, named, captions
+
+
+def _losses(model, probes, loss_fn, images: torch.Tensor, tokens: torch.Tensor, labels: dict,
+            text_labels: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CLIP loss and the attribute probes' loss on one batch (the text probe's when text_labels are given)."""
+    image_f, text_f, scale = model(images, tokens)
+    aux = probes["image"].loss(image_f, labels)
+    if text_labels is not None:
+        aux = aux + probes["text"].loss(text_f, text_labels)
     return loss_fn(image_f, text_f, scale), aux
 
 

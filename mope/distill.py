@@ -12,19 +12,20 @@ The teacher is frozen in eval mode; only the student trains.
 """
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from open_clip_train.scheduler import cosine_lr
 
 from .clip import Clip
+from .data.streams import BatchLoader, StepClock, dead_worker, pair_batches, resolve_workers
 from .errors import MopeError
 from .evaluate import evaluate
 from .io import atomic_save_safetensors, atomic_torch_save, atomic_write_json
+from .progress import TimeLeft
 from .units import TOWERS, tower_blocks
 
 
@@ -123,13 +124,6 @@ def _soft_ce(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torc
     return -(teacher_logits.softmax(-1) * student_logits.log_softmax(-1)).sum(-1).mean()
 
 
-def lr_at(step: int, config: DistillConfig) -> float:
-    if step < config.warmup:
-        return config.lr * (step + 1) / config.warmup
-    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
-    return 0.5 * config.lr * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
 def distill(teacher: Clip, student: Clip, data: str, config: DistillConfig, out: str | Path,
             eval_task=None, resume: bool = False, progress: Callable | None = None,
             should_stop: Callable[[], bool] | None = None, image_root: str | None = None) -> Clip:
@@ -141,96 +135,126 @@ def distill(teacher: Clip, student: Clip, data: str, config: DistillConfig, out:
     the first entry of the history) and info["references"] = {"teacher": {...}, "pruned": {...}}.
     Returns the distilled student (also saved to out/final in the pruned-model format).
     """
-    from .data.streams import BatchLoader, dead_worker, pair_batches, resolve_workers
-
     check_compatible(teacher, student)
-    mapping = layer_map(student, teacher)
-    out = Path(out)
-    rank, world = _dist_rank_world()
-    model, device = student.model, student.device
-    teacher.model.eval().requires_grad_(False)
-    ddp = _wrap_ddp(model, device) if world > 1 else model
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
-                                  weight_decay=config.weight_decay)
-    state = DistillState()
-    torch.manual_seed(config.seed + rank)  # augmentation draws; a resumed run restores the saved state
-    if resume:
-        state = _load_checkpoint(out / "checkpoint", model, optimizer)
-    if eval_task is not None and not state.history:
-        state.references = {"teacher": evaluate(teacher, eval_task), "pruned": evaluate(student, eval_task)}
-        state.history.append({"step": 0, **state.references["pruned"]})
-        if progress:
-            progress(0, config.steps, None, {"losses": {}, "eval": state.history[0], "references": state.references})
-    batches = pair_batches(data, _train_transform(model), config.batch_size, seed=config.seed, start=state.step,
-                           rank=rank, world=world, image_root=image_root, tokenizer=student.tokenizer, stop=config.steps)
-    loader = iter(BatchLoader(batches, resolve_workers(config.workers), pin_memory=device.type == "cuda"))
-    autocast = _autocast(config, device)
-    s_hooks = _Hidden(model, {t: list(range(len(m))) for t, m in mapping.items()})
-    t_hooks = _Hidden(teacher.model, mapping)
-    weights = {"affinity": config.affinity, "feature": config.feature, "hidden": config.hidden,
-               "contrastive": config.contrastive}
-    start_time, start_step, waited = time.time(), state.step, {"data_s": 0.0, "compute_s": 0.0}
-    model.train()
+    trainer = _Trainer(teacher, student, config, Path(out))
+    state = trainer.starting_state(resume, eval_task, progress)
+    start_step = state.step
+    batches = trainer.batches(data, state.step, image_root)
     try:
-        while state.step < config.steps:
-            if should_stop and should_stop():
-                break
-            tick = time.perf_counter()
-            step, images, _, tokens = _next_batch(loader, out / "checkpoint")
-            fetched = time.perf_counter()
-            images, tokens = images.to(device, non_blocking=True), tokens.to(device, non_blocking=True)
-            with torch.no_grad(), autocast():
-                t_img = teacher.model.encode_image(images, normalize=True).float()
-                t_txt = teacher.model.encode_text(tokens, normalize=True).float()
-            t_hidden = t_hooks.take()
-            with autocast():
-                s_img, s_txt, scale = ddp(images, tokens)
-                terms = loss_terms(config, s_img.float(), s_txt.float(), t_img, t_txt, s_hooks.take(), t_hidden, scale)
-            loss = sum(weights[k] * v for k, v in terms.items() if weights[k])
-            if not torch.isfinite(loss):
-                raise MopeError(f"the loss became {loss.item()} at step {step}: lower --lr; the last checkpoint in "
-                                f"{out / 'checkpoint'} is intact (resume from it with --resume)")
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, config)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            state.step = step + 1
-            state.losses.append({"step": state.step, "loss": loss.item(), **{k: v.item() for k, v in terms.items()}})
-            timing = {"data_s": fetched - tick, "compute_s": time.perf_counter() - fetched}  # .item() waited for the GPU
-            waited = {k: waited[k] + v for k, v in timing.items()}
-            evaluated = None
-            if eval_task is not None and (state.step % config.eval_every == 0 or state.step == config.steps):
-                model.eval()
-                evaluated = {"step": state.step, **evaluate(student, eval_task)}
-                state.history.append(evaluated)
-                s_hooks.take()  # drop what the evaluation passes left in the hooks
-                model.train()
-            if rank == 0 and (state.step % config.checkpoint_every == 0 or state.step == config.steps):
-                _save_checkpoint(out / "checkpoint", model, optimizer, state, config)
-            if progress:
-                done = state.step - start_step
-                eta = (time.time() - start_time) / done * (config.steps - state.step)
-                progress(state.step, config.steps, eta, {"losses": state.losses[-1], "eval": evaluated, "time": timing})
+        seconds = trainer.train(state, batches, eval_task, progress, should_stop)
     except torch.OutOfMemoryError:
         raise MopeError(f"out of memory at batch size {config.batch_size}: use a smaller --batch-size") from None
     except RuntimeError as e:
         died = dead_worker(e, data)
         if died is None:
             raise
-        raise _checkpoint_note(died, out / "checkpoint") from None
+        raise _checkpoint_note(died, trainer.checkpoint) from None
     finally:
-        loader.close()  # stops the data workers
-        s_hooks.close()
-        t_hooks.close()
-        model.eval()
-    if rank == 0 and state.step > start_step and state.step % config.checkpoint_every:
-        _save_checkpoint(out / "checkpoint", model, optimizer, state, config)
+        batches.close()  # stops the data workers
+        trainer.model.eval()
+    if trainer.rank == 0 and state.step > start_step and state.step % config.checkpoint_every:
+        _save_checkpoint(trainer.checkpoint, trainer.model, trainer.optimizer, state, config)
     student.info["distill"] = {"config": asdict(config), "data": data, "teacher": teacher.spec, "steps_done": state.step,
                                "history": state.history, "references": state.references,
-                               "final_losses": state.losses[-1] if state.losses else {}, "seconds": waited}
+                               "final_losses": state.losses[-1] if state.losses else {}, "seconds": seconds}
     return student
+
+
+class _Trainer:
+    """One distillation run: the frozen teacher, the student (DDP-wrapped under torchrun), its AdamW with
+    open_clip's warmup + cosine schedule (a pure function of the step, so a resumed run sets the same rates)."""
+
+    def __init__(self, teacher: Clip, student: Clip, config: DistillConfig, out: Path):
+        self.teacher, self.student, self.config, self.checkpoint = teacher, student, config, out / "checkpoint"
+        self.mapping = layer_map(student, teacher)
+        self.rank, self.world = _dist_rank_world()
+        self.model, self.device = student.model, student.device
+        teacher.model.eval().requires_grad_(False)
+        self.ddp = _wrap_ddp(self.model, self.device) if self.world > 1 else self.model
+        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=config.lr,
+                                           weight_decay=config.weight_decay)
+        self.schedule = cosine_lr(self.optimizer, config.lr, config.warmup, config.steps)
+        self.autocast = _autocast(config, self.device)
+        self.weights = {"affinity": config.affinity, "feature": config.feature, "hidden": config.hidden,
+                        "contrastive": config.contrastive}
+
+    def starting_state(self, resume: bool, eval_task, progress: Callable | None) -> DistillState:
+        """A new state (or the checkpoint's), with the teacher's and the untrained student's evals when asked."""
+        torch.manual_seed(self.config.seed + self.rank)  # augmentation draws; a resumed run restores the saved state
+        state = _load_checkpoint(self.checkpoint, self.model, self.optimizer) if resume else DistillState()
+        if eval_task is not None and not state.history:
+            state.references = {"teacher": evaluate(self.teacher, eval_task), "pruned": evaluate(self.student, eval_task)}
+            state.history.append({"step": 0, **state.references["pruned"]})
+            if progress:
+                progress(0, self.config.steps, None,
+                         {"losses": {}, "eval": state.history[0], "references": state.references})
+        return state
+
+    def batches(self, data: str, start: int, image_root: str | None):
+        """(step, images, captions, tokens) from `start` on, read by the DataLoader workers."""
+        config = self.config
+        batches = pair_batches(data, _train_transform(self.model), config.batch_size, seed=config.seed, start=start,
+                               rank=self.rank, world=self.world, image_root=image_root, tokenizer=self.student.tokenizer,
+                               stop=config.steps)
+        return iter(BatchLoader(batches, resolve_workers(config.workers), pin_memory=self.device.type == "cuda"))
+
+    def train(self, state: DistillState, batches, eval_task, progress: Callable | None,
+              should_stop: Callable[[], bool] | None) -> dict[str, float]:
+        """Steps until config.steps (or should_stop); returns the seconds spent waiting for data and computing."""
+        config, clock, time_left, start_step = self.config, StepClock(), TimeLeft(), state.step
+        hooks = (_Hidden(self.model, {t: list(range(len(m))) for t, m in self.mapping.items()}),
+                 _Hidden(self.teacher.model, self.mapping))
+        self.model.train()
+        try:
+            while state.step < config.steps and not (should_stop and should_stop()):
+                step, images, _, tokens = clock.wait(_next_batch, batches, self.checkpoint)
+                terms = self.step(step, images, tokens, *hooks)
+                state.step = step + 1
+                state.losses.append({"step": state.step, **terms})
+                timing = clock.split()  # the losses' .item() waited for the GPU
+                evaluated = self.evaluate_when_due(state, eval_task, hooks[0])
+                if self.rank == 0 and (state.step % config.checkpoint_every == 0 or state.step == config.steps):
+                    _save_checkpoint(self.checkpoint, self.model, self.optimizer, state, config)
+                if progress:
+                    eta = time_left(state.step - start_step, config.steps - start_step)
+                    progress(state.step, config.steps, eta, {"losses": state.losses[-1], "eval": evaluated, "time": timing})
+        finally:
+            for h in hooks:
+                h.close()
+        return clock.total
+
+    def step(self, step: int, images: torch.Tensor, tokens: torch.Tensor, s_hooks: _Hidden,
+             t_hooks: _Hidden) -> dict[str, float]:
+        """One optimizer step of the student on one batch; returns the loss and each of its terms."""
+        images, tokens = images.to(self.device, non_blocking=True), tokens.to(self.device, non_blocking=True)
+        with torch.no_grad(), self.autocast():
+            t_img = self.teacher.model.encode_image(images, normalize=True).float()
+            t_txt = self.teacher.model.encode_text(tokens, normalize=True).float()
+        t_hidden = t_hooks.take()
+        with self.autocast():
+            s_img, s_txt, scale = self.ddp(images, tokens)
+            terms = loss_terms(self.config, s_img.float(), s_txt.float(), t_img, t_txt, s_hooks.take(), t_hidden, scale)
+        loss = sum(self.weights[k] * v for k, v in terms.items() if self.weights[k])
+        if not torch.isfinite(loss):
+            raise MopeError(f"the loss became {loss.item()} at step {step}: lower --lr; the last checkpoint in "
+                            f"{self.checkpoint} is intact (resume from it with --resume)")
+        self.schedule(step)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        return {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
+
+    def evaluate_when_due(self, state: DistillState, eval_task, s_hooks: _Hidden) -> dict | None:
+        """The student's eval every eval_every steps and at the end (added to the history), else None."""
+        if eval_task is None or (state.step % self.config.eval_every and state.step != self.config.steps):
+            return None
+        self.model.eval()
+        evaluated = {"step": state.step, **evaluate(self.student, eval_task)}
+        state.history.append(evaluated)
+        s_hooks.take()  # drop what the evaluation passes left in the hooks
+        self.model.train()
+        return evaluated
 
 
 def _next_batch(loader, checkpoint: Path) -> tuple:

@@ -40,6 +40,7 @@ from .evaluate import (
     zeroshot_stats,
     zeroshot_value,
 )
+from .progress import TimeLeft
 from .ranking import rank_units
 from .units import (
     KINDS,
@@ -350,7 +351,7 @@ class _Scorer:
 
     def run(self, units: list[Unit], progress: Progress | None, should_stop) -> list[dict]:
         rows: list[dict] = []
-        start = time.time()
+        time_left = TimeLeft()
         self.should_stop = should_stop
         with torch.inference_mode(), self.autocast():
             for chunk in self.chunks(units):
@@ -360,9 +361,7 @@ class _Scorer:
                 except _Stopped:
                     raise Cancelled(rows) from None
                 if progress:
-                    done = len(rows)
-                    eta = (time.time() - start) / done * (len(units) - done)
-                    progress(done, len(units), eta, rows)
+                    progress(len(rows), len(units), time_left(len(rows), len(units)), rows)
         return rows
 
     def check_stop(self) -> None:

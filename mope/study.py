@@ -5,7 +5,6 @@ choice: the same scores table, the same budgets, only the ranking column changes
 """
 from __future__ import annotations
 
-import time
 from typing import Callable, Sequence
 
 import pandas as pd
@@ -17,6 +16,7 @@ from .errors import MopeError
 from .evaluate import default_metric, evaluate
 from .pipeline import prune_model
 from .plan import Budget, Plan, plan
+from .progress import TimeLeft
 from .scoring import Cancelled
 from .surgery import prune
 
@@ -50,7 +50,7 @@ def compression_curve(clip: Clip, scores: pd.DataFrame, task: Task, removed: Seq
     dense = evaluate(clip, task)[metric]
     rows = [{"removed": 0.0, "ranking": name, metric: dense, "heads": 0, "groups": 0} for name in curves]
     todo = [(r, name) for r in removed for name in curves]
-    start = time.time()
+    time_left = TimeLeft()
     for done, (fraction, name) in enumerate(todo, 1):
         if should_stop and should_stop():
             raise Cancelled(rows)
@@ -58,7 +58,7 @@ def compression_curve(clip: Clip, scores: pd.DataFrame, task: Task, removed: Seq
         rows.append(curve_point(clip, scores, task, metric, budget, fraction, name, curves[name], calibration,
                                 step_schedule, should_stop))
         if progress:
-            progress(done, len(todo), (time.time() - start) / done * (len(todo) - done), rows)
+            progress(done, len(todo), time_left(done, len(todo)), rows)
     df = pd.DataFrame(rows)
     df.attrs.update(metric=metric, scores=scores.attrs.get("fingerprint", ""))
     return df

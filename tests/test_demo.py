@@ -63,14 +63,20 @@ def _interrupt_at(step):
     return log
 
 
-def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
-    straight = tmp_path / "straight"
-    train_demo(out=straight, log=lambda line: None, **RUN)
+@pytest.mark.parametrize("workers", [(0, 0, 0), (0, 2, 1)], ids=["in-process", "with-workers"])
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path, workers):
+    """Bit for bit, whether batches are made in this process or by DataLoader workers (2 then 1 of them)."""
+    straight, seen = tmp_path / "straight", []
+    done = train_demo(out=straight, log=lambda line: None, workers=workers[0],
+                      progress=lambda step, total, eta, info: seen.append((step, total, info)), **RUN)
+    assert [(step, total) for step, total, _ in seen] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert all(set(info["time"]) == {"data_s", "compute_s"} and min(info["time"].values()) >= 0 for *_, info in seen)
+    assert done["data_s"] == pytest.approx(sum(info["time"]["data_s"] for *_, info in seen))
     resumed = tmp_path / "resumed"
     with pytest.raises(Interrupted):  # stopped after step 2 ran, from a checkpoint written after step 1
-        train_demo(out=resumed, log=_interrupt_at(2), log_every=1, checkpoint_every=2, **RUN)
+        train_demo(out=resumed, log=_interrupt_at(2), log_every=1, checkpoint_every=2, workers=workers[1], **RUN)
     lines = []
-    train_demo(out=resumed, log=lines.append, resume=True, **RUN)
+    train_demo(out=resumed, log=lines.append, resume=True, workers=workers[2], **RUN)
     assert lines[0] == f"resumed from {resumed / STATE_FILE} at step 2"
     want, got = (load_file(d / "open_clip_model.safetensors") for d in (straight, resumed))
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)

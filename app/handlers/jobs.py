@@ -7,6 +7,7 @@ import pandas as pd
 
 from mope.errors import MopeError
 from mope.jobs import Store, ensure_worker
+from mope.progress import progress_text
 
 from ..state import AppState
 
@@ -44,10 +45,8 @@ def progress_line(job: dict, store: Store | None = None) -> str:
         return f"Job {job['id']} ({job['kind']}) is queued — {waiting_for(job, store)}."
     if not p:
         return f"Job {job['id']} ({job['kind']}) is running — loading the model and the data."
-    eta = f", about {p['eta']:.0f} s left" if p.get("eta") is not None else ""
-    filled = round(20 * p["step"] / max(p["total"], 1))
-    return (f"`{'█' * filled}{'░' * (20 - filled)}` Job {job['id']} ({job['kind']}): {p['step']}/{p['total']}"
-            f"{eta} — {p.get('message', '')}")
+    label = f"Job {job['id']} ({job['kind']}): "
+    return f"{progress_text(p['step'], p['total'], p.get('eta'), label)} — {p.get('message', '')}"
 
 
 def waiting_for(job: dict, store: Store | None) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import io
 import os
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -122,6 +123,27 @@ class BatchLoader:
                 it = None
                 raise MopeError(item.message)
             yield item
+
+
+class StepClock:
+    """Splits each training step's seconds into waiting for its batch and computing it, and sums both."""
+
+    def __init__(self):
+        self.total = {"data_s": 0.0, "compute_s": 0.0}
+        self._start = self._fetched = time.perf_counter()
+
+    def wait(self, next_batch: Callable, *args):
+        """next_batch(*args), timed as the step's data wait."""
+        self._start = time.perf_counter()
+        batch = next_batch(*args)
+        self._fetched = time.perf_counter()
+        return batch
+
+    def split(self) -> dict[str, float]:
+        """The step's {"data_s", "compute_s"} (compute: from its batch's arrival until now); added to the totals."""
+        step = {"data_s": self._fetched - self._start, "compute_s": time.perf_counter() - self._fetched}
+        self.total = {k: self.total[k] + v for k, v in step.items()}
+        return step
 
 
 def resolve_workers(requested: int | None) -> int:
