@@ -9,6 +9,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from mope.anytime import used_span
+
 KIND_TITLES = {"head": "attention heads", "neurons": "FFN neuron groups"}
 
 
@@ -62,10 +64,8 @@ def estimates_line(df: pd.DataFrame) -> str:
     """' · hatched = estimate (round 2, 16–32 images per unit)' while an anytime table holds estimates."""
     if "estimate" not in df.columns or not df["estimate"].fillna(False).astype(bool).any():
         return ""
-    used = df["images_used"].dropna()
-    span = f"{int(used.min())}" if used.min() == used.max() else f"{int(used.min())}–{int(used.max())}"
     where = f"round {int(df['round'].max())}, " if "round" in df.columns and df["round"].notna().any() else ""
-    return f" · hatched = estimate ({where}{span} images per unit)"
+    return f" · hatched = estimate ({where}{used_span(df)})"
 
 
 def _mark_estimates(fig: go.Figure, part: pd.DataFrame, r: int, c: int) -> None:
@@ -141,7 +141,9 @@ def _hover(row, column: str) -> str:
         lines.append(f"rank {int(row.rank)} by {column} (1 = most important)")
     estimate = getattr(row, "estimate", False)
     if estimate == estimate and bool(estimate):  # NaN (not scored yet) is no estimate
-        lines.append(f"estimate on {int(row.images_used)} images (± {row.se:.2g} standard error)")
+        ran = (f"{int(row.texts_used)} texts" if getattr(row, "tower", "") == "text" and hasattr(row, "texts_used")
+               else f"{int(row.images_used)} images")
+        lines.append(f"estimate from {ran} (± {row.se:.2g} standard error)")
     return "<br>".join(lines)
 
 

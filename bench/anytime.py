@@ -3,10 +3,11 @@
 Demo model (vision heads + neuron groups): the exact table, then the anytime rounds; after each round
 the keep-0.5 plans (uniform and global) from the anytime table against the exact plans — Jaccard of the
 removed sets, Spearman ρ of the scores, zero-shot acc1 of the two pruned models — as a function of the
-compute spent (blocks re-run × images, as a fraction of the exact sweep's). Then, with --vit, a
-random-init ViT-B-32 vision tower: the time until every unit has its first score (round 1).
+compute spent (blocks re-run × images, as a fraction of the exact sweep's; each unit runs each image once,
+so the last row is 100%) and of the wall time. Then, with --vit, a random-init ViT-B-32 vision tower: the
+time until every unit has its first score (round 1), stopped at --vit-limit seconds.
 
-    python bench/anytime.py [--n 256] [--metric acc1] [--eval-n 500] [--vit] [--vit-first 8]
+    python bench/anytime.py [--n 256] [--metric acc1] [--eval-n 500] [--vit] [--vit-first 16] [--vit-limit 600]
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import tempfile
 import time
 
 import pandas as pd
+import torch
 
 import mope
 from mope.plan import Budget, plan
@@ -46,14 +48,10 @@ def snapshots(clip, task, metric: str, first: int | None) -> tuple[list[tuple[fl
 
 
 def work(tables: list[pd.DataFrame], layers: int) -> list[float]:
-    """Cumulative blocks re-run × images after each round, as a fraction of the exact sweep's."""
+    """Blocks re-run × images after each round, as a fraction of the exact sweep's: every unit runs each image
+    once, so a table's work is its images_used × the blocks its units re-run."""
     exact = (tables[-1]["images_used"].max() * (layers - tables[-1]["layer"])).sum()
-    spent, out = 0.0, []
-    for number, table in enumerate(tables, 1):
-        fresh = table[table["round"] == number] if "round" in table else table.iloc[:0]
-        spent += (fresh["images_used"] * (layers - fresh["layer"])).sum()
-        out.append(spent / exact)
-    return out
+    return [float((t["images_used"] * (layers - t["layer"])).sum() / exact) for t in tables]
 
 
 def compare(clip, exact: pd.DataFrame, table: pd.DataFrame, eval_task, cache: dict) -> dict:
@@ -96,7 +94,8 @@ def demo(args) -> None:
                       "estimates": int(table["estimate"].sum()), "work": f"{fraction:.0%}",
                       "wall": f"{seconds / exact_s:.0%}", **compare(clip, exact, table, eval_task, cache)})
     print(pd.DataFrame(lines).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"final anytime table == exact table, bit for bit: {same}")
+    print(f"final anytime table == exact table, bit for bit: {same}; anytime wall {rounds[-1][0]:.1f} s = "
+          f"{rounds[-1][0] / exact_s:.2f}x the exact sweep's (estimates and snapshots included)")
 
 
 def vit(args) -> None:
@@ -110,20 +109,30 @@ def vit(args) -> None:
     clip = mope.load_model(f"ViT-B-32:{path}", device="cpu")
     task = mope.load_task("shapes", n=args.n)
     first: list[float] = []
+    scored = [0]
     start = time.perf_counter()
 
     def progress(done, total, eta, rows):
+        scored[0] = len(rows)
         if len(rows) == total // args.n and not first:  # total: units × images
             first.append(time.perf_counter() - start)
 
+    def stop() -> bool:
+        return bool(first) or time.perf_counter() - start > args.vit_limit
+
     try:
         score(clip, task, towers=["vision"], metric=args.metric, baselines=(), cache=False, schedule="anytime",
-              first_round=args.vit_first, progress=progress, should_stop=lambda: bool(first))
+              first_round=args.vit_first, progress=progress, should_stop=stop)
     except Cancelled:
         pass
     units = len(enumerate_units(clip.model, ["vision"]))
-    print(f"random-init ViT-B-32 vision tower ({units} units: heads, neuron groups, layers), {args.vit_first} images "
-          f"per unit in round 1: first complete table after {first[0]:.0f} s ({first[0] / 60:.1f} min)")
+    head = (f"random-init ViT-B-32 vision tower ({units} units: heads, neuron groups, layers), {args.n} calibration "
+            f"images, {args.vit_first} per unit in round 1, {torch.get_num_threads()} torch threads:")
+    if first:
+        print(f"{head} first complete table after {first[0]:.0f} s ({first[0] / 60:.1f} min)")
+    else:
+        seconds = time.perf_counter() - start
+        print(f"{head} stopped after {seconds:.0f} s with {scored[0]} of {units} units scored (no complete table)")
 
 
 def main() -> None:
@@ -134,7 +143,8 @@ def main() -> None:
     ap.add_argument("--first", type=int, default=None, help="demo: images per unit in round 1 (default: n/16)")
     ap.add_argument("--vit", action="store_true", help="also time the first complete table of a random ViT-B-32")
     ap.add_argument("--vit-only", action="store_true")
-    ap.add_argument("--vit-first", type=int, default=8)
+    ap.add_argument("--vit-first", type=int, default=16)
+    ap.add_argument("--vit-limit", type=float, default=600, help="seconds before the ViT-B-32 first round is stopped")
     args = ap.parse_args()
     if not args.vit_only:
         demo(args)

@@ -382,7 +382,7 @@ def _add_score(sub) -> None:
     p.add_argument("--schedule", default="exact",
                    help="exact, or anytime: every unit on a few images first, refined in rounds to the exact scores")
     p.add_argument("--first-round", type=int, default=None,
-                   help="anytime: images per unit in round 1 (default: a sixteenth of --n, at least 8)")
+                   help="anytime: images per unit in round 1, the hardest first (default: a sixteenth of --n, at least 16)")
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", default="scores.csv")

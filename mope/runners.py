@@ -59,10 +59,13 @@ def _score_status(done: int, total: int, rows: list[dict]) -> str:
     """'37/148 units', or for anytime scoring 'round 2 · 32–64 images per unit · 87 estimates'."""
     if not rows or "round" not in rows[-1]:
         return f"{done}/{total} units"
-    used = [r["images_used"] for r in rows]
-    span = f"{min(used)}" if min(used) == max(used) else f"{min(used)}–{max(used)}"
+    import pandas as pd
+
+    from .anytime import used_span
+
     estimates = sum(bool(r["estimate"]) for r in rows)
-    return f"round {max(r['round'] for r in rows)} · {span} images per unit · {estimates} of {len(rows)} units estimates"
+    return (f"round {max(r['round'] for r in rows)} · {used_span(pd.DataFrame(rows))} · {estimates} of {len(rows)} "
+            "units estimates")
 
 
 def _study(p, ctx) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import math
 import time
 from contextlib import nullcontext
 from typing import Callable, Sequence
@@ -21,7 +22,7 @@ import torch
 
 from . import importance
 from .ablation import MaskedBlock, ablated, starting_at
-from .anytime import check_schedule, first_round_size, next_round, standard_error
+from .anytime import check_schedule, first_round_size, ladder, next_levels, standard_error
 from .cache import key_of, model_fingerprint, open_cache
 from .clip import Clip
 from .data.tasks import Task
@@ -56,8 +57,8 @@ from .units import (
 
 TOKEN_BUDGET = 2**17  # tokens per batched ablation pass; bounds memory, not results
 ACTIVATIONS = 8  # residual-width tensors alive at once in a block pass (x, ln, q, k, v, attention, out, y)
-FIRST_ROUND_MIN = 8  # images per unit in anytime's first round, at least (default: a sixteenth of the set)
 MIN_ROWS = 16  # CPU matmuls over fewer rows round differently (MKL small-M kernels): chunks are padded to this
+FIRST_ROUND_MIN = MIN_ROWS  # anytime's first round: images per unit, at least (fewer cost as much: padding)
 
 Progress = Callable[[int, int, float | None, list[dict]], None]
 
@@ -102,21 +103,20 @@ def score(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequenc
     else:
         scorer = FastScorer(clip, task, metric, group_sizes, precision, batch_tokens, chunk)
     if schedule == "anytime":
-        rounds = _Anytime(scorer, todo, key if cache else None, first_round)
-        rows = rounds.run(extras, progress, should_stop)
-        info, per_image_rows = {"anytime": {"done": True, "images": len(task),
-                                            "round": max((r["round"] for r in rows), default=0)}}, rounds.per_image
+        rows = _Anytime(scorer, todo, key if cache else None, first_round).run(extras, progress, should_stop)
+        info = {"anytime": {"done": True, "images": len(task), "round": max((r["round"] for r in rows), default=0)}}
     else:
-        rows, info = _exact_rows(scorer.run(todo, progress, should_stop), len(task), extras()), {}
-        per_image_rows = scorer.per_image if impl == "fast" else None
+        rows, info = _exact_rows(scorer.run(todo, progress, should_stop), task, extras()), {}
+    per_image_rows = scorer.per_image if impl == "fast" else None
     if cache:
         _store(key, [{k: v for k, v in r.items() if k != "round"} for r in rows], per_image_rows)
     return frame(rows, **info)
 
 
-def _exact_rows(rows: list[dict], n_images: int, extras: list[dict]) -> list[dict]:
+def _exact_rows(rows: list[dict], task: Task, extras: list[dict]) -> list[dict]:
+    texts = len(task_texts(task))
     for row, extra in zip(rows, extras):
-        row.update(extra, images_used=n_images, se=0.0, estimate=False)
+        row.update(extra, images_used=len(task), texts_used=texts, se=0.0, estimate=False)
     return rows
 
 
@@ -133,98 +133,194 @@ def _check_schedule(schedule: str, impl: str, shard) -> None:
         raise MopeError("anytime scoring runs the fast path in one process: use impl='fast' and no shard / torchrun")
 
 
+class _Samples:
+    """What a unit's level means in one tower: images, hardest first (the highest unablated loss: where removing
+    a unit flips or moves an outcome), or, for the zero-shot text tower, prompt templates (the first `level` of
+    every class)."""
+
+    def __init__(self, scorer: "FastScorer", tower: str, first: int):
+        task = self.task = scorer.task
+        self.tower, self.templates = tower, tower == "text" and task.kind == "zeroshot"
+        self.total = len(task.templates) if self.templates else len(task)
+        self.ladder = (ladder(max(1, round(first * self.total / len(task))), self.total) if self.templates
+                       else ladder(first, self.total, least=MIN_ROWS))  # fewer new images cost as much (padding)
+        self.hardness = None if self.templates else scorer.image_losses(tower)
+        self.order = None if self.templates else torch.argsort(-self.hardness, stable=True)
+
+    def images(self, level: int) -> torch.Tensor:
+        """Task positions of the images run at `level` (every image: the zero-shot text tower's classifier)."""
+        return torch.arange(len(self.task)) if self.templates else self.order[:level].sort().values
+
+    def texts(self, level: int) -> torch.Tensor:
+        """Positions (task_texts order) of the prompts / captions run at `level` (vision: every one, unablated)."""
+        task = self.task
+        if self.templates:
+            return (torch.arange(len(task.classnames))[:, None] * self.total + torch.arange(level)[None]).flatten()
+        if self.tower == "vision":
+            return torch.arange(len(task_texts(task)))
+        return torch.isin(task.text_to_image, self.images(level)).nonzero().flatten()
+
+    def run(self, level: int) -> torch.Tensor:
+        """The tower's inputs run at `level`."""
+        return self.texts(level) if self.tower == "text" else self.images(level)
+
+    def new(self, old: int, new: int) -> torch.Tensor:
+        """The tower's inputs a unit runs to go from level `old` to `new` (none it ran before)."""
+        have, want = self.run(old), self.run(new)
+        return want[~torch.isin(want, have)]
+
+    def spread(self, per_image: torch.Tensor, level: int) -> float:
+        """Standard error of a mope that counts the images not run yet as unchanged, modelling their MoPE's spread
+        as proportional to their unablated loss (the images run show how much per unit of loss)."""
+        seen = torch.zeros(len(self.task), dtype=torch.bool)
+        seen[self.images(level)] = True
+        loss = self.hardness.double()
+        if seen.all():
+            return 0.0
+        if loss[seen].sum() <= 0:
+            return math.inf
+        per_loss = (per_image.double()[seen] ** 2).sum() / loss[seen].sum()
+        return float((per_loss * loss[~seen].sum()).sqrt() / len(self.task))
+
+
 class _Anytime:
-    """The rounds of anytime scoring (the schedule is mope.anytime). Each round scores its units on the first
-    n images of a fixed draw (Task.subset: nested, the whole set at the end) from scratch, so a unit's last
-    round is the exact sweep. The text tower of a zero-shot task runs on its prompts whatever the images:
-    its units are scored on every image from round 1. The table after each round is cached: a restart
-    continues from it."""
+    """The rounds of anytime scoring (which units go how far: mope.anytime.next_levels). A unit's ablation
+    runs once on each of its inputs: a round adds new inputs only, their per-sample outputs (what
+    FastScorer.collect keeps) accumulate, estimates come from those so far, and a unit with every input is
+    finished by the exact sweep's own code on the same numbers, so the final table equals it bit for bit.
+    Every unit's work is cached after each round and at a stop: a restart continues from it."""
 
     def __init__(self, scorer: "FastScorer", units: list[Unit], key: str | None, first_round: int | None):
         self.scorer, self.task, self.units, self.key = scorer, scorer.task, units, key
-        self.total = len(self.task)
-        self.first = first_round_size(self.total, first_round, FIRST_ROUND_MIN)
-        self.whole = {u.name for u in units if u.tower == "text" and self.task.kind == "zeroshot"}
+        self.first = first_round_size(len(self.task), first_round, FIRST_ROUND_MIN)
+        self.samples: dict[str, _Samples] = {}  # per tower, made in run() (they need its unablated pass)
+        self.round, self.levels = 0, {u.name: 0 for u in units}
+        self.outputs: dict[str, torch.Tensor] = {}  # unit → per-sample outputs of every input (zero: not run yet)
+        self.rows: dict[str, dict] = {}
         self.extra: dict[str, dict] = {}  # params, flops, baselines per unit (a resumed run's rows have them)
-        self.per_image: dict[str, torch.Tensor] = {}  # units scored on every image: their per-image MoPE
+        self.per_image = scorer.per_image  # finished units: their per-image MoPE
 
     def run(self, extras, progress: Progress | None, should_stop) -> list[dict]:
-        state = self.load()
-        if state is not None:
-            self.per_image = {k: torch.from_numpy(np.frombuffer(v, dtype=np.float32).copy())
-                              for k, v in state["per_image"].items()}
-        else:
+        self.scorer.should_stop = should_stop
+        with torch.inference_mode():
+            self.samples = {t: _Samples(self.scorer, t, self.first) for t in dict.fromkeys(u.tower for u in self.units)}
+        if not self.restore():
             self.extra = {u.name: extra for u, extra in zip(self.units, extras())}
-            fresh = self.round(self.units, self.first, 1, progress, should_stop)
-            state = self.advance({"round": 0, "rows": fresh}, fresh, self.first, progress)
         while True:
-            todo, size = next_round(pd.DataFrame(state["rows"]), self.total, state["size"])
-            if not size:
-                return state["rows"]
-            chosen = [u for u, pick in zip(self.units, todo) if pick]
-            state = self.advance(state, self.round(chosen, size, state["round"] + 1, None, should_stop, state), size,
-                                 progress)
-
-    def round(self, units: list[Unit], size: int, number: int, progress, should_stop, state: dict | None = None):
-        """Rows of `units` scored on `size` images (the zero-shot text tower on all), in unit order; progress
-        (round 1) gets the rows so far as they come."""
-        rows: dict[str, dict] = {}
-        parts = [(self.task, [u for u in units if u.name in self.whole]),
-                 (self.task.subset(size), [u for u in units if u.name not in self.whole])]
-        for sub, part in parts:
-            if not part:
-                continue
-            scorer = self.scorer.on(sub, pad=len(sub) == self.total)  # estimates need not be bit-stable
-
-            def inner(done, total, eta, got, scorer=scorer, shift=len(rows)):
-                progress((shift + done) * size, len(self.units) * self.total, None,
-                         list(rows.values()) + [self.annotate(r, scorer, number) for r in got])
-
+            targets = next_levels(self.table(), {t: s.ladder for t, s in self.samples.items()})
+            if (targets == self.table()["level"].to_numpy()).all():
+                return [self.rows[u.name] for u in self.units]
+            self.round += 1
             try:
-                got = scorer.run(part, inner if progress else None, should_stop)
-            except Cancelled as stop:
-                partial = list(rows.values()) + [self.annotate(r, scorer, number) for r in stop.rows]
-                raise self.stopped(number, state, partial) from None
-            rows.update((r["unit"], self.annotate(r, scorer, number)) for r in got)
-            if len(sub) == self.total:
-                self.per_image.update((r["unit"], scorer.per_image[r["unit"]].float()) for r in got)
-        return [rows[u.name] for u in units]
+                with torch.inference_mode(), self.scorer.autocast():
+                    self.advance(dict(zip((u.name for u in self.units), targets)), progress)
+            except _Stopped:
+                self.save()
+                raise self.stopped() from None
+            self.save()
+            if progress:
+                progress(*self.done(), None, [self.rows[u.name] for u in self.units])
 
-    def annotate(self, row: dict, scorer: "FastScorer", number: int) -> dict:
-        """A fresh row with what the round knows about it: images used, standard error, estimate or not."""
-        n = len(scorer.task)
-        se = standard_error(scorer.per_image[row["unit"]].numpy(), self.total)
-        return {**row, **self.extra.get(row["unit"], {}), "images_used": n, "se": se,
-                "estimate": n < self.total, "round": number}
+    def advance(self, targets: dict[str, int], progress: Progress | None) -> None:
+        """One round: every unit to its target level, the units of one tower, step and layer at a time."""
+        moving = [u for u in self.units if targets[u.name] > self.levels[u.name]]
+        steps = itertools.groupby(moving, key=lambda u: (u.tower, self.levels[u.name], targets[u.name], u.layer))
+        current: tuple = (None, None)  # one step's inputs at a time (with their hidden states, when one chunk)
+        for (tower, old, new, _), group in steps:
+            if current[0] != (tower, old, new):
+                index = self.samples[tower].new(old, new)
+                current = ((tower, old, new), self.scorer.tower_state(tower)["inputs"].subset(index))
+            self.scorer.check_stop()
+            step = current[1]
+            for unit, out in self.scorer.sample_outputs(list(group), step).items():
+                if unit.name not in self.outputs:
+                    self.outputs[unit.name] = out.new_zeros(len(self.scorer.tower_state(tower)["own"]), *out.shape[1:])
+                self.outputs[unit.name][step.index] = out
+                self.levels[unit.name] = new
+                self.rows[unit.name] = self.row(unit)
+            if progress and self.round == 1:
+                progress(*self.done(), None, [self.rows[u.name] for u in self.units if u.name in self.rows])
 
-    def stopped(self, number: int, state: dict | None, partial: list[dict]) -> Cancelled:
-        if state is None:
-            return Cancelled(partial, f"stopped in round 1 of anytime scoring: {len(partial)} of {len(self.units)} "
-                                      f"units have a first estimate (kept in this error's rows, not cached); "
-                                      "a restart scores round 1 again")
-        return Cancelled(state["rows"], f"stopped in round {number} of anytime scoring: the table of round "
-                                        f"{number - 1} is kept and cached; a restart continues from it")
+    def row(self, unit: Unit) -> dict:
+        """The unit's row from its outputs so far: the exact sweep's (every input) or an estimate."""
+        samples, level = self.samples[unit.tower], self.levels[unit.name]
+        if level == samples.total:
+            row = self.scorer.unit_row(unit, self.scorer.tower_state(unit.tower), [self.outputs[unit.name]])
+            used, se = (len(self.task), len(task_texts(self.task))), 0.0
+        else:
+            row, se = self.estimate(unit, level)
+            used = (len(samples.images(level)), len(samples.texts(level)))
+        return {**row, **self.extra.get(unit.name, {}), "images_used": used[0], "texts_used": used[1], "se": se,
+                "estimate": level < samples.total, "round": self.round}
 
-    def advance(self, state: dict, fresh: list[dict], size: int, progress) -> dict:
-        """The next state: fresh rows replace their units' estimates; cached; reported as a whole table."""
-        by_name = {r["unit"]: r for r in fresh}
-        rows = [{**row, **by_name[row["unit"]]} if row["unit"] in by_name else row for row in state["rows"]] \
-            if state["round"] else fresh
-        state = {"round": state["round"] + 1, "size": size, "rows": rows,
-                 "per_image": {k: v.numpy().tobytes() for k, v in self.per_image.items()}}
-        if self.key:
-            with open_cache("scores") as store:
-                store.set(f"{self.key}/anytime", state)
-        if progress:
-            used = sum(r["images_used"] for r in rows)
-            progress(used, len(self.units) * self.total, None, rows)
-        return state
+    def estimate(self, unit: Unit, level: int) -> tuple[dict, float]:
+        """The unit's row from the inputs it ran, and its standard error. Images: the whole set's metric with the
+        outcomes of the images not run yet counted as unchanged; the zero-shot text tower: the classifier from the
+        templates run (standard error over templates)."""
+        samples, scorer = self.samples[unit.tower], self.scorer
+        state = scorer.tower_state(unit.tower)
+        if samples.templates:
+            per_template = [self.on_templates(unit, state, [j])["mope"] for j in range(level)]
+            return self.on_templates(unit, state, range(level)), standard_error(np.array(per_template), samples.total)
+        mixed, run = state["own"].clone(), samples.run(level)
+        mixed[run] = self.outputs[unit.name][run]
+        values, contributions = scorer.finish(unit.tower, state, [mixed])
+        per_image = scorer.sign * (state["contributions"] - contributions)
+        return scorer.row(unit, state["base"], values), samples.spread(per_image, level)
 
-    def load(self) -> dict | None:
+    def on_templates(self, unit: Unit, state: dict, templates) -> dict:
+        """The zero-shot text tower's row with the classifier averaged over these templates, with and without the unit."""
+        task, scorer = self.task, self.scorer
+        prompts = (torch.arange(len(task.classnames))[:, None] * len(task.templates) + torch.tensor(list(templates))[None])
+        values = []
+        for own in (state["own"], self.outputs[unit.name]):
+            classifier = ensemble(own[prompts.flatten()], len(task.classnames))
+            stats = torch.stack([zeroshot_stats(m, state["other"], classifier, task.labels, scorer.scale)
+                                 for m in scorer.metrics], 1)
+            values.append({m: zeroshot_value(m, stats[:, i].contiguous(), task.labels)
+                           for i, m in enumerate(scorer.metrics)})
+        return scorer.row(unit, *values)
+
+    def table(self) -> pd.DataFrame:
+        """What next_levels decides from: every unit's tower, kind, layer, level, params and (once scored) scores."""
+        cols = ("mope", "mope_loss", "se", "params")
+        return pd.DataFrame([{"tower": u.tower, "kind": u.kind, "layer": u.layer, "level": self.levels[u.name],
+                              "top": self.samples[u.tower].total, "params": self.extra[u.name].get("params", 1),
+                              **{c: self.rows.get(u.name, {}).get(c, np.nan) for c in cols[:3]}}
+                             for u in self.units])
+
+    def done(self) -> tuple[int, int]:
+        """(work done, all the work) in unit-images: each unit's share of its inputs run, × images."""
+        n = len(self.task)
+        share = sum(self.levels[u.name] / self.samples[u.tower].total for u in self.units)
+        return round(share * n), len(self.units) * n
+
+    def stopped(self) -> Cancelled:
+        rows = [self.rows[u.name] for u in self.units if u.name in self.rows]
+        kept = "kept and cached; a restart continues from it" if self.key else "kept in this error's rows"
+        return Cancelled(rows, f"stopped in round {self.round} of anytime scoring: {len(rows)} of {len(self.units)} "
+                               f"units scored so far; their work is {kept}")
+
+    def save(self) -> None:
         if not self.key:
-            return None
+            return
+        state = {"round": self.round, "levels": self.levels, "rows": self.rows, "extra": self.extra,
+                 "outputs": {k: (list(v.shape), v.float().numpy().tobytes()) for k, v in self.outputs.items()}}
         with open_cache("scores") as store:
-            return store.get(f"{self.key}/anytime")
+            store.set(f"{self.key}/anytime", state)
+
+    def restore(self) -> bool:
+        """Continue from a cached run of the same scoring (True when there was one)."""
+        if not self.key:
+            return False
+        with open_cache("scores") as store:
+            state = store.get(f"{self.key}/anytime")
+        if state is None:
+            return False
+        self.round, self.levels, self.rows, self.extra = state["round"], state["levels"], state["rows"], state["extra"]
+        self.outputs = {k: torch.from_numpy(np.frombuffer(b, dtype=np.float32).copy()).view(*shape)
+                        for k, (shape, b) in state["outputs"].items()}
+        return True
 
 
 def per_image(scores: pd.DataFrame) -> pd.DataFrame | None:
@@ -415,23 +511,25 @@ class FastScorer(_Scorer):
         return [list(g) for _, g in itertools.groupby(units, key=lambda u: (u.tower, u.layer))]
 
     def tower_state(self, tower: str) -> dict:
-        """Chunked inputs, the other tower's embeddings, the unablated outcome and value."""
+        """Chunked inputs, the other tower's embeddings, the unablated outcome and value, and the unablated
+        per-sample outputs (`own`: what collect keeps, every sample in task order)."""
         if tower in self.state:
             return self.state[tower]
         clip, task = self.clip, self.task
         inputs = TowerInputs(clip, task, tower, self.chunk or auto_chunk(clip.model, tower, self.batch_tokens),
                              MIN_ROWS if self.pad else 1)
         other = task_text_embeddings(clip, task) if tower == "vision" else image_embeddings(clip, task)
-        state = {"inputs": inputs, "other": other, "hidden": None}
+        state = {"inputs": inputs, "other": other}
         pieces = []
         for span in inputs.spans:
             batch = inputs.batch(*span)
             if len(inputs.spans) == 1:
-                own, state["hidden"] = self.forward_keeping_hidden(tower, batch)
+                own, inputs.hidden = self.forward_keeping_hidden(tower, batch)
             else:
                 own = self.encode(tower, batch)
-            pieces.append(self.collect(tower, state, own, span))
-        state["base"], state["contributions"] = self.finish(tower, state, pieces)
+            pieces.append(self.collect(tower, state, inputs, own, span))
+        state["own"] = torch.cat(pieces)
+        state["base"], state["contributions"] = self.finish(tower, state, [state["own"]])
         self.state[tower] = state
         return state
 
@@ -445,10 +543,13 @@ class FastScorer(_Scorer):
             for h in hooks:
                 h.remove()
 
-    def hidden_at(self, tower: str, state: dict, batch: torch.Tensor, layer: int) -> torch.Tensor:
-        """The hidden state entering block `layer` for one chunk: cached, or a forward stopped there."""
-        if state["hidden"] is not None:
-            return state["hidden"][layer]
+    def hidden_at(self, tower: str, inputs: "TowerInputs", batch: torch.Tensor, layer: int) -> torch.Tensor:
+        """The hidden state entering block `layer` for one chunk: kept from one forward when the inputs are one
+        chunk, else a forward stopped there."""
+        if inputs.hidden is None and len(inputs.spans) == 1:
+            inputs.hidden = self.forward_keeping_hidden(tower, batch)[1]
+        if inputs.hidden is not None:
+            return inputs.hidden[layer]
         seen: list[torch.Tensor] = []
 
         def stop(module, args):
@@ -469,12 +570,13 @@ class FastScorer(_Scorer):
         emb = model.encode_image(inputs, normalize=True) if tower == "vision" else model.encode_text(inputs, normalize=True)
         return emb.float().cpu()
 
-    def collect(self, tower: str, state: dict, emb: torch.Tensor, span: tuple[int, int]) -> torch.Tensor:
+    def collect(self, tower: str, state: dict, inputs: "TowerInputs", emb: torch.Tensor,
+                span: tuple[int, int]) -> torch.Tensor:
         """What one chunk's (padded) embeddings leave for the metrics: per-image stats (images × metrics) or
-        the embeddings."""
+        the embeddings. Row by row: a sample's result does not depend on the chunk it came in."""
         start, stop = span
         if tower == "vision" and self.task.kind == "zeroshot":
-            labels = state["inputs"].padded(self.task.labels[start:stop])
+            labels = inputs.labels(start, stop)
             return torch.stack([zeroshot_stats(m, emb, state["other"], labels, self.scale)
                                 for m in self.metrics], 1)[:stop - start]
         return emb[:stop - start]
@@ -495,21 +597,37 @@ class FastScorer(_Scorer):
                 retrieval_contributions(self.metric, task, image_emb, text_emb, self.scale))
 
     def score_chunk(self, group: list[Unit]) -> list[dict]:
+        state = self.tower_state(group[0].tower)
+        outputs = self.sample_outputs(group, state["inputs"])
+        return [self.unit_row(unit, state, [outputs[unit]]) for unit in group]
+
+    def image_losses(self, tower: str) -> torch.Tensor:
+        """Per image, its unablated loss: the zero-shot cross-entropy, or its share of the contrastive loss."""
+        state = self.tower_state(tower)
+        if self.task.kind == "zeroshot":
+            return state["own"][:, -1].clone()  # the vision tower's stats: the loss comes last (see metrics)
+        image_emb, text_emb = (state["own"], state["other"]) if tower == "vision" else (state["other"], state["own"])
+        return retrieval_contributions("loss", self.task, image_emb, text_emb, self.scale)
+
+    def sample_outputs(self, group: list[Unit], inputs: "TowerInputs") -> dict[Unit, torch.Tensor]:
+        """Per unit of one layer, what its ablation leaves for the metric (collect) on each sample of `inputs`,
+        in their order; the same numbers, bit for bit, whatever samples share a chunk (anytime scoring adds
+        samples to a unit's outputs round by round)."""
         tower, layer = group[0].tower, group[0].layer
         state = self.tower_state(tower)
         pieces: dict[Unit, list[torch.Tensor]] = {u: [] for u in group}
-        for n, span in enumerate(state["inputs"].spans):
+        for n, span in enumerate(inputs.spans):
             if n:
                 self.check_stop()
-            batch = state["inputs"].batch(*span)
-            x = self.hidden_at(tower, state, batch, layer)
+            batch = inputs.batch(*span)
+            x = self.hidden_at(tower, inputs, batch, layer)
             k = max(1, self.batch_tokens // (x.shape[0] * x.shape[1]))
             for i in range(0, len(group), k):
                 part = group[i:i + k]
                 emb = self.ablate(tower, layer, part, x, batch)
                 for j, unit in enumerate(part):
-                    pieces[unit].append(self.collect(tower, state, emb[j * len(x):(j + 1) * len(x)], span))
-        return [self.unit_row(unit, state, pieces[unit]) for unit in group]
+                    pieces[unit].append(self.collect(tower, state, inputs, emb[j * len(x):(j + 1) * len(x)], span))
+        return {unit: torch.cat(p) for unit, p in pieces.items()}
 
     def unit_row(self, unit: Unit, state: dict, pieces: list[torch.Tensor]) -> dict:
         value, contributions = self.finish(unit.tower, state, pieces)
@@ -575,25 +693,37 @@ def auto_chunk(model: torch.nn.Module, tower: str, batch_tokens: int) -> int:
 
 
 class TowerInputs:
-    """One tower's calibration inputs (images, or the tokenised prompts / captions) in chunks of `size`.
+    """One tower's calibration inputs (images, or the tokenised prompts / captions) in chunks of `size`:
+    all of them, or those at `index` (task positions, in that order).
 
     Every chunk is padded to `rows` rows (copies of its last row, dropped afterwards): CPU matrix products
     over fewer than MIN_ROWS rows take other kernels that round differently, and chunking must not change a
-    bit. (Anytime's estimate rounds, on a few images, skip the padding: rows=1.)
+    bit. `hidden` keeps every block's input when the inputs are one chunk (from its first forward).
     """
 
-    def __init__(self, clip: Clip, task: Task, tower: str, size: int, rows: int = MIN_ROWS):
-        self.clip, self.task, self.tower, self.rows = clip, task, tower, rows
-        self.tokens = None if tower == "vision" else clip.tokenizer(task_texts(task))
+    def __init__(self, clip: Clip, task: Task, tower: str, size: int, rows: int = MIN_ROWS,
+                 index: torch.Tensor | None = None, tokens: torch.Tensor | None = None):
+        self.clip, self.task, self.tower, self.rows, self.size = clip, task, tower, rows, size
+        self.tokens = tokens if tokens is not None or tower == "vision" else clip.tokenizer(task_texts(task))
         n = len(task) if tower == "vision" else len(self.tokens)
-        self.spans = [(s, min(s + size, n)) for s in range(0, n, size)]
+        self.index = torch.arange(n) if index is None else index
+        self.spans = [(s, min(s + size, len(self.index))) for s in range(0, len(self.index), size)]
+        self.hidden: list[torch.Tensor] | None = None
+
+    def subset(self, index: torch.Tensor) -> "TowerInputs":
+        """The inputs at `index` (task positions), chunked and padded alike."""
+        return TowerInputs(self.clip, self.task, self.tower, self.size, self.rows, index, self.tokens)
 
     def batch(self, start: int, stop: int) -> torch.Tensor:
+        at = self.index[start:stop]
         if self.tower == "vision":
-            x = torch.stack([self.clip.preprocess(self.task.pil_image(i)) for i in range(start, stop)])
+            x = torch.stack([self.clip.preprocess(self.task.pil_image(int(i))) for i in at])
         else:
-            x = self.tokens[start:stop]
+            x = self.tokens[at]
         return self.padded(x).to(self.clip.device)
+
+    def labels(self, start: int, stop: int) -> torch.Tensor:
+        return self.padded(self.task.labels[self.index[start:stop]])
 
     def padded(self, x: torch.Tensor) -> torch.Tensor:
         return x if len(x) >= self.rows else torch.cat([x, x[-1:].expand(self.rows - len(x), *x.shape[1:])])

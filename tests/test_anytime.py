@@ -1,14 +1,18 @@
+import collections
+
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import mope
 from mope import scoring
-from mope.anytime import next_round, note, standard_error, uncertain
+from mope.anytime import contested, effective_se, ladder, next_levels, note, standard_error
+from mope.evaluate import image_embeddings, task_text_embeddings, task_texts
 from mope.plan import Budget, plan
 from mope.scoring import Cancelled, score
 
-COLUMNS = ["unit", "mope", "base", "ablated", "images_used", "se", "estimate", "rank"]
+COLUMNS = ["unit", "mope", "base", "ablated", "images_used", "texts_used", "se", "estimate", "rank"]
 
 
 @pytest.fixture(scope="module")
@@ -16,53 +20,91 @@ def tiny(tiny_dir):
     return mope.load_model(str(tiny_dir), device="cpu")
 
 
+@pytest.fixture
+def runs(monkeypatch):
+    """Counts, per unit, how often each of its inputs (task positions) is run through an ablation."""
+    seen = collections.defaultdict(collections.Counter)
+    original = scoring.FastScorer.sample_outputs
+
+    def counting(self, group, inputs):
+        for unit in group:
+            seen[unit.name].update(inputs.index.tolist())
+        return original(self, group, inputs)
+
+    monkeypatch.setattr(scoring.FastScorer, "sample_outputs", counting)
+    return seen
+
+
 @pytest.mark.parametrize("kind, metric", [("zeroshot", "acc1"), ("retrieval", "loss")])
-def test_anytime_ends_equal_to_exact_and_reports_whole_tables(tiny, kind, metric):
+def test_anytime_ends_equal_to_exact_running_each_input_once(tiny, runs, kind, metric):
     task = mope.load_task("shapes", kind=kind, n=37)
     kw = dict(metric=metric, baselines=("magnitude",), cache=False)
     exact = score(tiny, task, **kw)
+    runs.clear()
     snapshots = []
     anytime = score(tiny, task, schedule="anytime", first_round=9,
                     progress=lambda done, total, eta, rows: snapshots.append(pd.DataFrame(rows)), **kw)
     cols = COLUMNS + (["mope_loss"] if metric != "loss" else [])
     pd.testing.assert_frame_equal(anytime[cols], exact[cols])  # bit for bit: exact float comparison
     assert anytime.attrs["anytime"]["done"] and not anytime.estimate.any()
+    inputs = {"vision": len(task), "text": len(task_texts(task))}
+    for unit in exact.itertuples():  # incremental: every input of every unit ran exactly once
+        assert sorted(runs[unit.unit]) == list(range(inputs[unit.tower])) and set(runs[unit.unit].values()) == {1}
     whole = [s for s in snapshots if len(s) == len(exact)]
     first = whole[0]
-    vision = first.tower == "vision"
-    assert (first.images_used[vision] == 9).all() and first.estimate[vision].all() and (first["round"] == 1).all()
+    assert first.estimate.all() and (first["round"] == 1).all()
+    vision, text = first.tower == "vision", first.tower == "text"
+    assert (first.images_used[vision] == 9).all() and (first.texts_used[text] < inputs["text"]).all()
     assert "magnitude" in first.columns  # plans need params / flops from round 1
     assert [int(s["round"].max()) for s in whole] == sorted(int(s["round"].max()) for s in whole)
-    assert len({int(s["round"].max()) for s in whole}) >= 3  # at least: 9 images, a refinement, the rest
-    assert (whole[-1].images_used == 37).all()
-    assert first.se[vision & (first.mope != 0)].gt(0).any()
-    note_text = plan(first, Budget(keep=0.5, towers=("vision",))).notes
-    assert any("ranked on 9" in n and "round 1 of anytime scoring" in n for n in note_text)
+    assert len({int(s["round"].max()) for s in whole}) >= 3
+    assert first.se[first.mope != 0].gt(0).any()
+    notes = plan(first, Budget(keep=0.5, towers=("vision",))).notes
+    assert any("ranked on 9" in n and "round 1 of anytime scoring" in n for n in notes)
     assert not any("ranked on" in n for n in plan(anytime, Budget(keep=0.5, towers=("vision",))).notes)
 
 
-def test_a_stopped_anytime_run_resumes_from_its_last_round(tiny, monkeypatch):
+def test_estimates_count_the_images_not_run_as_unchanged_and_run_the_hardest_first(tiny):
+    """An estimate on n images: the exact per-image MoPE of the n images with the highest unablated loss, summed
+    over the whole set (the others count as 0)."""
     task = mope.load_task("shapes", n=40)
     kw = dict(towers=["vision"], metric="loss", baselines=())
-    rounds = []
+    tables = []
+    score(tiny, task, schedule="anytime", first_round=10, cache=False,
+          progress=lambda d, t, e, rows: tables.append(rows), **kw)
+    first = pd.DataFrame(next(r for r in tables if len(r) == 14))
+    exact = score(tiny, task, **kw)
+    with torch.inference_mode():
+        logits = tiny.model.logit_scale.exp() * image_embeddings(tiny, task) @ task_text_embeddings(tiny, task).T
+    hardest = torch.nn.functional.cross_entropy(logits, task.labels, reduction="none").argsort(descending=True)[:10]
+    expected = scoring.per_image(exact).loc[first.unit, hardest.tolist()].sum(axis=1) / len(task)
+    assert np.allclose(first.mope, expected.values, atol=1e-5) and (first.images_used == 10).all()
+    assert (first.se > 0).all() and (first.se < np.inf).all()
+
+
+def test_a_stopped_anytime_run_resumes_and_ends_equal_to_exact(tiny, runs):
+    task = mope.load_task("shapes", n=40)
+    kw = dict(metric="acc1", baselines=())
+    units, rounds = len(scoring.unit_table(tiny, baselines=())), []
     with pytest.raises(Cancelled, match="stopped in round 2") as info:
-        score(tiny, task, schedule="anytime", first_round=10, should_stop=lambda: 14 in rounds,
-              progress=lambda done, total, eta, rows: rounds.append(len(rows)), **kw)
-    assert len(info.value.rows) == 14 and all(r["images_used"] == 10 for r in info.value.rows)
-    sizes = []
-    original = scoring.FastScorer.on
-    monkeypatch.setattr(scoring.FastScorer, "on", lambda self, t, pad=True: sizes.append(len(t)) or original(self, t, pad))
+        score(tiny, task, schedule="anytime", first_round=10, should_stop=lambda: len(rounds) > 1,
+              progress=lambda done, total, eta, rows: rounds.append(1) if len(rows) == units else None, **kw)
+    assert len(info.value.rows) == units
+    before = {unit: dict(count) for unit, count in runs.items()}
+    runs.clear()
     done = score(tiny, task, schedule="anytime", first_round=10, **kw)
-    assert sizes and 10 not in sizes and min(sizes) == 20  # round 1 came from the cache
+    for unit, count in before.items():  # the restart runs no input a unit ran before the stop
+        assert not set(count) & set(runs[unit]), unit
     exact = score(tiny, task, cache=False, **kw)
-    assert (done.mope.values == exact.mope.values).all()
+    cols = COLUMNS + ["mope_loss"]
+    pd.testing.assert_frame_equal(done[cols], exact[cols])
     again = score(tiny, task, **kw)  # the finished anytime table is the exact table's cache entry
     assert (again.mope.values == exact.mope.values).all()
     matrix = scoring.per_image(again)  # every unit's per-image results, gathered over the rounds
-    assert matrix.shape == (14, 40) and np.allclose(matrix.mean(axis=1).values, exact.mope.values, atol=1e-5)
+    assert matrix.shape == (units, 40) and np.allclose(matrix.mean(axis=1).values, exact.mope.values, atol=1e-5)
 
 
-def test_anytime_bad_input(tiny, monkeypatch):
+def test_anytime_bad_input(tiny):
     task = mope.load_task("shapes", n=12)
     with pytest.raises(mope.MopeError, match="unknown schedule 'sometimes'"):
         score(tiny, task, schedule="sometimes", cache=False)
@@ -77,22 +119,46 @@ def test_anytime_bad_input(tiny, monkeypatch):
     assert 0 < len(info.value.rows) < 14 and all(r["images_used"] == 4 for r in info.value.rows)
 
 
+def _table(mope_, se, level, top=64, kind="head", layer=0):
+    n = len(mope_)
+    return pd.DataFrame({"tower": ["vision"] * n, "kind": [kind] * n, "layer": [layer] * n, "mope": mope_,
+                         "se": se, "level": level, "top": [top] * n, "params": [1.0] * n})
+
+
 def test_schedule_rules():
-    table = pd.DataFrame({"tower": ["vision"] * 8, "kind": ["head"] * 8,
-                          "mope": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 5.0], "se": [0.05] * 7 + [0.0],
-                          "images_used": [16] * 7 + [64]})
-    # the band: 25th–75th percentile, 0.175–0.525; 0.1 ± 0.1 and 0.6 ± 0.1 reach into it, 0.0 ± 0.1 does not,
-    # 5.0 is exact
-    assert list(uncertain(table, 64)) == [False, True, True, True, True, True, True, False]
-    todo, size = next_round(table, 64, 16)
-    assert size == 32 and list(todo) == list(uncertain(table, 64))
-    table["images_used"] = 64
-    table["se"] = 0.0
-    todo, size = next_round(table, 64, 64)
-    assert size == 0 and not todo.any()
-    table.loc[0, "images_used"] = 16
-    todo, size = next_round(table, 64, 64)
-    assert size == 64 and list(todo) == [True] + [False] * 7  # settled but not exact: the last round takes it
+    assert ladder(16, 64) == [16, 24, 36, 54, 64] and ladder(1, 5) == [1, 2, 3, 4, 5]
+    assert ladder(16, 40, least=16) == [16, 32, 40]  # fewer than 16 new images cost as much as 16 (padding)
+    ladders = {"vision": [16, 32, 64]}
+    fresh = _table([np.nan] * 3, [np.nan] * 3, [0, 0, 16])
+    assert list(next_levels(fresh, ladders)) == [16, 16, 16]  # unscored units first, nothing else
+    # 8 units of one layer: plans at keep 0.75 / 0.5 / 0.25 remove 2 / 4 / 6 of them; cuts at 0.15, 0.35, 0.55
+    table = _table([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 5.0], [0.03] * 7 + [0.0], [16] * 7 + [64])
+    # 0.1 ± 0.06 and 0.2 ± 0.06 hold 0.15 (two standard errors), 0.3 / 0.4 hold 0.35, 0.5 / 0.6 hold 0.55
+    assert list(contested(table)) == [False, True, True, True, True, True, True, False]
+    assert list(next_levels(table, ladders)) == [16, 32, 32, 32, 32, 32, 32, 64]
+    table["se"] = 0.001
+    assert list(next_levels(table, ladders)) == [64] * 8  # no side open: everything to the whole set
+    table["level"] = 64
+    assert list(next_levels(table, ladders)) == [64] * 8  # finished
+
+
+def test_global_cuts_follow_params_and_ties_go_to_the_loss():
+    table = pd.concat([_table([0.0, 0.1, 0.9, 1.0], [0.01] * 4, [16] * 4),
+                       _table([0.2, 0.3, 0.8, 0.85], [0.01] * 4, [16] * 4, kind="neurons")], ignore_index=True)
+    table["params"] = [1.0] * 4 + [3.0] * 4  # 16 params: keep 0.5 removes 0.0, 0.1, 0.2, 0.3 (8 params)
+    table["se"] = [0.01] * 4 + [0.01, 0.01, 0.01, 0.3]
+    open_ = contested(table)
+    assert open_[7]  # 0.85 ± 0.6 holds every cut of its layer and kind
+    assert not open_[0] and not open_[2]
+    tied = _table([0.0] * 4, [0.0] * 4, [16] * 4).assign(mope_loss=[0.1, 0.2, 0.3, 0.4])
+    assert contested(tied).all()  # a cut between equal scores: every tied unit's side is open
+
+
+def test_effective_se_shrinks_towards_the_pooled_spread():
+    table = _table([0.0, 0.5, 0.1, 0.2], [0.0, 0.1, 0.1, np.inf], [16, 16, 16, 1])
+    se = effective_se(table)
+    assert se[0] > 0 and se[1] < 0.1 + 1e-12 and se[3] == np.inf  # se 0 from 16 agreeing images is not settled
+    assert effective_se(table.assign(level=64, se=0.0)).tolist() == [0.0] * 4  # every image: exact
     assert standard_error(np.array([1.0, 0.0, 1.0, 0.0]), 4) == 0.0
     se = standard_error(np.array([1.0, 0.0, 1.0, 0.0]), 400)
     assert se == pytest.approx(np.std([1, 0, 1, 0], ddof=1) / 2 * np.sqrt(396 / 399))

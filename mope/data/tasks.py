@@ -71,11 +71,16 @@ class Task:
                 h.update(t.numpy().tobytes())
         return h.hexdigest()[:16]
 
+    def drawn(self, n: int) -> torch.Tensor:
+        """The positions of subset(n)'s images, in task order: the first n of one fixed shuffle (seed 0), so a
+        larger subset holds every image of a smaller one."""
+        return torch.randperm(len(self), generator=torch.Generator().manual_seed(0))[:n].sort().values
+
     def subset(self, n: int | None) -> "Task":
         """n images drawn evenly at random (seed 0, task order kept), with their labels or captions."""
         if n is None or n >= len(self):
             return self
-        index = torch.randperm(len(self), generator=torch.Generator().manual_seed(0))[:n].sort().values
+        index = self.drawn(n)
         images = self.images[index] if isinstance(self.images, torch.Tensor) else [self.images[i] for i in index]
         sub = Task(f"{self.name}[{n}]", self.kind, images, classnames=self.classnames, templates=self.templates,
                    skipped=self.skipped)
