@@ -4,6 +4,10 @@ Every figure sets its height (Gradio 6 can render a Plotly figure without one at
 """
 from __future__ import annotations
 
+import threading
+import weakref
+from collections import OrderedDict
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -31,33 +35,72 @@ def heatmaps(df: pd.DataFrame, column: str = "mope", removed: set[str] = frozens
     plan removes are crossed out and the layers it removes shaded across both panels.
 
     Units not scored yet (NaN; df.attrs["scored"] counts the others) are blank: a heatmap fills in while a job runs.
-    Cells that are still anytime estimates (column `estimate`) are hatched.
+    Cells that are still anytime estimates (column `estimate`) are hatched. The heatmaps of a table are drawn once
+    (the same table object: a budget slider redraws only the marks of what its plan removes).
     """
+    base = _base_heatmaps(df, column)
+    if base is None:
+        return empty("No head or neuron-group scores yet")
+    drawn, panels = base
+    fig = go.Figure(data=drawn.data, layout=drawn.layout, _validate=False)  # a copy; checked once, in _draw_heatmaps
+    gone = df[df.unit.isin(removed) & df.kind.isin(KIND_TITLES)]
+    for (tower, kind), (xref, yref) in panels.items():
+        gone_layers = sorted(int(n.split(".L")[1]) for n in removed if n.startswith(f"{tower}.L") and n.count(".") == 1)
+        _mark_removed(fig, gone[(gone.tower == tower) & (gone.kind == kind)], gone_layers, xref, yref,
+                      label=kind == "head")
+    scored = df.attrs.get("scored", len(df))
+    done = f" — {scored}/{len(df)} units scored" if scored < len(df) else ""
+    marked = f" · red × = removed by the plan ({len(removed)})" if removed else ""
+    fig.update_layout(title={"text": f"{column} per unit (higher = more important){done}{marked}{estimates_line(df)}",
+                             "font": {"size": 14}})
+    return fig
+
+
+Panels = dict[tuple[str, str], tuple[str, str]]  # (tower, kind) → its x and y axis ("x3", "y3")
+_BASES: OrderedDict[tuple[int, str], tuple[weakref.ref, tuple[go.Figure, Panels] | None]] = OrderedDict()
+_BASES_LOCK = threading.Lock()
+
+
+def _base_heatmaps(df: pd.DataFrame, column: str) -> tuple[go.Figure, Panels] | None:
+    """(the heatmaps without plan marks, their panels' axes) of this table object, made once for
+    each of the last few tables (a table the app holds is never changed in place)."""
+    key = (id(df), column)
+    with _BASES_LOCK:
+        ref, made = _BASES.get(key, (None, None))
+        if ref is not None and ref() is df:
+            _BASES.move_to_end(key)
+            return made
+    made = _draw_heatmaps(df, column)
+    with _BASES_LOCK:
+        _BASES[key] = (weakref.ref(df), made)
+        while len(_BASES) > 8:
+            _BASES.popitem(last=False)
+    return made
+
+
+def _draw_heatmaps(df: pd.DataFrame, column: str) -> tuple[go.Figure, Panels] | None:
     width = df[df.kind.isin(KIND_TITLES)]
     if width.empty:
-        return empty("No head or neuron-group scores yet")
+        return None
     towers = list(dict.fromkeys(width.tower))
     titles = [f"{t} · {KIND_TITLES[k]}" for t in towers for k in KIND_TITLES]
     fig = make_subplots(rows=len(towers), cols=2, subplot_titles=titles, column_widths=[0.3, 0.7],
                         horizontal_spacing=0.08, vertical_spacing=0.18)
     width = width.assign(rank=ranks(width, column))
+    panels = {}
     for r, tower in enumerate(towers, 1):
         low, high = _colour_range(width.loc[width.tower == tower, column])
-        gone_layers = sorted(int(n.split(".L")[1]) for n in removed if n.startswith(f"{tower}.L") and n.count(".") == 1)
         for c, kind in enumerate(KIND_TITLES, 1):
             part = width[(width.tower == tower) & (width.kind == kind)]
             if part.empty:
                 continue
             _panel(fig, part, column, (low, high), r, c, colorbar=_colorbar(fig, tower, column, r) if c == 2 else None)
-            _mark_removed(fig, part, removed, gone_layers, r, c)
             _mark_estimates(fig, part, r, c)
-    scored = df.attrs.get("scored", len(df))
-    done = f" — {scored}/{len(df)} units scored" if scored < len(df) else ""
-    marked = f" · red × = removed by the plan ({len(removed)})" if removed else ""
-    fig.update_layout(height=280 * len(towers) + 60, margin={"t": 70, "b": 40, "l": 50, "r": 20},
-                      title={"text": f"{column} per unit (higher = more important){done}{marked}{estimates_line(df)}",
-                             "font": {"size": 14}})
-    return fig
+            axes = fig.get_subplot(r, c)
+            panels[(tower, kind)] = (axes.xaxis.plotly_name.replace("axis", ""),
+                                     axes.yaxis.plotly_name.replace("axis", ""))
+    fig.update_layout(height=280 * len(towers) + 60, margin={"t": 70, "b": 40, "l": 50, "r": 20})
+    return fig, panels
 
 
 def estimates_line(df: pd.DataFrame) -> str:
@@ -99,19 +142,18 @@ def _colorbar(fig: go.Figure, tower: str, column: str, row: int) -> dict:
     return {"title": f"{tower}<br>{column}", "len": (high - low) * 0.95, "y": (low + high) / 2, "yanchor": "middle"}
 
 
-def _mark_removed(fig: go.Figure, part: pd.DataFrame, removed: set[str], gone_layers: list[int], r: int, c: int) -> None:
-    """Red × on removed heads / neuron groups; removed layers shaded across the panel with a label."""
-    gone = part[part.unit.isin(removed) & ~part.layer.isin(gone_layers)]
+def _mark_removed(fig: go.Figure, gone: pd.DataFrame, gone_layers: list[int], xref: str, yref: str,
+                  label: bool) -> None:
+    """Red × on a panel's removed heads / neuron groups; removed layers shaded across the panel (with a label)."""
+    gone = gone[~gone.layer.isin(gone_layers)]
     if len(gone):
-        fig.add_trace(go.Scatter(x=gone["index"], y=gone["layer"], mode="markers", hoverinfo="skip",
-                                 marker={"symbol": "x-thin", "size": 12, "line": {"width": 2, "color": "red"}},
-                                 showlegend=False), row=r, col=c)
-    axes = fig.get_subplot(r, c)
-    xref, yref = axes.xaxis.plotly_name.replace("axis", ""), axes.yaxis.plotly_name.replace("axis", "")
+        fig.add_trace(go.Scatter(x=gone["index"], y=gone["layer"], mode="markers", hoverinfo="skip", xaxis=xref,
+                                 yaxis=yref, marker={"symbol": "x-thin", "size": 12, "line": {"width": 2, "color": "red"}},
+                                 showlegend=False))
     for layer in gone_layers:
         fig.add_shape(type="rect", xref=f"{xref} domain", x0=0, x1=1, yref=yref, y0=layer - 0.5, y1=layer + 0.5,
                       fillcolor="red", opacity=0.35, line={"width": 2, "color": "red"})
-        if c == 1:
+        if label:
             fig.add_annotation(text=f"L{layer} removed", xref=f"{xref} domain", x=0.5, yref=yref, y=layer,
                                showarrow=False, font={"color": "white", "size": 11})
 
@@ -247,10 +289,7 @@ def probability_bars(images: list[str], labels: list[str], probs: dict[str, np.n
                                  marker={"color": PALETTE[model % len(PALETTE)]},
                                  hovertemplate=f"{name}<br>%{{y}}: %{{x:.1%}}<extra></extra>"), row=i + 1, col=1)
     for i, message in errors.items():
-        axes = fig.get_subplot(i + 1, 1)
-        fig.add_annotation(text=f"not predicted: {_short(message, 90)}", showarrow=False, font={"color": "firebrick"},
-                           xref=f"{axes.xaxis.plotly_name.replace('axis', '')} domain", x=0.5,
-                           yref=f"{axes.yaxis.plotly_name.replace('axis', '')} domain", y=0.5)
+        _centre_note(fig, i + 1, 1, f"not predicted: {_short(message, 90)}", {"color": "firebrick"})
     fig.update_xaxes(range=[0, 1], tickformat=".0%")
     fig.update_layout(height=max(220, len(images) * (40 + 16 * len(labels) * max(1, len(probs)) // 2) + 80),
                       barmode="group", margin={"t": 60, "b": 30, "l": 140},
@@ -260,6 +299,13 @@ def probability_bars(images: list[str], labels: list[str], probs: dict[str, np.n
 
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c")
+
+
+def _centre_note(fig: go.Figure, row: int, col: int, text: str, font: dict) -> None:
+    """A note in the middle of a subplot, placed on the page (a subplot without traces draws no axes to refer to)."""
+    axes = fig.get_subplot(row, col)
+    x, y = sum(axes.xaxis.domain) / 2, sum(axes.yaxis.domain) / 2
+    fig.add_annotation(text=text, showarrow=False, font=font, xref="paper", x=x, yref="paper", y=y)
 
 
 def _short(text: str, n: int) -> str:
@@ -283,10 +329,7 @@ def attention_maps(maps: dict, image: np.ndarray | None = None) -> go.Figure:
         if m is None:
             fig.add_trace(go.Image(z=image, hoverinfo="skip"), row=1, col=c)
         elif m.removed:
-            axes = fig.get_subplot(1, c)
-            fig.add_annotation(text=f"{m.removed} by pruning", showarrow=False, font={"size": 15, "color": "firebrick"},
-                               xref=f"{axes.xaxis.plotly_name.replace('axis', '')} domain", x=0.5,
-                               yref=f"{axes.yaxis.plotly_name.replace('axis', '')} domain", y=0.5)
+            _centre_note(fig, 1, c, f"{m.removed} by pruning", {"size": 15, "color": "firebrick"})
         elif vision:
             fig.add_trace(go.Heatmap(z=m.weights.numpy(), colorscale="Inferno", zmin=0, showscale=c == len(shown),
                                      hovertemplate="patch row %{y}, col %{x}: %{z:.3f}<extra></extra>"), row=1, col=c)

@@ -48,6 +48,19 @@ class Memo:
                     self._making.pop(key, None)
         return value
 
+    def put(self, key: Hashable, value) -> None:
+        """Keep `value` under `key` (replacing what was there), the least recently used going first."""
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def peek(self, key: Hashable, default=None):
+        """The value under `key`, or `default`; makes nothing."""
+        with self._lock:
+            return self._items.get(key, default)
+
     def __len__(self) -> int:
         return len(self._items)
 
@@ -79,6 +92,7 @@ class AppState:
         self.cards = Memo(16)        # spec@device → (headline, table)
         self.scores = Memo(32)       # scores CSV path → table
         self.skeletons = Memo(8)     # (spec, device, towers, kinds) → unit table of a running score job
+        self.figures = Memo(256)     # (page connection, plot name) → the figure last drawn there, for its PNG
         self._store = None
         self._store_lock = threading.Lock()
 

@@ -60,5 +60,6 @@ def build(state: AppState) -> gr.Blocks:
                          api_visibility="private")
         for tab in TABS:
             tab.wire(page, loaded)
+        page.wire_pngs()
         demo.load(None, js=HEAD_CLICK_JS, api_visibility="private")
     return demo

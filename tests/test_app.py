@@ -136,6 +136,49 @@ def test_an_impossible_budget_is_a_message(settings, scored):
     assert settings.store().jobs() == [] or all(j["kind"] == "score" for j in settings.store().jobs())
 
 
+def test_the_preview_says_when_ties_decided_the_plan(settings, scored):
+    """Units that score exactly the same as units kept in their place (acc1 on a few images: many exact zeros) were
+    chosen by the tie-break: the preview's notes say so; with distinct scores they say nothing of ties."""
+    df = hs.scores_table(scored["scores"], settings).copy()
+    df["mope"] = np.random.default_rng(0).permutation(len(df)) / len(df)  # every score distinct
+    two_heads = hp.budget_of("explicit counts", 1, 1, "uniform", "params", 0, 0, 2, 0, 0, 0)  # 2 of 4 per layer
+    plan, _table, notes = hp.preview(df, two_heads, "mope")
+    assert plan.ties == 0 and "ties" not in notes
+    heads = (df.tower == "vision") & (df.kind == "head")
+    df.loc[heads, "mope"] = 0.0  # each layer's 2 removed heads tie with its 2 kept ones
+    plan, _table, notes = hp.preview(df, two_heads, "mope")
+    layers = df.loc[heads, "layer"].nunique()
+    assert plan.ties == 2 * layers and f"ties: {2 * layers} removed unit(s)" in notes
+
+
+def test_a_figure_saves_as_png_and_its_table_as_csv(settings, scored, monkeypatch):
+    """What a figure shows, as a PNG rendered by plotly's own renderer (kaleido, in a headless Chrome), and the
+    table behind it as CSV; written once; without kaleido or a browser for it, a message that says what to do."""
+    import shutil
+
+    from app.handlers import exports as he
+
+    if not shutil.which("chromium") and not shutil.which("google-chrome") and os.environ.get("MOPE_REQUIRE_BROWSER") != "1":
+        pytest.skip("no Chrome or Chromium for kaleido (see .ci/run)")
+    df = hs.scores_table(scored["scores"], settings)
+    figure = figures.heatmaps(df)
+    png = he.figure_png(figure, "heatmap", settings)
+    assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and Path(png).parent == settings.home / "downloads"
+    assert he.figure_png(figure, "heatmap", settings) == png  # the same figure: the same file, not rendered again
+    csv = he.table_csv(df, "scores", settings)
+    assert pd.read_csv(csv).unit.tolist() == df.unit.tolist()
+    with pytest.raises(mope.MopeError, match="nothing to save yet"):
+        he.figure_png(None, "study", settings)
+
+    def no_kaleido(*args, **kwargs):
+        raise ValueError("Image export using the 'kaleido' engine requires the Kaleido package")
+
+    monkeypatch.setattr(figure, "to_image", no_kaleido)
+    figure.update_layout(title="another figure")
+    with pytest.raises(mope.MopeError, match="needs kaleido and Chrome or Chromium"):
+        he.figure_png(figure, "heatmap", settings)
+
+
 def test_prune_and_distill_job_saves_a_model_to_compare_and_download(settings, scored, tiny_dir):
     budget = hp.budget_of("keep fraction", 0.5, 1.0, "uniform", "params", 0, 0, 0, 0, 0, 0)
     session, _message = hp.start_prune_distill(scored, budget, "mope", DEVICE, 4, 8, "shapes", "my model!", settings)
@@ -358,7 +401,7 @@ def test_served_page_answers_a_client(tmp_path, monkeypatch):
         assert vision["tower"] == "vision" and vision["params after"] < vision["params before"]
         comparison, latency, _plot, _per_class, _csv = client.predict(["demo"], next(iter(EVALUATION)), 50,
                                                                       api_name="/compare")
-        assert comparison["headers"][:3] == ["model", "origin", "params (M)"] and comparison["data"][0][0] == "demo"
+        assert comparison["headers"][:2] == ["model", "params (M)"] and comparison["data"][0][0] == "demo"
         assert "back to back" in latency and "measured just now on **cpu (" in latency
         _, headline, _ = client.predict(session, "/etc", api_name="/load_model")
         assert "Could not load" in headline and "outside the model folder" in headline and "demo" in headline

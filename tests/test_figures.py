@@ -86,7 +86,9 @@ def test_probability_bars_show_every_label_and_failed_images():
     fig = figures.probability_bars(["a.png", "fake.png"], ["red", "blue", "green"], probs, errors={1: "not an image"})
     bars = [t for t in fig.data if t.type == "bar"]
     assert len(bars) == 2 and list(bars[0].y) == ["red", "blue", "green"] and list(bars[0].x) == [0.7, 0.2, 0.1]
-    assert any("not predicted: not an image" in a.text for a in fig.layout.annotations)
+    [note] = [a for a in fig.layout.annotations if "not predicted: not an image" in a.text]
+    low, high = fig.get_subplot(2, 1).yaxis.domain  # in the failed image's own panel
+    assert note.yref == "paper" and low < note.y < high
     assert fig.layout.height > 0
 
 
@@ -96,7 +98,9 @@ def test_attention_maps_side_by_side_with_a_removed_head():
             "pruned": HeadAttention("vision", 1, 2, None, removed="head removed")}
     fig = figures.attention_maps(maps, image=np.zeros((8, 12, 3), dtype=np.uint8))
     assert [t.type for t in fig.data] == ["image", "heatmap"]
-    assert any(a.text == "head removed by pruning" for a in fig.layout.annotations)
+    [note] = [a for a in fig.layout.annotations if a.text == "head removed by pruning"]
+    low, high = fig.get_subplot(1, 3).xaxis.domain  # in the pruned model's panel (the third), not over the image
+    assert note.xref == "paper" and low < note.x < high
     assert "vision.L1.head2" in fig.layout.title.text
     text = {"demo": HeadAttention("text", 0, 0, torch.tensor([0.5, 0.25, 0.25]), tokens=["<start>", "red", "<end>"])}
     bars = figures.attention_maps(text).data[0]

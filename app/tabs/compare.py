@@ -19,8 +19,8 @@ STUDY_VIEWS = ["study_status", "study_plot"]
 
 
 NEXT_STEP = """**Next step:** prune by another ranking or budget in *3 · Prune & distill* and compare again, or draw
-a shape in the sketchpad to see where the pruned model's answer changes. Each figure's camera icon (top right, on
-hover) saves it as PNG; the buttons below save its data as CSV."""
+a shape in the sketchpad to see where the pruned model's answer changes. *Figure (PNG)* under each figure saves it as
+an image, the CSV buttons save the data behind it."""
 
 
 def build(page: Page) -> None:
@@ -31,20 +31,25 @@ def build(page: Page) -> None:
                                         allow_custom_value=True, label="Models (up to three)", scale=4,
                                         elem_id="compare-models"),
                      evaluation=gr.Dropdown(list(EVALUATION), value=next(iter(EVALUATION)), label="Benchmark"),
-                     eval_n=gr.Number(500, precision=0, minimum=10, maximum=10_000, label="Images"))
+                     eval_n=gr.Number(500, precision=0, minimum=10, maximum=10_000, label="Images",
+                                      elem_id="compare-n"))
         page.add(origins=gr.Markdown(elem_id="compare-origins"),
                  run_compare=gr.Button("Compare", variant="primary", elem_id="run-compare"),
-                 comparison=gr.Dataframe(label="Side by side", interactive=False, wrap=True,
-                                         headers=["model", "origin", "params (M)", "acc1", "image latency (ms)"],
-                                         elem_id="comparison"),
+                 comparison=gr.Dataframe(label="Side by side (each model's origin: above; in the CSV)",
+                                         interactive=False, wrap=True, elem_id="comparison",
+                                         headers=["model", "params (M)", "acc1", "image latency (ms)"]),
                  latency_note=gr.Markdown(elem_id="latency-note"),
-                 per_class_plot=gr.Plot(label="Per-class accuracy", elem_id="per-class-plot"),
-                 per_class_csv=gr.DownloadButton("Per-class accuracy (CSV)", size="sm"),
-                 comparison_csv=gr.DownloadButton("Side-by-side table (CSV)", size="sm"))
+                 per_class_plot=gr.Plot(label="Per-class accuracy", elem_id="per-class-plot"))
+        with gr.Row():
+            page.png_button("per_class_plot")
+            page.add(per_class_csv=gr.DownloadButton("Per-class accuracy (CSV)", size="sm", elem_id="per-class-csv"),
+                     comparison_csv=gr.DownloadButton("Side-by-side table (CSV)", size="sm"))
         with gr.Row():
             page.add(run_study=gr.Button("Run study (accuracy vs compression)"), study_status=gr.Markdown())
-        page.add(study_plot=gr.Plot(label="Accuracy vs compression", elem_id="study-plot"),
-                 study_csv=gr.DownloadButton("Study data (CSV)", size="sm"))
+        page.add(study_plot=gr.Plot(label="Accuracy vs compression", elem_id="study-plot"))
+        with gr.Row():
+            page.png_button("study_plot")
+            page.add(study_csv=gr.DownloadButton("Study data (CSV)", size="sm"))
         _your_images(page)
         gr.Markdown(NEXT_STEP, elem_id="next-compare")
 
@@ -63,13 +68,21 @@ def _your_images(page: Page) -> None:
              predicted=gr.Dataframe(label="Top-k per model", interactive=False, wrap=True, elem_id="predictions",
                                     headers=["image", "model", "note"]),
              prob_bars=gr.Plot(label="Every label's probability, per model", elem_id="probability-bars"),
-             predicted_csv=gr.DownloadButton("Probabilities (CSV)", size="sm"), compare_seen=gr.State(None))
-    gr.Markdown("### Draw a shape\nDraw with the mouse; every stroke re-asks each chosen model to pick among the "
-                "labels above (the original and the pruned model side by side).")
+             compare_seen=gr.State(None))
     with gr.Row():
-        page.add(sketch=gr.Sketchpad(label="Sketchpad", type="numpy", height=300, width=300, elem_id="sketchpad",
+        page.png_button("prob_bars")
+        page.add(predicted_csv=gr.DownloadButton("Probabilities (CSV)", size="sm"))
+    gr.Markdown("### Draw a shape\nPick the brush (left of the canvas) and draw with the mouse; every stroke re-asks "
+                "each chosen model to pick among the labels above (the original and the pruned model side by side).")
+    with gr.Row():
+        page.add(sketch=gr.Sketchpad(label="Sketchpad", type="numpy", height=340, elem_id="sketchpad",
+                                     canvas_size=(256, 256), fixed_canvas=True, layers=False,
+                                     placeholder="Pick the brush (left), then draw a shape",
                                      brush=gr.Brush(default_size=12, colors=["#d62728", "#1f77b4", "#2ca02c", "#000000"])),
                  sketch_bars=gr.Plot(label="What each model sees in your drawing", elem_id="sketch-bars"))
+    with gr.Row():
+        page.png_button("sketch_bars")
+        page.add(sketch_csv=gr.DownloadButton("Drawing's probabilities (CSV)", size="sm"))
 
 
 def study_views(session: dict, state) -> dict:
@@ -89,7 +102,8 @@ def wire(page: Page, loaded) -> None:
         got = hc.compare(chosen, evaluation, eval_n, state, progress=progress)
         plot = figures.per_class(got.per_class, got.models) if got.per_class is not None else \
             figures.empty("Per-class accuracy needs a classification benchmark", height=200)
-        return {"comparison": got.table, "latency_note": got.latency_note, "per_class_plot": plot,
+        shown = got.table.drop(columns="origin")  # a long line, listed above the table: it pushed the numbers off
+        return {"comparison": shown, "latency_note": got.latency_note, "per_class_plot": plot,
                 "per_class_csv": he.table_csv(got.per_class, "per-class-accuracy", state) if got.per_class is not None
                 else None, "comparison_csv": he.table_csv(got.table, "comparison", state)}
 
@@ -115,7 +129,8 @@ def wire(page: Page, loaded) -> None:
         if hc.sketch_image(sketch) is None:
             return {"sketch_bars": figures.empty("Draw something", height=240)}
         got = hc.sketch_predictions(chosen, sketch, labels, state)
-        return {"sketch_bars": figures.probability_bars(got.names, got.labels, got.probs)}
+        return {"sketch_bars": figures.probability_bars(got.names, got.labels, got.probs),
+                "sketch_csv": he.table_csv(got.long_table(), "drawing-probabilities", state)}
 
     def study_csv(session):
         study, _metric, _line = hc.study_table(page.session(session)[1], state)
@@ -137,11 +152,12 @@ def wire(page: Page, loaded) -> None:
             concurrency_id="heavy")
     studied = page.on(page.run_study.click, start_study, ["session"], ["session"], **private)
     page.on(studied.then, draw_study, ["session"], STUDY_VIEWS, **private)
-    page.on(page.study_csv.click, study_csv, ["session"], ["study_csv"], **private)
+    page.download("study_csv", study_csv, ["session"])
     page.on(page.samples.click, add_samples, ["images", "labels"], ["images", "labels", "gallery"], **private)
     page.on(page.predict.click, predict, ["chosen", "images", "labels", "k"],
             ["gallery", "predicted", "prob_bars", "predicted_csv"], api_name="predict", concurrency_id="heavy")
-    page.on(page.sketch.change, sketch, ["chosen", "sketch", "labels"], ["sketch_bars"], trigger_mode="always_last",
+    page.on(page.sketch.change, sketch, ["chosen", "sketch", "labels"], ["sketch_bars", "sketch_csv"],
+            trigger_mode="always_last",
             show_progress="hidden", api_name="sketch")
     page.remember(["chosen", "evaluation", "eval_n", "labels", "k"], loaded)
     page.on(page.timer.tick, tick, ["session", "compare_seen"], ["compare_seen", *STUDY_VIEWS], quiet=True,

@@ -31,8 +31,8 @@ JOB_VIEWS = ["pd_status", "loss_plot", "evals", "jobs"]
 
 
 NEXT_STEP = """**Next step:** when the job has saved its model, open *4 · Compare*, pick the original and the
-saved model, and press **Compare**: accuracy, size and speed side by side. Each figure's camera icon (top right, on
-hover) saves it as PNG."""
+saved model, and press **Compare**: accuracy, size and speed side by side. *Figure (PNG)* under each figure saves it
+as an image, the CSV buttons save the data behind it."""
 
 
 def build(page: Page) -> None:
@@ -44,6 +44,9 @@ def build(page: Page) -> None:
                                                   "params before", "params after", "GFLOPs before", "GFLOPs after"]),
                  plan_notes=gr.Markdown(elem_id="plan-notes"),
                  plan_heatmap=gr.Plot(label="What the plan removes", elem_id="plan-heatmap"))
+        with gr.Row():
+            page.png_button("plan_heatmap")
+            page.add(plan_csv=gr.DownloadButton("Plan table (CSV)", size="sm", elem_id="plan-csv"))
         with gr.Row():
             page.add(device=gr.Dropdown(DEVICES, value="auto", label="Device"),
                      steps=gr.Number(300, precision=0, minimum=1, label="Distillation steps", elem_id="pd-steps"),
@@ -58,8 +61,8 @@ def build(page: Page) -> None:
                  evals=gr.Dataframe(label="Eval metrics during distillation (step 0: before training)",
                                     interactive=False, headers=["step", "acc1", "acc5", "mean_per_class_recall"]))
         with gr.Row():
-            page.add(plan_csv=gr.DownloadButton("Plan table (CSV)", size="sm"),
-                     evals_csv=gr.DownloadButton("Distillation curve and evals (CSV)", size="sm"))
+            page.png_button("loss_plot")
+            page.add(evals_csv=gr.DownloadButton("Distillation curve and evals (CSV)", size="sm"))
         with gr.Accordion("Saved models and all jobs", open=False):
             with gr.Row():
                 page.add(saved=gr.Dropdown([], label="Saved models", scale=4), refresh=gr.Button("Refresh", scale=1),
@@ -226,8 +229,8 @@ def wire(page: Page, loaded) -> None:
         table = frames[0].merge(frames[1], on="step", how="outer") if len(frames) == 2 else (frames or [None])[0]
         return {"evals_csv": he.table_csv(table, "distillation", state)}
 
-    page.on(page.plan_csv.click, plan_csv, ["session", "by", *BUDGET], ["plan_csv"], api_visibility="private")
-    page.on(page.evals_csv.click, evals_csv, ["session"], ["evals_csv"], api_visibility="private")
+    page.download("plan_csv", plan_csv, ["session", "by", *BUDGET])
+    page.download("evals_csv", evals_csv, ["session"])
     page.on(page.timer.tick, tick, ["session", "prune_seen", "by", *BUDGET],
             ["prune_seen", *PLAN_VIEWS, *JOB_VIEWS, "saved", "chosen"],
             quiet=True, show_progress="hidden", **private)

@@ -41,24 +41,27 @@ def build(page: Page) -> None:
             cancel_scores = gr.Button("Cancel scoring")
         score_status = gr.Markdown(elem_id="score-status")
         colour_by = gr.Radio(list(CRITERIA), value=CRITERIA[0], label="Colour by")
-        heatmap = gr.Plot(label="Heatmaps", elem_id="heatmap")
-        bars = gr.Plot(label="Per layer")
-        scores_csv = gr.DownloadButton("Scores behind these figures (CSV)", size="sm")
+        page.add(source=source, n=n, metric=metric, towers=towers, upload=upload, folder=folder, compute=compute,
+                 cancel_scores=cancel_scores, score_status=score_status, colour_by=colour_by,
+                 heatmap=gr.Plot(label="Heatmaps", elem_id="heatmap"))
+        with gr.Row():
+            page.png_button("heatmap")
+            page.add(scores_csv=gr.DownloadButton("Scores behind these figures (CSV)", size="sm", elem_id="scores-csv"))
+        page.add(bars=gr.Plot(label="Per layer", elem_id="bars"))
+        page.png_button("bars")
         with gr.Accordion("MoPE vs a baseline", open=False):
-            baseline = gr.Radio(list(BASELINES), value=BASELINES[0], label="Baseline")
-            scatter = gr.Plot(label="MoPE vs baseline")
-            rho = gr.Dataframe(label="Spearman ρ between MoPE and each baseline", interactive=False)
+            page.add(baseline=gr.Radio(list(BASELINES), value=BASELINES[0], label="Baseline"),
+                     scatter=gr.Plot(label="MoPE vs baseline", elem_id="scatter"))
+            page.png_button("scatter")
+            page.add(rho=gr.Dataframe(label="Spearman ρ between MoPE and each baseline", interactive=False))
         _attention(page)
         gr.Markdown(NEXT_STEP, elem_id="next-scores")
-        page.add(scores_csv=scores_csv, source=source, n=n, metric=metric, towers=towers, upload=upload,
-                 folder=folder, compute=compute, cancel_scores=cancel_scores, score_status=score_status,
-                 colour_by=colour_by, heatmap=heatmap, bars=bars, baseline=baseline, scatter=scatter, rho=rho,
-                 scores_seen=gr.State(None))
+        page.add(scores_seen=gr.State(None))
 
 
 NEXT_STEP = """**Next step:** in *3 · Prune & distill*, move the *keep* slider and watch which of these cells the
-plan crosses out; low-scored heads and neuron groups go first. Each figure's camera icon (top right, on hover) saves
-it as PNG."""
+plan crosses out; low-scored heads and neuron groups go first. *Figure (PNG)* under each figure saves it as an image,
+the CSV buttons save the data behind it."""
 
 ATTENTION = """**What one head looks at.** Click a cell of a *heads* heatmap above (or type a head such as
 `vision.L3.head1`). For a vision head: where the class token looks among the image's patches (bright = much
@@ -81,8 +84,9 @@ def _attention(page: Page) -> None:
                      attn_plot=gr.Plot(label="Attention map", elem_id="attn-plot", scale=4))
         with gr.Row():
             page.add(attn_sample=gr.Button("Use a sample image", size="sm"),
-                     attn_show=gr.Button("Show attention", variant="primary", size="sm", elem_id="attn-show"),
-                     attn_csv=gr.DownloadButton("Attention weights (CSV)", size="sm"))
+                     attn_show=gr.Button("Show attention", variant="primary", size="sm", elem_id="attn-show"))
+            page.png_button("attn_plot")
+            page.add(attn_csv=gr.DownloadButton("Attention weights (CSV)", size="sm"))
 
 
 def views(df, total, line: str, colour_by: str, baseline: str) -> dict:
@@ -151,9 +155,8 @@ def wire(page: Page, loaded) -> None:
     for control in (page.colour_by, page.baseline):
         page.on(control.change, draw_scores, **draw, api_visibility="private")
     _wire_attention(page, loaded)
-    page.on(page.scores_csv.click, lambda session: {"scores_csv": he.table_csv(
-        hs.scores_or_none(page.session(session)[1], state), "scores", state)}, ["session"], ["scores_csv"],
-        api_visibility="private")
+    page.download("scores_csv", lambda session: {"scores_csv": he.table_csv(
+        hs.scores_or_none(page.session(session)[1], state), "scores", state)}, ["session"])
     page.on(page.timer.tick, tick, ["session", "scores_seen", "colour_by", "baseline"],
             ["session", "scores_seen", *VIEWS], quiet=True, show_progress="hidden", api_visibility="private")
 
