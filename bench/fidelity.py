@@ -125,12 +125,13 @@ def cost_line(clip, args) -> str:
     one_shot = time.perf_counter() - start
     lines = [f"one-shot sweep (90 units, {args.calibration} images): {one_shot:.1f} s"]
     for fraction in args.removed:
-        for schedule in ("even", "geometric"):
+        for schedule, margin in (("even", None), ("geometric", None), ("even", 1.5)):
             start = time.perf_counter()
             prune_model(clip, calibration, Budget(keep=1 - fraction), scores=scores, steps=4, step_schedule=schedule,
-                        metric=args.metric, baselines=(), cache=False)
+                        rescore_margin=margin, metric=args.metric, baselines=(), cache=False)
             rescoring = time.perf_counter() - start
-            lines.append(f"iterative x4 ({schedule}) at {fraction:.0%} removed: one-shot sweep + re-scoring "
+            pool = "all re-scored" if margin is None else f"rescore margin {margin}"
+            lines.append(f"iterative x4 ({schedule}, {pool}) at {fraction:.0%} removed: one-shot sweep + re-scoring "
                          f"{rescoring:.1f} s = {(one_shot + rescoring) / one_shot:.2f}x one sweep")
     return "\n".join(lines)
 

@@ -127,7 +127,8 @@ def _prune(args) -> None:
     task = load_task(args.data, n=args.n, seed=args.seed) if rescore else None
     with _progress_bar("scoring", args.quiet) as progress:
         pruned = prune_model(clip, task, budget, scores=scores, by=args.by, progress=progress,
-                             steps=args.iterative, step_schedule=args.step_schedule)
+                             steps=args.iterative, step_schedule=args.step_schedule,
+                             rescore_margin=args.rescore_margin)
     save_pruned(pruned, out)
     for step in pruned.info["plan"]:
         step = Plan.from_dict(step)
@@ -389,6 +390,19 @@ def _add_score(sub) -> None:
     p.set_defaults(func=_score)
 
 
+def _margin(text: str) -> float | None:
+    """--rescore-margin: a number >= 1, or 'all'."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number >= 1 or 'all'") from None
+    if not 1 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is below 1 (use a number >= 1, or 'all' to re-score every unit)")
+    return value
+
+
 def _add_prune(sub) -> None:
     from . import defaults, importance
     pruning = defaults.prune()
@@ -404,6 +418,9 @@ def _add_prune(sub) -> None:
                    help="reach the width budget in K steps, re-scoring the pruned model on --data before each (default 1: one-shot)")
     p.add_argument("--step-schedule", choices=["even", "geometric"], default=pruning["step_schedule"],
                    help="how the K steps share the removal: even shares or equal ratios (more early)")
+    p.add_argument("--rescore-margin", type=_margin, default=pruning["rescore_margin"], metavar="M|all",
+                   help="before steps 2..K re-score only the units a plan of M x the removal still to come would take "
+                        "(cheaper, less accurate; default 'all': every remaining unit)")
     p.add_argument("--towers", default=",".join(pruning["towers"]))
     p.add_argument("--strategy", choices=["uniform", "global"], default=pruning["strategy"])
     p.add_argument("--measure", choices=["params", "flops"], default=pruning["measure"])

@@ -59,7 +59,8 @@ def kinds() -> dict[str, tuple[tuple[str, ...], dict[str, Any]]]:
     _SCORE, _PRUNE, _STUDY, _DISTILL = defaults.score(), defaults.prune(), defaults.study(), defaults.distill()
     _PRUNING = {"scores": None, "budget": None, "by": _PRUNE["by"], "keep": 0.5, "towers": list(_PRUNE["towers"]),
                 "strategy": _PRUNE["strategy"], "layers": 0, "iterative": _PRUNE["steps"],
-                "step_schedule": _PRUNE["step_schedule"], "data": defaults.DATA, "n": defaults.CALIBRATION_N}
+                "step_schedule": _PRUNE["step_schedule"], "rescore_margin": _PRUNE["rescore_margin"],
+                "data": defaults.DATA, "n": defaults.CALIBRATION_N}
     _DISTILLING = {"steps": _DISTILL["steps"], "batch_size": _DISTILL["batch_size"], "lr": _DISTILL["lr"],
                    "eval_data": defaults.DATA, "eval_n": defaults.EVAL_N, "eval_every": _DISTILL["eval_every"],
                    "resume": False, "workers": _DISTILL["workers"]}

@@ -1,13 +1,14 @@
 """The pruning pipeline: scores → plan → surgery, in the paper's order (width, re-score, depth)."""
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 from .blocks import by_layer
 from .clip import Clip
 from .errors import MopeError
 from .plan import Budget, check_budget, plan
-from .scoring import score
+from .scoring import score, unit_table
 from .stability import measured_stability
 from .surgery import prune
 from .units import Unit
@@ -16,7 +17,8 @@ STEP_SCHEDULES = ("even", "geometric")
 
 
 def prune_model(clip: Clip, task, budget, schedule: str = "width-then-depth", scores=None, by: str = "mope",
-                progress=None, should_stop=None, steps: int = 1, step_schedule: str = "even", **score_kw) -> Clip:
+                progress=None, should_stop=None, steps: int = 1, step_schedule: str = "even",
+                rescore_margin: float | None = None, **score_kw) -> Clip:
     """Width first (heads and neuron groups ranked by MoPE), then depth: the layers are re-scored on the
     width-pruned model and the lowest removed — the paper's order. schedule="joint" plans both at once
     from the original scores.
@@ -25,11 +27,15 @@ def prune_model(clip: Clip, task, budget, schedule: str = "width-then-depth", sc
     the already-pruned model before each step: one-shot scores describe the unpruned model, which at high
     compression no longer resembles the model being pruned. step_schedule: even (equal shares of the
     removed size) or geometric (equal ratios: more early, when scores are cheapest and most reliable).
+    rescore_margin=None re-scores every remaining unit before steps 2 … K; a number M >= 1 re-scores only the
+    units a plan of M × the removal still to come would take by their latest scores (cheaper; only they can go
+    at that step; on the demo model it cost accuracy, see README).
     """
     check_budget(budget)
     if schedule not in ("width-then-depth", "joint"):
         raise MopeError(f"unknown schedule '{schedule}'; use width-then-depth or joint")
     check_steps(steps, step_schedule)
+    check_rescore_margin(rescore_margin)
     if steps > 1 and schedule == "joint":
         raise MopeError("iterative pruning (steps > 1) re-scores between width steps: use schedule width-then-depth")
     towers = sorted(set(budget.towers) | set(budget.per_tower("keep")) | set(budget.per_tower("layers")))
@@ -41,7 +47,8 @@ def prune_model(clip: Clip, task, budget, schedule: str = "width-then-depth", sc
     width = replace(budget, layers=None)
     has_width = bool(width.per_tower("keep") or width.per_tower("heads") or width.per_tower("neurons"))
     if has_width and steps > 1:
-        pruned = _iterative_width(clip, task, width, scores, by, steps, step_schedule, progress, should_stop, score_kw)
+        pruned = _iterative_width(clip, task, width, scores, by, steps, step_schedule, progress, should_stop, score_kw,
+                                  rescore_margin)
     else:
         pruned = prune(clip, measured_stability(plan(scores, width, by=by), scores)) if has_width else clip
     if budget.per_tower("layers"):
@@ -61,6 +68,12 @@ def check_steps(steps, step_schedule: str) -> None:
         raise MopeError(f"unknown step schedule '{step_schedule}'; use {' or '.join(STEP_SCHEDULES)}")
 
 
+def check_rescore_margin(margin) -> None:
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))
+                               or not margin >= 1 or math.isinf(margin)):
+        raise MopeError(f"rescore margin must be a number >= 1 (or none: re-score every unit), got {margin!r}")
+
+
 def step_targets(keep: float, steps: int, step_schedule: str = "even") -> list[float]:
     """The fraction of the original size kept after each of the K steps; the last one is `keep`."""
     check_steps(steps, step_schedule)
@@ -74,11 +87,12 @@ def step_counts(count: int, steps: int) -> list[int]:
     return [round(count * k / steps) - round(count * (k - 1) / steps) for k in range(1, steps + 1)]
 
 
-def _step_budget(width: Budget, k: int, steps: int, step_schedule: str, left: dict) -> Budget | None:
-    """Step k's budget on the current model: `left[t]` is the fraction of its size that reaches the target."""
+def _step_budget(width: Budget, k: int, steps: int, step_schedule: str, left: dict, to_come: bool = False) -> Budget | None:
+    """Step k's budget on the current model: `left[t]` is the fraction of its size that reaches the target
+    (to_come: the budget of steps k … K together)."""
     keep = {t: f for t, f in left.items() if f < 1.0}
-    counts = {name: {t: step_counts(int(c), steps)[k] for t, c in width.per_tower(name).items()}
-              for name in ("heads", "neurons")}
+    counts = {name: {t: sum(step_counts(int(c), steps)[k:] if to_come else step_counts(int(c), steps)[k:k + 1])
+                     for t, c in width.per_tower(name).items()} for name in ("heads", "neurons")}
     counts = {name: {t: c for t, c in by_tower.items() if c} for name, by_tower in counts.items()}
     if not keep and not any(counts.values()):
         return None
@@ -93,8 +107,44 @@ def plan_total(scores, tower: str, measure: str) -> float:
     return float((layers if len(layers) else rows[rows["kind"].isin(["head", "neurons"])])[measure].sum())
 
 
-def _iterative_width(clip, task, width: Budget, scores, by, steps, step_schedule, progress, should_stop, score_kw):
-    """K width steps, re-scoring the remaining heads and neuron groups on the pruned model before each."""
+def _iterative_width(clip, task, width: Budget, scores, by, steps, step_schedule, progress, should_stop, score_kw,
+                     margin: float | None):
+    """K width steps, re-scoring heads and neuron groups on the pruned model before each: those a plan of
+    `margin` × the removal still to come would take by their latest scores (all of them when margin is None)."""
+    towers, rescore_kw = _iterative_settings(task, width, scores, by, steps, score_kw)
+    measure, fractions = width.measure, width.per_tower("keep")
+    start = {t: plan_total(scores, t, measure) for t in fractions}
+    gone = dict.fromkeys(fractions, 0.0)
+    pruned, record, latest, ranked, described = clip, [], scores, scores, clip.info.get("structure")
+    for k in range(steps):
+        if k:
+            carried = _carried(pruned, towers, latest, described, by)
+            to_come = _step_budget(width, k, steps, step_schedule, _left(carried, start, gone, fractions, measure),
+                                   to_come=True)
+            only = _pool(carried, to_come, margin, by)
+            fresh = score(pruned, task, towers=towers, units=["head", "neurons"], progress=progress,
+                          should_stop=should_stop, only=only, **rescore_kw)
+            (latest, ranked), described = _merged(carried, fresh, by, only), pruned.info.get("structure")
+        left = _left(ranked, start, gone, {t: step_targets(f, steps, step_schedule)[k] for t, f in fractions.items()},
+                     measure)
+        budget = _step_budget(width, k, steps, step_schedule, left)
+        step_plan = plan(ranked, budget, by=by, empty_ok=True) if budget is not None else None
+        if step_plan is None or not step_plan.removed:
+            record.append({"step": k + 1, "skipped": "nothing left to remove at this step"})
+            continue
+        step_plan = measured_stability(step_plan, ranked)
+        for t, size in step_plan.sizes.items():
+            gone[t] = gone.get(t, 0.0) + size[f"{measure}_before"] - size[f"{measure}_after"]
+        record.append(_step_record(k, pruned, ranked, step_plan, by))
+        pruned = prune(pruned, step_plan)
+    pruned.info["iterative"] = {"steps": steps, "step_schedule": step_schedule, "by": by, "record": record,
+                                "rescore_margin": margin,
+                                "targets": {t: step_targets(f, steps, step_schedule) for t, f in fractions.items()}}
+    return pruned
+
+
+def _iterative_settings(task, width: Budget, scores, by: str, steps: int, score_kw: dict) -> tuple[list, dict]:
+    """The towers an iterative plan prunes and the settings its re-scoring uses (the first table's), checked."""
     if task is None:
         raise MopeError("iterative pruning re-scores the pruned model: give calibration data (--data)")
     towers = sorted(set(width.towers) | set(width.per_tower("keep")) | set(width.per_tower("heads"))
@@ -102,33 +152,70 @@ def _iterative_width(clip, task, width: Budget, scores, by, steps, step_schedule
     prunable = int(scores[scores["tower"].isin(towers)]["kind"].isin(["head", "neurons"]).sum())
     if steps > prunable:
         raise MopeError(f"{steps} steps but only {prunable} prunable heads and neuron groups: use fewer steps")
-    measure, fractions = width.measure, width.per_tower("keep")
-    start = {t: plan_total(scores, t, measure) for t in fractions}
-    gone = dict.fromkeys(fractions, 0.0)
-    pruned, record = clip, []
     group_sizes = set(scores.attrs.get("group_sizes", {}).values())
     if len(group_sizes) > 1:
         raise MopeError("the towers were scored with different neuron-group sizes: prune them one at a time")
-    rescore_kw = {**score_kw, "baselines": () if by == "mope" else (by,),
-                  "group_size": group_sizes.pop() if group_sizes else score_kw.get("group_size")}
-    for k in range(steps):
-        if k:
-            scores = score(pruned, task, towers=towers, units=["head", "neurons"], progress=progress,
-                           should_stop=should_stop, **rescore_kw)
-        left = {t: 1 - (start[t] - gone[t] - step_targets(f, steps, step_schedule)[k] * start[t])
-                / plan_total(scores, t, measure) for t, f in fractions.items()}
-        budget = _step_budget(width, k, steps, step_schedule, left)
-        if budget is None:
-            record.append({"step": k + 1, "skipped": "nothing left to remove at this step"})
-            continue
-        step_plan = measured_stability(plan(scores, budget, by=by), scores)
-        for t, size in step_plan.sizes.items():
-            gone[t] = gone.get(t, 0.0) + size[f"{measure}_before"] - size[f"{measure}_after"]
-        record.append(_step_record(k, pruned, scores, step_plan, by))
-        pruned = prune(pruned, step_plan)
-    pruned.info["iterative"] = {"steps": steps, "step_schedule": step_schedule, "by": by, "record": record,
-                                "targets": {t: step_targets(f, steps, step_schedule) for t, f in fractions.items()}}
-    return pruned
+    return towers, {**score_kw, "baselines": () if by == "mope" else (by,),
+                    "metric": score_kw.get("metric") or scores.attrs.get("metric"),  # the first table's metric
+                    "group_size": group_sizes.pop() if group_sizes else score_kw.get("group_size")}
+
+
+def _left(table, start: dict, gone: dict, fractions: dict, measure: str) -> dict:
+    """Per tower, the fraction of the current model's size that the final target keeps."""
+    return {t: 1 - (start[t] - gone[t] - f * start[t]) / plan_total(table, t, measure) for t, f in fractions.items()}
+
+
+def _carried(pruned: Clip, towers, latest, structure_before: dict | None, by: str):
+    """The pruned model's heads and neuron groups with their latest scores (made on an earlier, larger model),
+    matched through the source model's indices."""
+    group_sizes = dict(latest.attrs.get("group_sizes", {}))
+    table = unit_table(pruned, towers, ["head", "neurons"], group_size=next(iter(group_sizes.values()), None),
+                       baselines=())
+    before = latest.set_axis(_source_names(latest["unit"], structure_before, group_sizes))
+    after = _source_names(table["unit"], pruned.info.get("structure"), group_sizes)
+    for column in dict.fromkeys([by, "mope", "mope_loss"]):
+        if column in before.columns:
+            table[column] = before[column].reindex(after).to_numpy()
+    table.attrs.update(latest.attrs, model=table.attrs["model"])
+    return table
+
+
+def _source_names(names, structure: dict | None, group_sizes: dict[str, int]) -> list[str]:
+    return [source_unit(Unit.parse(n), structure, group_sizes).name for n in names]
+
+
+def _pool(carried, to_come: Budget | None, margin: float | None, by: str) -> list[str] | None:
+    """The units worth re-scoring: those a plan of `margin` × the removal still to come takes by their latest
+    scores; None (re-score all) when margin is None or that plan would take (nearly) everything."""
+    if margin is None or to_come is None:
+        return None
+    wider = replace(to_come, keep={t: max(0.0, 1 - margin * (1 - f)) for t, f in to_come.per_tower("keep").items()}
+                    or None,
+                    heads={t: math.ceil(margin * c) for t, c in to_come.per_tower("heads").items()} or None,
+                    neurons={t: math.ceil(margin * c) for t, c in to_come.per_tower("neurons").items()} or None)
+    try:
+        return [u.name for u in plan(carried, wider, by=by).removed]
+    except MopeError:  # the wider plan takes a whole tower or more than there is: re-score everything
+        return None
+
+
+def _merged(carried, fresh, by: str, only: list[str] | None):
+    """(latest, ranked): the carried table with the re-scored units' new scores; in `ranked` the units that were
+    not re-scored score +inf (kept at this step), so a step removes only units scored on the current model."""
+    if only is None:
+        return fresh, fresh
+    columns = [c for c in dict.fromkeys([by, "mope", "mope_loss"]) if c in fresh.columns]
+    latest = carried.copy()
+    for column in columns:
+        latest[column] = latest[column] if column in latest.columns else math.nan
+    new = fresh.set_index("unit")[columns]
+    hit = latest["unit"].isin(new.index).to_numpy()
+    latest.loc[hit, columns] = new.loc[latest.loc[hit, "unit"], columns].to_numpy()
+    ranked = latest.copy()
+    ranked.loc[~hit, columns] = math.inf
+    for table in (latest, ranked):
+        table.attrs.update(fresh.attrs)  # the fresh table's fingerprint: its per-image results for stability
+    return latest, ranked
 
 
 def _step_record(k: int, model: Clip, scores, step_plan, by: str) -> dict:

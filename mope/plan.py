@@ -85,8 +85,9 @@ class Plan:
         return pd.DataFrame(rows)
 
 
-def plan(scores: pd.DataFrame, budget: Budget, by: str = "mope") -> Plan:
-    """The units `budget` removes from the model `scores` describes, ranked by column `by` (low goes first)."""
+def plan(scores: pd.DataFrame, budget: Budget, by: str = "mope", empty_ok: bool = False) -> Plan:
+    """The units `budget` removes from the model `scores` describes, ranked by column `by` (low goes first).
+    A budget that removes nothing is an error unless empty_ok (an iterative step whose share rounds to nothing)."""
     _check(scores, budget, by)
     removed: list[Unit] = []
     notes: list[str] = []
@@ -102,7 +103,7 @@ def plan(scores: pd.DataFrame, budget: Budget, by: str = "mope") -> Plan:
         sizes[tower] = _sizes(rows, tower_removed)
         removed += tower_removed
         ties += _tied(rows, tower_removed, budget.strategy == "global" and budget.per_tower("keep").get(tower) is not None)
-    if not removed:
+    if not removed and not empty_ok:
         raise MopeError("this budget removes nothing: lower keep, or ask for heads / neurons / layers to remove")
     unfinished = anytime.note(scores)
     if unfinished:

@@ -111,6 +111,7 @@ def _pruned(p, clip, ctx):
     task = load_task(p["data"], n=p["n"]) if scores is None or budget.per_tower("layers") or iterative > 1 else None
     return prune_model(clip, task, budget, scores=scores, by=p.get("by", "mope"), should_stop=ctx.should_stop,
                        steps=iterative, step_schedule=p.get("step_schedule", "even"),
+                       rescore_margin=p.get("rescore_margin"),  # absent in older jobs: all
                        progress=lambda done, total, eta, rows: ctx.progress(done, total, eta, "scoring"))
 
 

@@ -77,7 +77,7 @@ def score(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequenc
           progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
           shard: tuple[int, int] | None = None, batch_tokens: int = TOKEN_BUDGET,
           chunk: int | None = None, max_memory: float | None = None, schedule: str = "exact",
-          first_round: int | None = None) -> pd.DataFrame:
+          first_round: int | None = None, only: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per unit: tower, kind, layer, index, unit, mope, base, ablated, params, flops, baselines,
     images_used, se (standard error of mope over images; 0 on the whole set), mope_loss and rank.
 
@@ -86,6 +86,7 @@ def score(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequenc
     max_memory (GiB) sets batch_tokens from a memory cap (see memory_tokens). None of them changes a result.
     schedule="anytime" scores every unit on first_round images, then refines in rounds (see mope.anytime):
     progress gets the whole table after each round, the table's attrs["anytime"] says where it stands.
+    only: the names of the units to score (the others are left out of the table), e.g. iterative pruning's pool.
     """
     metric, group_sizes, fingerprint, model_fp, key = _settle(clip, task, towers, units, metric, impl, group_size,
                                                                baselines, seed, precision, shard)
@@ -93,6 +94,10 @@ def score(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequenc
     _check_schedule(schedule, impl, shard)
     all_units = enumerate_units(clip.model, towers, units, group_sizes)
     todo = all_units if shard is None else all_units[shard[0]::shard[1]]
+    if only is not None:  # a table of these units only: its own fingerprint, so per_image() finds its results
+        names = set(only)
+        todo, fingerprint = [u for u in todo if u.name in names], key_of(table=fingerprint, only=sorted(names))
+        key = f"{fingerprint}/{shard}"
     extras = functools.partial(unit_rows, clip, task, todo, group_sizes, baselines, seed)
     frame = functools.partial(_frame, fingerprint=fingerprint, model_fp=model_fp, metric=metric, group_sizes=group_sizes)
     hit = _cached_rows(key) if cache else None

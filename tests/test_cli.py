@@ -53,6 +53,8 @@ def test_score_then_prune_then_load(tiny_dir, tmp_path):
     (["--keep", "1.0"], "removes nothing"), (["--keep", "0.01"], "removes every head"),
     (["--keep", "0.5", "--iterative", "0"], "steps must be a whole number >= 1"),
     (["--keep", "0.5", "--iterative", "99999"], "use fewer steps"),
+    (["--keep", "0.5", "--iterative", "2", "--rescore-margin", "0.5"], "below 1"),
+    (["--keep", "0.5", "--iterative", "2", "--rescore-margin", "lots"], "not a number >= 1 or 'all'"),
 ])
 def test_prune_bad_budgets(tiny_dir, tmp_path, args, message):
     scores = tmp_path / "s.csv"
@@ -71,10 +73,12 @@ def test_bench_prints_both_towers(tiny_dir, tmp_path):
 
 def test_prune_iterative_records_its_steps(tiny_dir, tmp_path):
     out = run("prune", "--model", str(tiny_dir), "--keep", "0.5", "--iterative", "2", "--step-schedule", "geometric",
-              "--n", "8", "--towers", "vision", "--quiet", "--out", str(tmp_path / "p"), home=tmp_path)
+              "--rescore-margin", "all", "--n", "8", "--towers", "vision", "--quiet", "--out", str(tmp_path / "p"),
+              home=tmp_path)
     assert out.returncode == 0, out.stderr
     saved = json.loads((tmp_path / "p" / "pruning.json").read_text())
     assert saved["iterative"]["steps"] == 2 and len(saved["plan"]) == 2
+    assert saved["iterative"]["rescore_margin"] is None  # 'all': every unit re-scored
     # each step's plan carries its bootstrap stability, measured from the cached per-image results
     assert all(step["stability"]["units"] == len(step["removed"]) for step in saved["plan"])
     assert out.stdout.count("bootstrap resamples of the 8 calibration images") == 2

@@ -8,6 +8,7 @@ from mope import pipeline
 from mope.errors import MopeError
 from mope.pipeline import plan_total, prune_model, step_counts, step_targets
 from mope.plan import Budget
+from mope.scoring import unit_table
 from mope.surgery import prune_units
 from mope.units import Unit, tower_blocks
 
@@ -99,3 +100,51 @@ def test_more_steps_than_units_is_a_clear_error(tiny):
     with pytest.raises(MopeError, match="prunable heads and neuron groups: use fewer steps"):
         prune_model(tiny, mope.load_task("shapes", n=4), Budget(keep=0.5), steps=10_000, metric="loss", cache=False,
                     baselines=())
+
+
+def _iterative_run(tiny, margin, keep=0.6):
+    """An iterative run with the re-scoring calls spied on: (pruned model, [(model, only) per re-scoring])."""
+    task = mope.load_task("shapes", n=8)
+    calls, real = [], pipeline.score
+
+    def spy(clip, *a, **kw):
+        calls.append((clip, kw.get("only")))
+        return real(clip, *a, **kw)
+
+    pipeline.score = spy
+    try:
+        pruned = prune_model(tiny, task, Budget(keep=keep, towers=("vision",), strategy="global"), steps=3,
+                             rescore_margin=margin,
+                             metric="loss", cache=False, baselines=())
+    finally:
+        pipeline.score = real
+    return pruned, calls[1:]  # the first call is the one-shot table
+
+
+def test_iterative_rescores_only_the_pool_and_removes_only_from_it(tiny):
+    pruned, calls = _iterative_run(tiny, margin=1.5)
+    assert len(calls) == 2
+    for model, only in calls:
+        everything = unit_table(model, ["vision"], ["head", "neurons"], baselines=())["unit"]
+        assert only is not None and 0 < len(only) < len(everything)  # a pool, not the whole model
+    group_sizes = pruned.info["plan"][0]["group_sizes"]
+    for step, (model, only) in zip(pruned.info["iterative"]["record"][1:], calls):
+        # a later step removes only units re-scored on the model it pruned (the others rank +inf)
+        pool = {pipeline.source_unit(Unit.parse(n), model.info.get("structure"), group_sizes).name for n in only}
+        assert step["removed"] and set(step["removed"]) <= pool
+        assert all(v < float("inf") for v in step["removed"].values())
+    assert pruned.info["iterative"]["rescore_margin"] == 1.5
+
+
+def test_a_pool_wider_than_the_model_is_the_full_rescoring(tiny):
+    every, calls_all = _iterative_run(tiny, margin=None)
+    wide, calls_wide = _iterative_run(tiny, margin=50.0)
+    assert all(only is None for _, only in calls_all + calls_wide)
+    assert [r["removed"] for r in every.info["iterative"]["record"]] == \
+        [r["removed"] for r in wide.info["iterative"]["record"]]
+
+
+@pytest.mark.parametrize("margin", [0.5, 0, -1, float("inf"), float("nan"), True, "2"])
+def test_a_bad_rescore_margin_is_a_clear_error(tiny, margin):
+    with pytest.raises(MopeError, match="rescore margin must be a number >= 1"):
+        prune_model(tiny, mope.load_task("shapes", n=4), Budget(keep=0.5), steps=2, rescore_margin=margin)

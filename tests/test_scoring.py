@@ -229,3 +229,16 @@ def test_projected_sweep_time(tiny):
     assert scoring.sweep_cost(tiny, task, towers=["vision"]) == {"vision": (7 * 2 + 7 * 1) * 10}
     assert scoring.sweep_cost(tiny, task, towers=["text"], units=["layer"]) == {"text": (2 + 1) * 64 * 5}
     assert scoring.projected_seconds(tiny, task, towers=["vision"]) > 0
+
+
+def test_scoring_only_some_units_gives_their_rows_of_the_full_table(tiny):
+    task = mope.load_task("shapes", n=12)
+    whole = score(tiny, task, towers=["vision"], units=["head", "neurons"], metric="loss", baselines=())
+    names = list(whole.unit[::3])
+    part = score(tiny, task, towers=["vision"], units=["head", "neurons"], metric="loss", baselines=(), only=names)
+    assert list(part.unit) == names and part.attrs["fingerprint"] != whole.attrs["fingerprint"]
+    same = whole.set_index("unit").loc[names]
+    for column in ("mope", "base", "ablated", "params", "flops"):
+        assert (part[column].to_numpy() == same[column].to_numpy()).all(), column
+    matrix = scoring.per_image(part)  # its own per-image results, found by its own fingerprint
+    assert list(matrix.index) == names
