@@ -6,7 +6,10 @@ import json
 import sys
 from pathlib import Path
 
+from .data.tasks import TASK_KINDS
 from .errors import MopeError
+from .results import EVAL_FORMATS
+from .validate import cli_args
 
 
 def _eval(args) -> None:
@@ -332,14 +335,14 @@ def _add_eval(sub) -> None:
     p.add_argument("--model", default="demo", help="model spec (demo, NAME:TAG, NAME:/ckpt, hf-hub:…, folder)")
     p.add_argument("--data", default="shapes", help="shapes[:target=…,placement=grid|free,seed=…], folder:PATH, pairs:FILE, "
                                                         "cifar10, cifar100")
-    p.add_argument("--task", choices=["zeroshot", "retrieval"], default=None)
+    p.add_argument("--task", choices=TASK_KINDS, default=None)
     p.add_argument("--n", type=int, default=None, help="use n images")
     p.add_argument("--seed", type=int, default=None, help="shapes seed (default: the held-out seed 1000)")
     p.add_argument("--image-root", default=None, help="folder that relative image paths in pairs:FILE start from")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--format", choices=["text", "clip_benchmark"], default="text",
+    p.add_argument("--format", choices=EVAL_FORMATS, default="text",
                    help="clip_benchmark: CLIP_benchmark's result JSON (to --out, or printed)")
     p.add_argument("--out", default=None, help="new file for the clip_benchmark JSON")
     p.set_defaults(func=_eval)
@@ -362,7 +365,7 @@ def _add_score(sub) -> None:
     p = sub.add_parser("score", help="MoPE score of every unit (one row per unit, CSV)")
     p.add_argument("--model", default="demo")
     p.add_argument("--data", default=defaults.DATA)
-    p.add_argument("--task", choices=["zeroshot", "retrieval"], default=None)
+    p.add_argument("--task", choices=TASK_KINDS, default=None)
     p.add_argument("--n", type=int, default=defaults.CALIBRATION_N, help="calibration images")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--image-root", default=None)
@@ -510,6 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
     args = build_parser().parse_args(argv)
     try:
+        cli_args(args)  # every number, list, spec and path checked before any work
         args.func(args)
     except MopeError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -24,7 +24,7 @@ from .clip import Clip
 from .data.streams import BatchLoader, StepClock, dead_worker, pair_batches, resolve_workers
 from .errors import MopeError
 from .evaluate import evaluate
-from .io import atomic_save_safetensors, atomic_torch_save, atomic_write_json
+from .io import atomic_save_safetensors, atomic_torch_save, atomic_write_json, write_failed
 from .progress import TimeLeft
 from .units import TOWERS, tower_blocks
 
@@ -312,11 +312,11 @@ def _save_checkpoint(folder: Path, model, optimizer, state: DistillState, config
         atomic_write_json(folder / "latest.json", {"step": state.step, "history": state.history,
                                                    "losses": state.losses[-200:], "config": asdict(config),
                                                    "references": state.references})
-    except OSError as e:
+    except (OSError, MopeError) as e:  # io's writes report a full disk (whichever library wrote) as MopeError
         for f in new:
             f.unlink(missing_ok=True)
-        raise MopeError(f"could not write a checkpoint to {folder} ({e.strerror or e}); "
-                        "the previous checkpoint is intact") from None
+        reason = e if isinstance(e, MopeError) else write_failed(folder, e)
+        raise MopeError(f"{reason}; the previous checkpoint is intact (resume from it with --resume)") from None
     for old in [*folder.glob("student-*.safetensors"), *folder.glob("trainer-*.pt")]:
         if old not in new:
             old.unlink()

@@ -1,4 +1,9 @@
-"""Atomic writes: write to a temporary file beside the target, then rename over it."""
+"""Atomic writes: write to a temporary file beside the target, then rename over it.
+
+A write that fails (disk full, no permission, a read-only disk), whichever library raised it (OSError,
+safetensors' SafetensorError, torch.save's RuntimeError), leaves the target as it was, removes its temporary
+file and raises one MopeError saying what to free.
+"""
 from __future__ import annotations
 
 import json
@@ -8,20 +13,45 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import MopeError
+
 
 def atomic_write(path: Path, write) -> None:
     """Call write(temporary path), then rename the file over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    path, tmp = Path(path), None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
+    except _write_errors() as e:
+        raise write_failed(path, e) from None
     finally:
-        if os.path.exists(tmp):
+        if tmp and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _write_errors() -> tuple[type[Exception], ...]:
+    """What a failed write raises: OSError, safetensors' SafetensorError, torch.save's RuntimeError."""
+    from safetensors import SafetensorError
+
+    return (OSError, RuntimeError, SafetensorError)
+
+
+def write_failed(path: Path, error: Exception) -> MopeError:
+    """One line: what could not be written, why, and how much room is left where it goes."""
+    reason = (error.strerror if isinstance(error, OSError) and error.strerror else str(error)).splitlines()[0][:200]
+    folder = Path(path).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:,.0f} MB free there"
+    except OSError:
+        free = "free space unknown"
+    return MopeError(f"could not write {path} ({reason}); free disk space on the disk holding {folder} ({free}) or "
+                     "choose another place — nothing that was there before was changed")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -52,15 +82,17 @@ def atomic_torch_save(obj, path: Path) -> None:
 def atomic_folder(folder: Path):
     """Yield a temporary folder beside `folder`; renamed to `folder` when the block ends without an error,
     removed otherwise (nothing partial is left behind). The caller checks that `folder` does not exist."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    folder, tmp = Path(folder), None
     try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders; give the usual permissions
         tmp.rename(folder)
+    except OSError as e:
+        raise write_failed(folder, e) from None
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             shutil.rmtree(tmp)
 
 

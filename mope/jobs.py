@@ -18,9 +18,11 @@ worker and store on the machine.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import functools
 import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -35,8 +37,9 @@ from typing import Any
 import diskcache
 
 from .errors import MopeError
-from .io import atomic_write_json
+from .io import atomic_write_json, write_failed
 from .settings import jobs_dir
+from .validate import job_params
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 LOG_LINES = 200
@@ -96,8 +99,7 @@ class Store:
             self.cache = diskcache.Cache(str(self.root), eviction_policy="none", size_limit=2**40, timeout=60)
             self.cache.get("__probe__")
         except Exception as e:  # sqlite3.DatabaseError and friends
-            raise MopeError(f"the job store at {self.root} is unreadable ({e}); move it aside to start a new one "
-                            "(nothing was reset)") from None
+            raise _store_error(self.root, e) from None
 
     def close(self) -> None:
         self.cache.close()
@@ -110,9 +112,12 @@ class Store:
         job = {"id": job_id, "kind": kind, "params": params, "status": "queued", "progress": {},
                "history": [], "curve": [], "partial": [], "log": [], "result": None, "error": None, "worker": None, "cancel": False,
                "created": time.time(), "started": None, "finished": None}
-        with self.cache.transact():
-            self.cache.set(f"job:{job_id}", job)
-            self.cache.push(job_id, prefix="queue")
+        try:
+            with self.cache.transact():
+                self.cache.set(f"job:{job_id}", job)
+                self.cache.push(job_id, prefix="queue")
+        except (sqlite3.OperationalError, OSError) as e:
+            raise _store_error(self.root, e) from None
         return job_id
 
     def get(self, job_id: str) -> dict:
@@ -243,6 +248,21 @@ class Store:
         return job
 
 
+def _store_error(root: Path, error: Exception) -> MopeError:
+    """A store that cannot be written (a full or read-only disk: sqlite says 'database or disk is full' or,
+    as often, 'disk I/O error') is not a broken one: say which it is, with the room left, and that the store
+    was left as it was. Only a file that is not a database is 'unreadable'."""
+    if "locked" in str(error):
+        return MopeError(f"the job store at {root} is busy ({error}); try again in a moment")
+    if isinstance(error, (sqlite3.OperationalError, OSError)):
+        full = "full" in str(error) or getattr(error, "errno", None) == errno.ENOSPC
+        reason = write_failed(root / "cache.db", error)
+        return MopeError(f"{'the disk holding the job store is full: ' if full else ''}{reason} (the store and its "
+                         "jobs are intact)")
+    return MopeError(f"the job store at {root} is unreadable ({error}); move it aside to start a new one "
+                     "(nothing was reset)")
+
+
 def process_start(pid: int) -> str | None:
     """When process `pid` started (clock ticks since boot, /proc/PID/stat field 22): with the pid it names
     one process, even after the pid is reused. None when there is no such live process (or only a zombie);
@@ -366,7 +386,8 @@ def gpu_turn(device: str, should_stop, waiting=lambda: None):
 
 
 def validate(kind: str, params: dict) -> dict:
-    """Params with defaults filled in; a clear error for an unknown kind, a missing or an unknown param."""
+    """Params with defaults filled in and checked (mope.validate: numbers in range, lists non-empty, specs
+    parsed, paths usable); a clear error for an unknown kind, a missing, an unknown or a bad param."""
     if kind not in _PLAIN_KINDS and kind not in kinds():  # ping and export validate without importing torch
         raise MopeError(f"unknown job kind '{kind}'; use one of {', '.join(kinds())}")
     required, optional = _PLAIN_KINDS.get(kind) or kinds()[kind]
@@ -377,14 +398,7 @@ def validate(kind: str, params: dict) -> dict:
                         + (f" (missing: {', '.join(missing)})" if missing else "")
                         + (f"; unknown params: {', '.join(unknown)}" if unknown else "")
                         + f"; optional: {', '.join(optional) or 'none'}")
-    for name, default in optional.items():
-        if name in params and default is not None and params[name] is not None:
-            if isinstance(default, (int, float)) and not isinstance(default, bool):
-                try:
-                    params[name] = type(default)(params[name])
-                except (TypeError, ValueError):
-                    raise MopeError(f"param {name} of a {kind} job must be a number, got {params[name]!r}") from None
-    return {**optional, **params}
+    return job_params(kind, {**optional, **params}, required)
 
 
 # --- running ---------------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ from .errors import MopeError
 from .io import atomic_write_text
 from .specs import ModelSpec
 
+EVAL_FORMATS = ("text", "clip_benchmark")  # what `eval --format` prints
+
 TASKS = {"zeroshot": "zeroshot_classification", "retrieval": "zeroshot_retrieval"}
 
 

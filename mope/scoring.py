@@ -815,11 +815,47 @@ def load_scores(path) -> pd.DataFrame:
         df = pd.read_csv(path, comment="#")
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
         raise MopeError(f"{path} is not a scores CSV ({e})") from None
-    missing = {"tower", "kind", "layer", "index", "unit", "mope"} - set(df.columns)
-    if missing:
-        raise MopeError(f"{path} is not a scores CSV: missing columns {sorted(missing)}")
+    df = _checked_table(df, path)
     df.attrs.update(attrs)
     return df
+
+
+REQUIRED_COLUMNS = ("tower", "kind", "layer", "index", "unit", "mope", "params")
+NUMBER_COLUMNS = ("base", "ablated", "mope_loss", "flops", "images_used", "texts_used", "se", "round", "rank")  # may be empty
+
+
+def _checked_table(df: pd.DataFrame, path) -> pd.DataFrame:
+    """A scores table read from a file (maybe edited by hand), checked: the columns score() writes, towers
+    and kinds known, layer / index whole numbers ≥ 0, scores and params numbers (criteria and the other
+    number columns numbers or empty); a MopeError naming the first bad row otherwise."""
+    from . import importance
+
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise MopeError(f"{path} is not a scores CSV from 'score': missing columns {missing}")
+    if df.empty:
+        raise MopeError(f"{path} has no rows: score the model again")
+    df = df.copy()
+    for column, allowed in (("tower", TOWERS), ("kind", KINDS)):
+        _refuse_rows(path, df, ~df[column].isin(allowed), column, f"one of {', '.join(allowed)}")
+    numbers = [c for c in df.columns if c in ("layer", "index", "mope", "params", *NUMBER_COLUMNS, *importance.names())]
+    for column in numbers:
+        values = pd.to_numeric(df[column], errors="coerce").astype(float)
+        bad = ~np.isfinite(values) if column in REQUIRED_COLUMNS else values.isna() & df[column].notna()
+        if column in ("layer", "index"):
+            bad |= (values < 0) | (values % 1 != 0)
+        whole = column in ("layer", "index")
+        _refuse_rows(path, df, bad, column, "a whole number ≥ 0" if whole else "a number")
+        if not pd.api.types.is_numeric_dtype(df[column]):  # numbers read as text (a hand edit): as numbers
+            df[column] = values.astype(int) if whole else values
+    return df
+
+
+def _refuse_rows(path, df: pd.DataFrame, bad: pd.Series, column: str, what: str) -> None:
+    if bad.any():
+        row = int(bad.to_numpy().nonzero()[0][0])
+        raise MopeError(f"{path}, data row {row + 1}: {column} must be {what}, got "
+                        f"{str(df[column].iloc[row])!r}; fix the file or score the model again")
 
 
 def score_distributed(clip: Clip, task: Task, **kw) -> pd.DataFrame | None:

@@ -51,7 +51,7 @@ def test_score_then_prune_then_load(tiny_dir, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--keep", "1.0"], "removes nothing"), (["--keep", "0.01"], "removes every head"),
-    (["--keep", "0.5", "--iterative", "0"], "steps must be a whole number >= 1"),
+    (["--keep", "0.5", "--iterative", "0"], "--iterative must be a whole number from 1 to"),
     (["--keep", "0.5", "--iterative", "99999"], "use fewer steps"),
     (["--keep", "0.5", "--iterative", "2", "--rescore-margin", "0.5"], "below 1"),
     (["--keep", "0.5", "--iterative", "2", "--rescore-margin", "lots"], "not a number >= 1 or 'all'"),
@@ -84,8 +84,8 @@ def test_prune_iterative_records_its_steps(tiny_dir, tmp_path):
     assert out.stdout.count("bootstrap resamples of the 8 calibration images") == 2
 
 
-@pytest.mark.parametrize("args, message", [(["--chunk", "0"], "chunk must be a positive"),
-                                           (["--max-memory", "-2"], "max_memory must be a positive")])
+@pytest.mark.parametrize("args, message", [(["--chunk", "0"], "--chunk must be a whole number"),
+                                           (["--max-memory", "-2"], "--max-memory must be a number in (0")])
 def test_score_bad_memory_knobs(tiny_dir, tmp_path, args, message):
     out = run("score", "--model", str(tiny_dir), "--n", "4", "--towers", "vision", *args, "--quiet",
               "--out", str(tmp_path / "s.csv"), home=tmp_path)

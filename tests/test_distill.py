@@ -165,6 +165,47 @@ def test_disk_full_while_checkpointing_keeps_the_previous_one(tiny_dir, student_
     assert not list(folder.glob("*.tmp"))
 
 
+def _full_safetensors(real):
+    from safetensors import SafetensorError
+
+    def save_file(tensors, path, metadata=None):
+        Path(path).write_bytes(b"partial")  # the writer got some bytes out before the disk filled
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })')
+    return save_file
+
+
+def _full_torch_save(real):
+    def save(obj, path, *a, **kw):
+        Path(path).write_bytes(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file data/0: "
+                           "file write failed")
+    return save
+
+
+@pytest.mark.parametrize("writer, full", [("safetensors.torch.save_file", _full_safetensors),
+                                          ("torch.save", _full_torch_save)])
+def test_disk_full_in_the_writer_itself_is_one_line_and_leaves_no_orphan(tiny_dir, student_dir, tmp_path, monkeypatch,
+                                                                         writer, full):
+    """safetensors and torch.save report a full disk as SafetensorError / RuntimeError, not OSError."""
+    import importlib
+
+    teacher, student = _pair(tiny_dir, student_dir)
+    module, name = writer.rsplit(".", 1)
+    real, calls = getattr(importlib.import_module(module), name), []
+
+    def maybe_full(*a, **kw):
+        calls.append(1)
+        return (full(real) if len(calls) == 2 else real)(*a, **kw)
+
+    monkeypatch.setattr(writer, maybe_full)
+    with pytest.raises(mope.MopeError) as e:
+        distill(teacher, student, "shapes", _config(), tmp_path / "run")
+    assert "\n" not in str(e.value) and "free disk space" in str(e.value) and "previous checkpoint is intact" in str(e.value)
+    folder = tmp_path / "run" / "checkpoint"
+    assert json.loads((folder / "latest.json").read_text())["step"] == 3
+    assert sorted(p.name for p in folder.iterdir()) == ["latest.json", "student-3.safetensors", "trainer-3.pt"]
+
+
 def test_empty_data_is_a_clear_error(tiny_dir, student_dir, tmp_path):
     teacher, student = _pair(tiny_dir, student_dir)
     (tmp_path / "pairs.csv").write_text("image,caption\nmissing.png,a cat\n")

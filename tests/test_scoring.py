@@ -242,3 +242,30 @@ def test_scoring_only_some_units_gives_their_rows_of_the_full_table(tiny):
         assert (part[column].to_numpy() == same[column].to_numpy()).all(), column
     matrix = scoring.per_image(part)  # its own per-image results, found by its own fingerprint
     assert list(matrix.index) == names
+
+
+GOOD_SCORES = ("# fingerprint: \"abc\"\ntower,kind,layer,index,unit,mope,params,magnitude\n"
+               "vision,head,0,1,vision.L0.head1,0.5,100,0.2\nvision,layer,1,0,vision.L1,0.1,200,\n")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("0.5,100", "abc,100"), "mope must be a number, got 'abc'"),
+    ((",params,magnitude", ",magnitude"), "missing columns \\['params'\\]"),
+    (("vision,head,0", "vision,head,x"), "layer must be a whole number ≥ 0, got 'x'"),
+    (("vision,head,0", "vision,head,-1"), "layer must be a whole number"),
+    (("vision,head,0", "vision,head,1.5"), "layer must be a whole number"),
+    ((",0.2\n", ",zz\n"), "magnitude must be a number"),
+    (("vision,head", "audio,head"), "tower must be one of vision, text"),
+])
+def test_a_hand_edited_scores_csv_names_its_first_bad_row(tmp_path, edit, message):
+    path = tmp_path / "s.csv"
+    path.write_text(GOOD_SCORES.replace(*edit))
+    with pytest.raises(mope.MopeError, match=message):
+        mope.load_scores(path)
+
+
+def test_a_scores_csv_loads_with_numbers_as_numbers(tmp_path):
+    path = tmp_path / "s.csv"
+    path.write_text(GOOD_SCORES)
+    df = mope.load_scores(path)
+    assert df["layer"].dtype.kind == "i" and df["mope"].dtype.kind == "f" and df.attrs["fingerprint"] == "abc"

@@ -10,7 +10,7 @@ from PIL import Image
 
 import mope
 from mope.data import shapes
-from mope.data.streams import BatchLoader, pair_batches, pair_stream, resolve_workers
+from mope.data.streams import BatchLoader, pair_batches, pair_stream, resolve_workers, shard_files
 
 
 def _to_tensor(image):
@@ -64,6 +64,24 @@ def test_webdataset_shards(tmp_path):
     assert next(again)[2] == next(stream)[2]
     with pytest.raises(mope.MopeError, match="no .tar shards"):
         next(pair_stream(f"wds:{tmp_path}/none-*.tar", _to_tensor, 4))
+
+
+def test_a_glob_through_a_symlink_does_not_leave_its_folder(tmp_path):
+    """Issue 11, item 2: `wds:/allowed/link_ou*/shard-*.tar` with link_out → a folder outside is refused
+    where the glob is expanded (the library's own check, whoever calls it), symlinks resolved."""
+    outside, allowed = tmp_path / "outside", tmp_path / "allowed"
+    outside.mkdir()
+    _shards(outside)
+    (allowed / "real").mkdir(parents=True)
+    _shards(allowed / "real")
+    (allowed / "link_out").symlink_to(outside)
+    (allowed / "real" / "shard-9.tar").symlink_to(outside / "shard-0.tar")
+    for pattern in (f"{allowed}/link_ou*/shard-*.tar", f"{allowed}/*/shard-*.tar", f"{allowed}/real/shard-*.tar"):
+        with pytest.raises(mope.MopeError, match="leads outside"):
+            next(pair_stream(f"wds:{pattern}", _to_tensor, 4))
+    (allowed / "real" / "shard-9.tar").unlink()
+    assert next(pair_stream(f"wds:{allowed}/re*/shard-*.tar", _to_tensor, 4))[1].shape[0] == 4
+    assert shard_files(f"{allowed}/link_out/shard-*.tar") == [f"{allowed}/link_out/shard-{i}.tar" for i in (0, 1)]
 
 
 def _batches(dataset, workers, n):

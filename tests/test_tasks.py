@@ -26,6 +26,15 @@ def test_shapes_tasks():
         mope.load_task("shapes:colour")
 
 
+@pytest.mark.parametrize("spec", ["shapes", "folder:{folder}"])
+def test_a_count_of_no_images_is_refused(tmp_path, spec):
+    """Issue 11: n=0 meant 1,000 shapes images, and -5 one folder image."""
+    _png(tmp_path / "cat" / "a.png")
+    for n in (0, -5):
+        with pytest.raises(mope.MopeError, match="n must be a whole number of images"):
+            mope.load_task(spec.format(folder=tmp_path), n=n)
+
+
 def test_shapes_placement_option():
     grid, free = mope.load_task("shapes", n=50), mope.load_task("shapes:placement=free", n=50)
     assert "placement" not in grid.name and "placement=free" in free.name

@@ -205,6 +205,23 @@ class _PairsBatch:
         return step, torch.stack(images), captions
 
 
+def shard_files(pattern: str) -> list[str]:
+    """The shards a webdataset pattern matches, sorted. Each, symlinks resolved, must lie inside the folder the
+    pattern starts from (its part before the first wildcard): a wildcard never leads through a symlink to
+    files outside it (`/data/link_ou*/shard-*.tar` with /data/link_out → /elsewhere is refused)."""
+    path = Path(pattern).expanduser().absolute()
+    fixed = next((i for i, part in enumerate(path.parts) if glob.has_magic(part)), len(path.parts) - 1)
+    root = Path(*path.parts[:fixed]).resolve()
+    shards = sorted(glob.glob(str(path)))
+    if not shards:
+        raise MopeError(f"no .tar shards match {pattern}")
+    outside = next((s for s in shards if not Path(s).resolve().is_relative_to(root)), None)
+    if outside is not None:
+        raise MopeError(f"the shard {outside} matched by {pattern} leads outside {root} (through a symlink); "
+                        "give the pattern of the shards' own folder")
+    return shards
+
+
 class WebDatasetBatches(StepBatches):
     """Batch i holds samples i·B … (i+1)·B−1 of the endless sample sequence (shards in a seeded order per
     epoch). Each worker reads the tar bytes of every sample but decodes only its own batches'; a sample
@@ -212,9 +229,7 @@ class WebDatasetBatches(StepBatches):
 
     def __init__(self, pattern, transform, batch_size, seed, rank, world, start, stop, tokenizer, name):
         super().__init__(None, start, stop, tokenizer, name)
-        shards = sorted(glob.glob(str(Path(pattern).expanduser())))
-        if not shards:
-            raise MopeError(f"no .tar shards match {pattern}")
+        shards = shard_files(pattern)
         self.shards, self.pattern = shards[rank::world] or shards, pattern
         self.transform, self.batch_size, self.seed, self.rank = transform, batch_size, seed, rank
 

@@ -34,6 +34,9 @@ SHAPES_TEMPLATES = {
 SHAPES_HELD_OUT_SEED = 1000  # the demo model trains on a stream whose seeds are derived, never this one
 
 
+TASK_KINDS = ("zeroshot", "retrieval")
+
+
 @dataclass
 class Task:
     """Images (uint8 array or file paths) and either classes + labels or captions + their images."""
@@ -258,6 +261,8 @@ def load_task(spec: str | DataSpec, kind: str | None = None, n: int | None = Non
     shapes world's seed (default: the held-out seed).
     """
     spec = (spec if isinstance(spec, DataSpec) else DataSpec.parse(spec)).for_task()
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise MopeError(f"n must be a whole number of images, 1 or more, got {n!r}")
     if spec.source == "shapes":
         options = spec.options
         return shapes_task(target=options.get("target", "colour_shape"), n=n or int(options.get("n", 1000)),
