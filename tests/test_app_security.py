@@ -315,3 +315,15 @@ def test_total_upload_storage_has_a_quota(uploads):
     with pytest.raises(mope.MopeError, match="MB allowed; ask whoever runs the app to delete old uploads"):
         unpack_zip(_zip(up / "two.zip", {"cat/c.png": good, "dog/d.png": good, "dog/e.png": good}), state)
     assert _left_over(state) == [first.name]
+
+
+@pytest.mark.parametrize("what, option", [("data", "--data DIR"), ("model", "--models DIR")])
+def test_a_refusal_names_the_apps_real_option(tmp_path, what, option):
+    """Issue 11, item 9: the data-folder refusal said `--datas DIR`; the hint names an option `python -m app` has."""
+    import subprocess
+
+    usage = subprocess.run([sys.executable, "-m", "app", "--help"], capture_output=True, text=True, timeout=60,
+                           cwd=Path(__file__).resolve().parents[1]).stdout
+    with pytest.raises(mope.MopeError) as e:
+        allowed_path(tmp_path / "outside", [tmp_path / "allowed"], what)
+    assert f"start the app with {option} " in str(e.value) and f"[{option}]" in usage
