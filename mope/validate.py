@@ -290,8 +290,8 @@ RULES: dict[str, Number | Names | Numbers | Choice | Check] = {
     "neurons": SOME, "floor": SOME,
     # fractions, rates, weights, times
     "keep": Number(float, 0, 1, above=True), "lr": POSITIVE, "temperature": POSITIVE, "grad_clip": POSITIVE,
-    "max_memory": POSITIVE, "rescore_margin": Number(float, 1), "weight_decay": WEIGHT, "affinity": WEIGHT, "feature": WEIGHT, "hidden": WEIGHT,
-    "contrastive": WEIGHT, "idle_exit": WEIGHT, "seconds": Number(float, 0, 86400),
+    "max_memory": POSITIVE, "rescore_margin": Number(float, 1), "weight_decay": WEIGHT, "affinity": WEIGHT,
+    "feature": WEIGHT, "hidden": WEIGHT, "contrastive": WEIGHT, "idle_exit": WEIGHT, "seconds": Number(float, 0, 86400),
     # lists
     "towers": Names("towers"), "units": Names("units", (("heads", "head"), ("layers", "layer"))),
     "baselines": Names("baselines", empty_ok=True), "rankings": Names("criteria"),
