@@ -110,7 +110,7 @@ def vit(args) -> None:
     task = mope.load_task("shapes", n=args.n)
     first: list[float] = []
     scored = [0]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
 
     def progress(done, total, eta, rows):
         scored[0] = len(rows)
@@ -127,7 +127,8 @@ def vit(args) -> None:
         pass
     units = len(enumerate_units(clip.model, ["vision"]))
     head = (f"random-init ViT-B-32 vision tower ({units} units: heads, neuron groups, layers), {args.n} calibration "
-            f"images, {args.vit_first} per unit in round 1, {torch.get_num_threads()} torch threads:")
+            f"images, {args.vit_first} per unit in round 1, {torch.get_num_threads()} torch threads "
+            f"(this process's CPU time: {time.process_time() - cpu:.0f} s):")
     if first:
         print(f"{head} first complete table after {first[0]:.0f} s ({first[0] / 60:.1f} min)")
     else:

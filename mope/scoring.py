@@ -228,8 +228,11 @@ class _Anytime:
 
     def advance(self, targets: dict[str, int], progress: Progress | None) -> None:
         """One round: every unit to its target level, the units of one tower, step and layer at a time."""
-        moving = [u for u in self.units if targets[u.name] > self.levels[u.name]]
-        steps = itertools.groupby(moving, key=lambda u: (u.tower, self.levels[u.name], targets[u.name], u.layer))
+        def step(u: Unit) -> tuple:
+            return u.tower, self.levels[u.name], targets[u.name], u.layer
+
+        moving = sorted((u for u in self.units if targets[u.name] > self.levels[u.name]), key=step)  # a step's inputs once
+        steps = itertools.groupby(moving, key=step)
         current: tuple = (None, None)  # one step's inputs at a time (with their hidden states, when one chunk)
         for (tower, old, new, _), group in steps:
             if current[0] != (tower, old, new):
@@ -320,7 +323,7 @@ class _Anytime:
             return False
         with open_cache("scores") as store:
             state = store.get(f"{self.key}/anytime")
-        if state is None:
+        if state is None or "levels" not in state:  # none, or the table of an earlier version (it re-scored rounds)
             return False
         self.round, self.levels, self.rows, self.extra = state["round"], state["levels"], state["rows"], state["extra"]
         self.outputs = {k: torch.from_numpy(np.frombuffer(b, dtype=np.float32).copy()).view(*shape)

@@ -8,9 +8,11 @@ import torch
 import mope
 from mope import scoring
 from mope.anytime import contested, effective_se, ladder, next_levels, note, standard_error
+from mope.cache import open_cache
 from mope.evaluate import image_embeddings, task_text_embeddings, task_texts
 from mope.plan import Budget, plan
 from mope.scoring import Cancelled, score
+from mope.units import KINDS
 
 COLUMNS = ["unit", "mope", "base", "ablated", "images_used", "texts_used", "se", "estimate", "rank"]
 
@@ -102,6 +104,15 @@ def test_a_stopped_anytime_run_resumes_and_ends_equal_to_exact(tiny, runs):
     assert (again.mope.values == exact.mope.values).all()
     matrix = scoring.per_image(again)  # every unit's per-image results, gathered over the rounds
     assert matrix.shape == (units, 40) and np.allclose(matrix.mean(axis=1).values, exact.mope.values, atol=1e-5)
+
+
+def test_a_cached_table_of_the_earlier_anytime_version_is_not_resumed(tiny):
+    task = mope.load_task("shapes", n=20)
+    key = scoring._settle(tiny, task, ["vision"], KINDS, "loss", "fast", None, (), 0, "fp32", None)[-1]
+    with open_cache("scores") as store:  # what the version that re-scored each round cached
+        store.set(f"{key}/anytime", {"round": 1, "size": 16, "rows": [], "per_image": {}})
+    df = score(tiny, task, towers=["vision"], metric="loss", baselines=(), schedule="anytime", first_round=16)
+    assert len(df) == 14 and not df.estimate.any()
 
 
 def test_anytime_bad_input(tiny):
