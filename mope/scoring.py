@@ -212,8 +212,9 @@ class _Anytime:
         if not self.restore():
             self.extra = {u.name: extra for u, extra in zip(self.units, extras())}
         while True:
-            targets = next_levels(self.table(), {t: s.ladder for t, s in self.samples.items()})
-            if (targets == self.table()["level"].to_numpy()).all():
+            table = self.table()
+            targets = next_levels(table, {t: s.ladder for t, s in self.samples.items()})
+            if (targets == table["level"].to_numpy()).all():
                 return [self.rows[u.name] for u in self.units]
             self.round += 1
             try:
@@ -239,11 +240,11 @@ class _Anytime:
                 index = self.samples[tower].new(old, new)
                 current = ((tower, old, new), self.scorer.tower_state(tower)["inputs"].subset(index))
             self.scorer.check_stop()
-            step = current[1]
-            for unit, out in self.scorer.sample_outputs(list(group), step).items():
+            inputs = current[1]
+            for unit, out in self.scorer.sample_outputs(list(group), inputs).items():
                 if unit.name not in self.outputs:
                     self.outputs[unit.name] = out.new_zeros(len(self.scorer.tower_state(tower)["own"]), *out.shape[1:])
-                self.outputs[unit.name][step.index] = out
+                self.outputs[unit.name][inputs.index] = out
                 self.levels[unit.name] = new
                 self.rows[unit.name] = self.row(unit)
             if progress and self.round == 1:
@@ -625,12 +626,12 @@ class FastScorer(_Scorer):
         state = self.tower_state(tower)
         pieces: dict[Unit, list[torch.Tensor]] = {u: [] for u in group}
         for n, span in enumerate(inputs.spans):
-            if n:
-                self.check_stop()
             batch = inputs.batch(*span)
             x = self.hidden_at(tower, inputs, batch, layer)
             k = max(1, self.batch_tokens // (x.shape[0] * x.shape[1]))
             for i in range(0, len(group), k):
+                if n or i:
+                    self.check_stop()  # between batched passes: a stop waits for one pass at most
                 part = group[i:i + k]
                 emb = self.ablate(tower, layer, part, x, batch)
                 for j, unit in enumerate(part):

@@ -93,6 +93,15 @@ def test_progress_partial_rows_and_cancel(tiny):
     assert 0 < len(info.value.rows) < 8
 
 
+def test_a_stop_waits_for_one_batched_pass_at_most(tiny):
+    task = mope.load_task("shapes", n=16)
+    polls = []
+    with pytest.raises(Cancelled) as info:  # 16 images × 17 tokens: one head per batched pass
+        score(tiny, task, towers=["vision"], units=["head"], metric="loss", cache=False, baselines=(),
+              batch_tokens=16 * 17, should_stop=lambda: polls.append(1) or len(polls) > 1)
+    assert info.value.rows == [] and len(polls) == 2  # stopped inside layer 0, after its first head's pass
+
+
 @pytest.mark.parametrize("kw, message", [
     (dict(units=["attention"]), "unknown unit kind"), (dict(towers=["audio"]), "unknown tower"),
     (dict(group_size=48), "does not divide"), (dict(metric="text_retrieval_recall@1"), "has no metric"),
