@@ -33,36 +33,44 @@ def main() -> None:
     logging.getLogger("app").setLevel(logging.INFO)
 
     from .state import AppState
-    from .ui import build
+    from .ui import build  # Gradio: most of the time to 'ready'
 
+    imported = time.time()
     for folder in ("downloads", "samples"):
         (home / folder).mkdir(parents=True, exist_ok=True)
     state = AppState(home, model_dirs=args.models, data_dirs=args.data)
     demo = build(state)
+    built = time.time()
     demo.launch(server_name=args.host, server_port=args.port, auth=tuple(args.auth.split(":", 1)) if args.auth else None,
                 share=False, max_file_size="200mb", allowed_paths=[str(home / "downloads"), str(home / "samples")],
                 prevent_thread_lock=True, quiet=True)
-    print(f"MoPE-CLIP Explorer ready at {demo.local_url} ({time.time() - started:.1f} s after start)", flush=True)
-    threading.Thread(target=warm_up, args=(state,), daemon=True).start()
+    now = time.time()
+    print(f"MoPE-CLIP Explorer ready at {demo.local_url} ({now - started:.1f} s after start: imports "
+          f"{imported - started:.1f} s, page {built - imported:.1f} s, server {now - built:.1f} s)", flush=True)
+    threading.Thread(target=warm_up, args=(state, started), daemon=True).start()
     demo.block_thread()
 
 
-def warm_up(state) -> None:
+def warm_up(state, started: float) -> None:
     """Start the job worker (so the first job does not wait for it to import torch) and load and measure the demo
-    model, so the first page's model card comes quickly."""
+    model, so the first page's model card comes quickly; log when each was done."""
+    log = logging.getLogger("app")
     try:
         from mope.jobs import ensure_worker
 
         if state.start_worker:
             ensure_worker(state.store(), idle_exit=600)
+            log.info("job worker started %.1f s after start", time.time() - started)
     except Exception as e:  # noqa: BLE001 (a job started later says what it waits for)
-        logging.getLogger("app").warning("worker not started: %s", e)
+        log.warning("worker not started: %s", e)
     try:
-        from .handlers.model import model_card
+        from .handlers import model as handlers
 
-        model_card("demo", state)
+        log.info("torch, open_clip and the handlers imported %.1f s after start", time.time() - started)
+        handlers.model_card("demo", state)
+        log.info("demo model loaded and measured (its card) %.1f s after start", time.time() - started)
     except Exception as e:  # noqa: BLE001 (the page reports it when it asks for the card)
-        logging.getLogger("app").warning("demo model not loaded: %s", e)
+        log.warning("demo model not loaded: %s", e)
 
 
 main()
