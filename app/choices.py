@@ -21,3 +21,4 @@ DEVICES = ["auto", "cpu", "cuda"]
 # them equal to the registry, so a newly registered criterion fails that test until it is listed here.
 CRITERIA = ("mope", "magnitude", "random", "taylor")
 BASELINES = CRITERIA[1:]
+STEP_SCHEDULES = ("even", "geometric")  # mope.pipeline.STEP_SCHEDULES (tests/test_app.py keeps them equal)

@@ -86,6 +86,16 @@ def check_training_data(spec: str, state: AppState) -> str:
     return parsed.text
 
 
+def check_calibration(spec: str, state: AppState) -> str:
+    """A calibration spec kept with a session's scores: the shapes world, or a folder inside the data folders."""
+    spec = spec if isinstance(spec, str) else ""
+    if spec.startswith("folder:"):
+        return f"folder:{check_folder(spec.partition(':')[2], state)}"
+    if DataSpec.parse(spec).source != "shapes":
+        raise MopeError(f"calibration data {spec[:100]!r} is not one the app offers: score again (tab 2)")
+    return spec
+
+
 def expand_glob(pattern: str, roots: list[Path]) -> list[Path]:
     """What glob.glob(pattern) matches, expanded one folder at a time: each folder is checked before it is
     listed and each match (symlinks resolved) before it is used, so nothing outside `roots` is even listed."""

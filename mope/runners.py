@@ -108,7 +108,8 @@ def _pruned(p, clip, ctx):
     budget = _budget(p)
     scores = load_scores(p["scores"]) if p["scores"] else None
     iterative = p.get("iterative", 1)
-    task = load_task(p["data"], n=p["n"]) if scores is None or budget.per_tower("layers") or iterative > 1 else None
+    rescore = scores is None or budget.per_tower("layers") or iterative > 1
+    task = load_task(p["data"], kind=p.get("task"), n=p["n"]) if rescore else None
     return prune_model(clip, task, budget, scores=scores, by=p.get("by", "mope"), should_stop=ctx.should_stop,
                        steps=iterative, step_schedule=p.get("step_schedule", "even"),
                        rescore_margin=p.get("rescore_margin"),  # absent in older jobs: all

@@ -1,4 +1,5 @@
 """The app's handlers, end to end on a tiny model with jobs run in this process; then the served page."""
+import json
 import os
 import zipfile
 from pathlib import Path
@@ -253,6 +254,41 @@ def test_cancel_a_queued_distillation(settings, scored):
         hj.cancel(None, settings)
 
 
+def test_iterative_prune_and_distill_re_scores_on_the_scores_calibration_data(settings, scored):
+    budget = hp.budget_of("keep fraction", 0.5, 1.0, "uniform", "params", 0, 0, 0, 0, 0, 0)
+    session, _ = hp.start_prune_distill(scored, budget, "mope", DEVICE, 2, 8, "shapes", "it", settings,
+                                        iterative=2, step_schedule="geometric")
+    params = settings.store().get(session["pd_job"])["params"]
+    assert (params["iterative"], params["step_schedule"]) == (2, "geometric")
+    assert (params["data"], params["task"], params["n"]) == ("shapes:seed=2000", "zeroshot", 16)
+    [job] = run_queued(settings)
+    assert job["status"] == "done", job["error"]
+    saved = json.loads((Path(job["result"]["pruned"]) / "pruning.json").read_text())
+    assert saved["iterative"]["steps"] == 2 and saved["iterative"]["step_schedule"] == "geometric"
+    bad = [({**scored, "score_settings": {**scored["score_settings"], "spec": None}}, 2, "compute the scores again"),
+           ({**scored, "score_settings": {**scored["score_settings"], "spec": "folder:/etc"}}, 2, "outside"),
+           (scored, 0, "steps must be a whole number")]
+    for session, steps, message in bad:
+        with pytest.raises(mope.MopeError, match=message):
+            hp.start_prune_distill(session, budget, "mope", DEVICE, 2, 8, "shapes", "x", settings, iterative=steps)
+
+
+def test_the_plan_view_measures_its_stability(settings, scored):
+    budget = hp.budget_of("keep fraction", 0.5, 1.0, "uniform", "params", 0, 0, 0, 0, 0, 0)
+    line = hp.stability_text(scored, budget, "mope", settings)
+    assert "bootstrap resamples of the 16 calibration images" in line and "stay removed" in line
+    assert "measured for MoPE plans" in hp.stability_text(scored, budget, "magnitude", settings)
+
+
+def test_a_study_with_the_iterative_curve(settings, scored):
+    session, message = hc.start_study(scored, settings, iterative=True)
+    assert "iterative ×4" in message
+    [job] = run_queued(settings)
+    assert job["status"] == "done", job["error"]
+    study, _metric, _line = hc.study_table(session, settings)
+    assert "MoPE iterative ×4" in set(study.ranking)
+
+
 def test_study_of_these_scores(settings, scored):
     session, _ = hc.start_study(scored, settings)
     [job] = run_queued(settings)
@@ -433,6 +469,13 @@ def test_the_page_lists_every_registered_importance_criterion():
     from mope import importance, scoring  # noqa: F401  (scoring registers MoPE itself)
 
     assert CRITERIA == importance.names() and BASELINES == importance.baselines()
+
+
+def test_the_page_offers_the_library_s_step_schedules():
+    from app.choices import STEP_SCHEDULES
+    from mope.pipeline import STEP_SCHEDULES as LIBRARY
+
+    assert STEP_SCHEDULES == LIBRARY
 
 
 def test_a_model_asked_for_by_two_requests_at_once_loads_once(settings, tiny_dir, monkeypatch):

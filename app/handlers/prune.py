@@ -14,7 +14,7 @@ import mope
 from mope.errors import MopeError
 from mope.plan import Budget
 
-from ..security import allowed_path, check_scores, check_spec, check_training_data
+from ..security import allowed_path, check_calibration, check_scores, check_spec, check_training_data
 from ..state import AppState
 from .jobs import ended_line, progress_line, submit
 from .scores import scores_table
@@ -59,8 +59,10 @@ def preview(df: pd.DataFrame, budget: Budget, by: str) -> tuple[mope.Plan, pd.Da
 
 
 def start_prune_distill(session: dict, budget: Budget, by: str, device: str, steps: int, batch_size: int,
-                        data: str, name: str, state: AppState) -> tuple[dict, str]:
-    """Submit a prune-and-distill job that prunes exactly the previewed plan (same scores, same budget)."""
+                        data: str, name: str, state: AppState, iterative: int = 1,
+                        step_schedule: str = "even") -> tuple[dict, str]:
+    """Submit a prune-and-distill job that prunes exactly the previewed plan (same scores, same budget), or,
+    with iterative > 1, reaches that budget in steps re-scored on the scores' own calibration data."""
     if not session["scores"]:
         raise MopeError("compute MoPE scores first (tab 2): the plan ranks units by them")
     if device == "cuda" and not torch.cuda.is_available():
@@ -72,9 +74,44 @@ def start_prune_distill(session: dict, budget: Budget, by: str, device: str, ste
     out = state.saved_dir / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     params = {"model": spec, "out": str(out), "scores": str(scores), "budget": asdict(budget),
               "by": by, "distill_data": data, "steps": int(steps), "batch_size": int(batch_size),
-              "eval_every": max(1, int(steps) // 5), "device": None if device == "auto" else device}
+              "eval_every": max(1, int(steps) // 5), "device": None if device == "auto" else device,
+              **iterative_params(session, iterative, step_schedule, state)}
     job = submit(state, "prune-and-distill", params)
     return {**session, "pd_job": job}, f"Prune & distill started (job {job}) → {out}"
+
+
+def iterative_params(session: dict, iterative, step_schedule: str, state: AppState) -> dict:
+    """The job params of an iterative plan: K, the schedule, and the calibration data the scores came from."""
+    from mope.pipeline import check_steps
+
+    whole = isinstance(iterative, (int, float)) and not isinstance(iterative, bool) and float(iterative).is_integer()
+    steps = int(iterative) if whole else iterative  # the page's Number sends 3.0; anything else check_steps refuses
+    check_steps(steps, step_schedule)
+    if steps == 1:
+        return {}
+    settings = session.get("score_settings") or {}
+    if not settings.get("spec"):
+        raise MopeError("iterative pruning re-scores on the scores' calibration data: compute the scores again "
+                        "(tab 2) so the app knows which data that was")
+    return {"iterative": steps, "step_schedule": step_schedule, "data": check_calibration(settings["spec"], state),
+            "task": settings.get("kind"), "n": int(settings["n"])}  # the metric: the scores' own (prune_model)
+
+
+def stability_text(session: dict, budget: Budget, by: str, state: AppState) -> str:
+    """How many of the previewed plan's units stay removed over bootstrap resamples of the calibration images."""
+    from mope.scoring import per_image
+    from mope.stability import stability_line, with_stability
+
+    if not session["scores"]:
+        raise MopeError("compute MoPE scores first (tab 2)")
+    if by != "mope":
+        return f"Stability is measured for MoPE plans (their per-image results); this plan ranks by {by}."
+    df = scores_table(str(check_scores(session["scores"], state)), state)
+    matrix = per_image(df)
+    if matrix is None:
+        return "Stability: no per-image results are cached for these scores (computed elsewhere): score them here."
+    p = with_stability(preview(df, budget, by)[0], df, matrix)
+    return "**Plan stability** — " + stability_line(p.stability)
 
 
 def saved_folder(folder: str, state: AppState) -> Path:

@@ -67,7 +67,8 @@ def start_scores(session: dict, source: str, upload: str | None, folder: str | N
     clip = get_model(session["spec"], state)
     metric = metric or None
     kw = {"towers": list(towers), "units": ["head", "neurons", "layer"], "metric": metric}
-    settings = {"source": source, "data": task.name, "n": len(task), "towers": list(towers), "metric": metric or ""}
+    settings = {"source": source, "data": task.name, "n": len(task), "towers": list(towers), "metric": metric or "",
+                "spec": data, "kind": task.kind}  # spec and kind: what iterative pruning re-scores on
     session = {**session, "score_settings": settings}
     hit = cached_scores(clip, task, **kw)
     if hit is not None:

@@ -45,7 +45,10 @@ def build(page: Page) -> None:
             page.add(per_class_csv=gr.DownloadButton("Per-class accuracy (CSV)", size="sm", elem_id="per-class-csv"),
                      comparison_csv=gr.DownloadButton("Side-by-side table (CSV)", size="sm"))
         with gr.Row():
-            page.add(run_study=gr.Button("Run study (accuracy vs compression)"), study_status=gr.Markdown())
+            page.add(run_study=gr.Button("Run study (accuracy vs compression)"),
+                     study_iterative=gr.Checkbox(False, label="with iterative MoPE ×4 (re-scored as it prunes; slower)",
+                                                 elem_id="study-iterative"),
+                     study_status=gr.Markdown())
         page.add(study_plot=gr.Plot(label="Accuracy vs compression", elem_id="study-plot"))
         with gr.Row():
             page.png_button("study_plot")
@@ -107,9 +110,9 @@ def wire(page: Page, loaded) -> None:
                 "per_class_csv": he.table_csv(got.per_class, "per-class-accuracy", state) if got.per_class is not None
                 else None, "comparison_csv": he.table_csv(got.table, "comparison", state)}
 
-    def start_study(session):
+    def start_study(session, study_iterative):
         sid, before = page.session(session)
-        after, message = hc.start_study(before, state)
+        after, message = hc.start_study(before, state, iterative=study_iterative)
         page.save(sid, after, before)
         gr.Info(message)
         return {"session": sid}
@@ -150,7 +153,7 @@ def wire(page: Page, loaded) -> None:
     page.on(page.run_compare.click, compare, ["chosen", "evaluation", "eval_n"],
             ["comparison", "latency_note", "per_class_plot", "per_class_csv", "comparison_csv"], api_name="compare",
             concurrency_id="heavy")
-    studied = page.on(page.run_study.click, start_study, ["session"], ["session"], **private)
+    studied = page.on(page.run_study.click, start_study, ["session", "study_iterative"], ["session"], **private)
     page.on(studied.then, draw_study, ["session"], STUDY_VIEWS, **private)
     page.download("study_csv", study_csv, ["session"])
     page.on(page.samples.click, add_samples, ["images", "labels"], ["images", "labels", "gallery"], **private)

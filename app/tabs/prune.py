@@ -5,7 +5,7 @@ import gradio as gr
 import pandas as pd
 
 from .. import figures
-from ..choices import CRITERIA, DEVICES
+from ..choices import CRITERIA, DEVICES, STEP_SCHEDULES
 from ..page import Lazy, Page, user_error
 
 hp = Lazy("app.handlers.prune")
@@ -46,7 +46,13 @@ def build(page: Page) -> None:
                  plan_heatmap=gr.Plot(label="What the plan removes", elem_id="plan-heatmap"))
         with gr.Row():
             page.png_button("plan_heatmap")
-            page.add(plan_csv=gr.DownloadButton("Plan table (CSV)", size="sm", elem_id="plan-csv"))
+            page.add(plan_csv=gr.DownloadButton("Plan table (CSV)", size="sm", elem_id="plan-csv"),
+                     stability=gr.Button("Plan stability (bootstrap)", size="sm", elem_id="plan-stability-button"))
+        page.add(stability_line=gr.Markdown(elem_id="plan-stability"))
+        with gr.Row():
+            page.add(iterative=gr.Number(1, precision=0, minimum=1, maximum=16, elem_id="pd-iterative",
+                                         label="Iterative steps (1 = one-shot; K re-scores the pruned model K − 1 times)"),
+                     step_schedule=gr.Radio(list(STEP_SCHEDULES), value=STEP_SCHEDULES[0], label="Step schedule"))
         with gr.Row():
             page.add(device=gr.Dropdown(DEVICES, value="auto", label="Device"),
                      steps=gr.Number(300, precision=0, minimum=1, label="Distillation steps", elem_id="pd-steps"),
@@ -158,6 +164,22 @@ def follow(sess: dict, prune_seen, by: str, budget: dict, state) -> dict:
     return out
 
 
+def _wire_saved(page: Page, state) -> None:
+    """The saved-models list: refresh, zip, model card, origin, ONNX export."""
+    private = {"api_visibility": "private"}
+    page.on(page.refresh.click, lambda: lists(state), [], ["saved", "chosen", "jobs"], **private)
+    page.on(page.zip_button.click, lambda saved: {"download": hp.model_zip(saved, state)}, ["saved"], ["download"],
+            api_name="zip_model")
+    page.on(page.saved.change, lambda saved: saved_views(saved, state), ["saved"], ["saved_card", "export_status"],
+            api_name="saved_card")
+    page.on(page.export_button.click, lambda saved: export(saved, state), ["saved"], ["export_status", "jobs"],
+            api_name="export_onnx")
+    page.on(page.refresh.click, lambda saved: saved_views(saved, state), ["saved"], ["saved_card", "export_status"],
+            **private)
+    page.on(page.saved.change, lambda saved: {"saved_origin": hc.origins([saved], state) if saved else ""}, ["saved"],
+            ["saved_origin"], **private)
+
+
 def wire(page: Page, loaded) -> None:
     state = page.state
 
@@ -171,10 +193,10 @@ def wire(page: Page, loaded) -> None:
     def draw_job(session):
         return job_views(page.session(session)[1], state)
 
-    def start_pd(session, by, device, steps, batch, data, name, **budget):
+    def start_pd(session, by, device, steps, batch, data, name, iterative, step_schedule, **budget):
         sid, before = page.session(session)
         after, message = hp.start_prune_distill(before, hp.budget_of(*(budget[k] for k in BUDGET)), by, device,
-                                                steps, batch, data, name, state)
+                                                steps, batch, data, name, state, iterative, step_schedule)
         page.save(sid, after, before)
         gr.Info(message)
         return {"session": sid}
@@ -189,6 +211,10 @@ def wire(page: Page, loaded) -> None:
         gr.Info(message)
         return {"session": sid}
 
+    def plan_stability(session, by, **budget):
+        budget = hp.budget_of(*(budget[k] for k in BUDGET))
+        return {"stability_line": hp.stability_text(page.session(session)[1], budget, by, state)}
+
     def tick(session, prune_seen, by, **budget):
         return follow(page.session(session)[1], prune_seen, by, budget, state)
 
@@ -201,23 +227,16 @@ def wire(page: Page, loaded) -> None:
     for control in ["by", *BUDGET]:  # a slider being dragged redraws with its latest value
         page.on(page.parts[control].change, draw_plan, **plan, trigger_mode="always_last", **private)
     started = page.on(page.start.click, start_pd, ["session", "by", "device", "steps", "batch", "data", "name",
-                                                   *BUDGET], ["session"], api_name="prune_and_distill")
+                                                   "iterative", "step_schedule", *BUDGET], ["session"],
+                      api_name="prune_and_distill")
+    page.on(page.stability.click, plan_stability, ["session", "by", *BUDGET], ["stability_line"],
+            api_name="plan_stability")
     page.on(started.then, draw_job, ["session"], JOB_VIEWS, **private)
     page.on(page.cancel_pd.click, cancel_pd, ["session"], **private)
     resumed = page.on(page.resume_pd.click, resume_pd, ["session"], ["session"], **private)
     page.on(resumed.then, draw_job, ["session"], JOB_VIEWS, **private)
-    page.on(page.refresh.click, lambda: lists(state), [], ["saved", "chosen", "jobs"], **private)
-    page.on(page.zip_button.click, lambda saved: {"download": hp.model_zip(saved, state)}, ["saved"], ["download"],
-            api_name="zip_model")
-    page.on(page.saved.change, lambda saved: saved_views(saved, state), ["saved"], ["saved_card", "export_status"],
-            api_name="saved_card")
-    page.on(page.export_button.click, lambda saved: export(saved, state), ["saved"], ["export_status", "jobs"],
-            api_name="export_onnx")
-    page.on(page.refresh.click, lambda saved: saved_views(saved, state), ["saved"], ["saved_card", "export_status"],
-            **private)
-    page.remember(["by", *BUDGET, "device", "steps", "batch", "data", "name"], loaded)
-    page.on(page.saved.change, lambda saved: {"saved_origin": hc.origins([saved], state) if saved else ""}, ["saved"],
-            ["saved_origin"], api_visibility="private")
+    _wire_saved(page, state)
+    page.remember(["by", *BUDGET, "device", "steps", "batch", "data", "name", "iterative", "step_schedule"], loaded)
 
     def plan_csv(session, by, **budget):
         return {"plan_csv": he.table_csv(plan_views(page.session(session)[1], by, budget, state)["plan_table"],
