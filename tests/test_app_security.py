@@ -221,8 +221,9 @@ def test_every_endpoint_of_the_served_app_with_crafted_values(world, watch):
             new, status, *_ = client.predict(session, "mope", "magnitude", api_name="/draw_scores")
             assert new != session and "No scores yet" in status
             assert "Compute scores" in client.predict(session, "mope", *budget, api_name="/draw_plan")[1]
-            assert "compute MoPE scores first" in refused(session, "mope", "cpu", 2, 8, "shapes", "x", *budget,
-                                                          api_name="/prune_and_distill")
+            assert "compute MoPE scores first" in refused(session, "mope", "cpu", 2, 8, "shapes", "x", *budget, 2,
+                                                          "even", api_name="/prune_and_distill")
+            assert "compute MoPE scores first" in refused(session, "mope", *budget, api_name="/plan_stability")
         for spec in _specs(out, models)[:6]:
             new, headline, _ = client.predict(forged[0], spec, api_name="/load_model")
             assert "Could not load" in headline and "outside the model folders" in headline and new != forged[0]
@@ -238,7 +239,7 @@ def test_every_endpoint_of_the_served_app_with_crafted_values(world, watch):
         assert errors[-1].startswith("event: error")
         for pairs in (f"pairs:{out}/pairs.csv", f"pairs:{data}/pairs-out.csv", f"wds:{data}/link_ou*/shard-*.tar",
                       f"wds:{out}/*.tar", f"wds:{data}/../outside/*.tar"):
-            assert "outside the data folders" in refused(sid, "mope", "cpu", 2, 8, pairs, "x", *budget,
+            assert "outside the data folders" in refused(sid, "mope", "cpu", 2, 8, pairs, "x", *budget, 1, "even",
                                                          api_name="/prune_and_distill")
         for folder in _saved_outside(state, out):  # Gradio refuses a value not in the list; the handler too
             for api_name in ("/zip_model", "/export_onnx", "/saved_card"):

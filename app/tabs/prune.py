@@ -193,7 +193,7 @@ def wire(page: Page, loaded) -> None:
     def draw_job(session):
         return job_views(page.session(session)[1], state)
 
-    def start_pd(session, by, device, steps, batch, data, name, iterative, step_schedule, **budget):
+    def start_pd(session, by, device, steps, batch, data, name, iterative=1, step_schedule="even", **budget):
         sid, before = page.session(session)
         after, message = hp.start_prune_distill(before, hp.budget_of(*(budget[k] for k in BUDGET)), by, device,
                                                 steps, batch, data, name, state, iterative, step_schedule)
@@ -227,7 +227,7 @@ def wire(page: Page, loaded) -> None:
     for control in ["by", *BUDGET]:  # a slider being dragged redraws with its latest value
         page.on(page.parts[control].change, draw_plan, **plan, trigger_mode="always_last", **private)
     started = page.on(page.start.click, start_pd, ["session", "by", "device", "steps", "batch", "data", "name",
-                                                   "iterative", "step_schedule", *BUDGET], ["session"],
+                                                   *BUDGET, "iterative", "step_schedule"], ["session"],
                       api_name="prune_and_distill")
     page.on(page.stability.click, plan_stability, ["session", "by", *BUDGET], ["stability_line"],
             api_name="plan_stability")
