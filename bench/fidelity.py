@@ -11,6 +11,8 @@ and seed for every ranking) and evaluated again.
 
     python bench/fidelity.py [--seeds 5] [--iterative 2,4,8] [--distill-steps 0] [--out bench/results]
         → fidelity.csv, fidelity.png, the paired-difference table and the cost of iterative scoring
+    python bench/fidelity.py --cost-only          → only the cost line
+    python bench/fidelity.py --report fidelity.csv → the tables of a finished or stopped run
 """
 from __future__ import annotations
 
@@ -40,6 +42,12 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     clip = mope.load_model("demo", device="cpu")
+    if args.cost_only:
+        print(cost_line(clip, args))
+        return
+    if args.report:  # the tables and plot of a finished or stopped run's CSV
+        report(pd.read_csv(args.report), args, out)
+        return
     held_out = mope.load_task("shapes", n=args.eval, seed=1000)
     rows = []
     for s in range(args.seeds):
@@ -53,8 +61,13 @@ def main() -> None:
                                         for r in rows if r["seed"] == s), flush=True)
         if args.distill_steps:
             rows += distilled_rows(clip, scores, calibration, held_out, rankings, args, s)
-        df = pd.DataFrame(rows)
-        df.to_csv(out / "fidelity.csv", index=False)  # after every seed: a stopped run keeps what it measured
+        pd.DataFrame(rows).to_csv(out / "fidelity.csv", index=False)  # after every seed: a stopped run keeps it
+    report(pd.DataFrame(rows), args, out)
+    print("\n" + cost_line(clip, args))
+
+
+def report(df: pd.DataFrame, args, out: Path) -> None:
+    """The plot and, with and without distillation, the mean table and each iterative K's paired differences."""
     plot(df[~df.distilled], out / "fidelity.png")
     for distilled, part in df.groupby("distilled"):
         print(f"\n{'after ' + str(args.distill_steps) + ' distillation steps' if distilled else 'no distillation'}:")
@@ -62,7 +75,6 @@ def main() -> None:
         for k in args.iterative:
             print(f"\n{iterative_name(k)} minus each ranking (mean ± std over seeds, seeds ahead / seeds):")
             print(paired_table(part, iterative_name(k)).to_string())
-    print("\n" + cost_line(clip, args))
 
 
 def parse_args():
@@ -76,6 +88,8 @@ def parse_args():
     parser.add_argument("--iterative", default="2,4,8")
     parser.add_argument("--distill-steps", type=int, default=0)
     parser.add_argument("--distill-removed", default="0.75")
+    parser.add_argument("--cost-only", action="store_true", help="only the cost of iterative scoring")
+    parser.add_argument("--report", default=None, help="print the tables of this fidelity.csv (e.g. a stopped run's)")
     args = parser.parse_args()
     args.removed = [float(v) for v in args.removed.split(",")]
     args.iterative = [int(v) for v in args.iterative.split(",") if v]

@@ -94,3 +94,15 @@ def _grad_text(clip, task):
     from mope.evaluate import ensemble
     prompts = [t.format(c) for c in task.classnames for t in task.templates]
     return ensemble(clip.model.encode_text(clip.tokenizer(prompts).to(clip.device), normalize=True), len(task.classnames))
+
+
+def test_taylor_of_a_frozen_model_equals_the_unfrozen_and_leaves_it_frozen(tiny_dir):
+    """A distillation teacher is frozen (requires_grad off); Taylor scores of it must not fail or differ."""
+    clip = mope.load_model(str(tiny_dir), device=DEVICE)
+    task = mope.load_task("shapes", n=8)
+    units = enumerate_units(clip.model, ["vision"], ["head"])
+    group_sizes = check_group_size(clip.model, ["vision"], None)
+    want = importance.criterion("taylor")(clip, units, group_sizes, task=task)
+    clip.model.requires_grad_(False)
+    assert importance.criterion("taylor")(clip, units, group_sizes, task=task) == want
+    assert not any(p.requires_grad for p in clip.model.parameters())
