@@ -349,6 +349,13 @@ def test_sample_images_are_added_to_uploads_not_replacing_them(settings, tmp_pat
     assert "after your 1 image" in message
     again, _, _ = hc.add_samples(images, labels, settings)
     assert again == images  # pressing it twice adds nothing twice
+    copies = tmp_path / "gradio-cache"  # what the page sends back: the File component's copies, same names
+    copies.mkdir()
+    for path in images[1:]:
+        (copies / Path(path).name).write_bytes(Path(path).read_bytes())
+    shown = [images[0], *(str(copies / Path(p).name) for p in images[1:])]
+    again, _, message = hc.add_samples(shown, labels, settings)
+    assert again == [images[0], *images[1:]] and "after your 1 image" in message
 
 
 def test_a_drawing_is_predicted_by_each_model(settings, tiny_dir):

@@ -68,14 +68,16 @@ def served(tmp_path):
                 pass
 
 
-# Every toast as it appears (text, time): the walk checks that no event shows the same message twice.
+# Every toast message as it appears (time, text). Gradio 6 groups the messages of one type into one toast
+# ("Info (2)"), so each message is recorded, not each toast: the walk checks that no event shows one twice.
 TOAST_RECORDER = """
 window.__toasts = [];
 new MutationObserver((records) => {
   for (const record of records) for (const node of record.addedNodes) {
     if (!(node instanceof Element)) continue;
-    const bodies = node.matches('.toast-body') ? [node] : [...node.querySelectorAll('.toast-body')];
-    for (const body of bodies) window.__toasts.push([Date.now(), body.innerText.trim()]);
+    const texts = node.matches('[data-testid="toast-text"]') ? [node]
+      : [...node.querySelectorAll('[data-testid="toast-text"]')];
+    for (const text of texts) window.__toasts.push([Date.now(), text.innerText.trim()]);
   }
 }).observe(document, {childList: true, subtree: true});
 """

@@ -231,7 +231,8 @@ def add_samples(files: list[str] | None, labels_text: str | None, state: AppStat
     """(images, labels, message): the sample images added after the person's own (never replacing them), and
     their labels added to the typed ones."""
     paths, sample_labels = sample_images(state)
-    own = [f for f in (files or []) if f not in paths]
+    names = {Path(p).name for p in paths}
+    own = [f for f in (files or []) if Path(f).name not in names]  # the page sends its own copies of the samples
     typed = [s.strip() for s in str(labels_text or "").replace("\n", ",").split(",") if s.strip()]
     labels = ", ".join(dict.fromkeys(typed + sample_labels.split(", ")))
     kept = f", after your {len(own)} image{'s' * (len(own) != 1)}" if own else ""
