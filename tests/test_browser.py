@@ -225,27 +225,32 @@ def _compare_tab(page):
     expect(page.locator("#latency-note")).to_contain_text("back to back")
     expect(page.locator("#per-class-plot")).to_contain_text("Accuracy per class")
     assert _download(page, "#per-class-csv", ".csv").startswith(b"class,")
+    page.locator("#sketchpad button[aria-label='Brush']").click()
+    for y in (0.3, 0.5, 0.7):  # strokes before any label is typed: the note is in the plot (once), not a toast each
+        _stroke(page, [(0.4, y), (0.6, y)])
+    expect(page.locator("#sketch-bars")).to_contain_text("type at least one label", timeout=60_000)
     page.get_by_role("button", name="Add sample images").click()
     expect(page.locator("#gallery img").first).to_be_visible(timeout=30_000)
     page.locator("#predict").click()
     expect(page.locator("#predictions")).to_contain_text(re.compile(r"\d+%"), timeout=60_000)
     expect(page.locator("#probability-bars")).to_contain_text("forced choice")
-    _draw(page)
+    _stroke(page, [(0.4, 0.3), (0.6, 0.3), (0.6, 0.7), (0.4, 0.7), (0.4, 0.3)])  # a square
     expect(page.locator("#sketch-bars")).to_contain_text("demo", timeout=60_000)
     expect(page.locator("#sketch-bars")).to_contain_text("pruned")
     expect(page.locator("#next-compare")).to_contain_text("Next step")
     page.screenshot(path=ARTIFACTS / "4-compare.png", full_page=True)
 
 
-def _draw(page):
-    """Pick the brush and draw a square on the sketchpad."""
-    page.locator("#sketchpad button[aria-label='Brush']").click()
+def _stroke(page, points):
+    """One stroke on the sketchpad through `points` (fractions of the canvas), the brush already picked."""
     box = page.locator("#sketchpad canvas").first.bounding_box()
-    page.mouse.move(box["x"] + box["width"] * 0.4, box["y"] + box["height"] * 0.3)
+    at = [(box["x"] + box["width"] * x, box["y"] + box["height"] * y) for x, y in points]
+    page.mouse.move(*at[0])
     page.mouse.down()
-    for x, y in ((0.6, 0.3), (0.6, 0.7), (0.4, 0.7), (0.4, 0.3)):
-        page.mouse.move(box["x"] + box["width"] * x, box["y"] + box["height"] * y, steps=5)
+    for x, y in at[1:]:
+        page.mouse.move(x, y, steps=5)
     page.mouse.up()
+    page.wait_for_timeout(1500)  # each stroke is its own change event
 
 
 def _error_message(page):

@@ -5,7 +5,7 @@ import gradio as gr
 
 from .. import figures
 from ..choices import EVALUATION, PRESET_MODELS
-from ..page import Lazy, Page
+from ..page import Lazy, Page, user_error
 
 hc = Lazy("app.handlers.compare")
 hj = Lazy("app.handlers.jobs")
@@ -131,7 +131,12 @@ def wire(page: Page, loaded) -> None:
     def sketch(chosen, sketch, labels):
         if hc.sketch_image(sketch) is None:
             return {"sketch_bars": figures.empty("Draw something", height=240)}
-        got = hc.sketch_predictions(chosen, sketch, labels, state)
+        try:
+            got = hc.sketch_predictions(chosen, sketch, labels, state)
+        except Exception as e:  # every stroke asks again: a note in the plot, not one more toast per stroke
+            if not user_error(e):
+                raise
+            return {"sketch_bars": figures.empty(str(e), height=240), "sketch_csv": None}
         return {"sketch_bars": figures.probability_bars(got.names, got.labels, got.probs),
                 "sketch_csv": he.table_csv(got.long_table(), "drawing-probabilities", state)}
 
