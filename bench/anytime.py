@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 import mope
-from mope.plan import Budget, plan
+from mope.planning import Budget, plan
 from mope.scoring import Cancelled, score
 from mope.units import enumerate_units, tower_blocks
 

@@ -34,7 +34,7 @@ from prune import compare, random_clip
 
 import mope
 from mope.ablation import ablated
-from mope.evaluate import task_texts
+from mope.evaluation import task_texts
 from mope.scoring import score
 from mope.settings import default_device
 from mope.speed import device_name, median_seconds

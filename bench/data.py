@@ -21,7 +21,7 @@ import tempfile
 import mope
 from mope.demo import train_demo
 from mope.distill import DistillConfig, distill
-from mope.plan import Budget, plan
+from mope.planning import Budget, plan
 from mope.scoring import unit_table
 from mope.settings import default_device
 from mope.speed import device_name

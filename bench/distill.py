@@ -25,7 +25,7 @@ import pandas as pd
 
 import mope
 from mope.distill import DistillConfig, distill
-from mope.plan import Budget
+from mope.planning import Budget
 from mope.scoring import score
 
 

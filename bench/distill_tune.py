@@ -19,7 +19,7 @@ import time
 
 import mope
 from mope.distill import DistillConfig, distill
-from mope.plan import Budget
+from mope.planning import Budget
 from mope.scoring import score
 
 VARIANTS = {"hidden 1.0": {"hidden": 1.0}, "hidden 1.0 + contrastive": {"hidden": 1.0, "contrastive": 1.0},

@@ -24,7 +24,7 @@ import torch
 
 import mope
 from mope.export import export
-from mope.plan import Budget, plan
+from mope.planning import Budget, plan
 from mope.scoring import unit_table
 from mope.units import tower_summary
 

@@ -30,7 +30,7 @@ import pandas as pd
 import mope
 from mope.distill import DistillConfig, distill
 from mope.pipeline import prune_model
-from mope.plan import Budget
+from mope.planning import Budget
 from mope.scoring import score
 from mope.study import compression_curve, curve_model, iterative_name
 

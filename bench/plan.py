@@ -10,9 +10,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: python bench/plan.py
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from test_plan import _vit_b_table  # noqa: E402
+from test_planning import _vit_b_table  # noqa: E402
 
-from mope.plan import Budget, plan  # noqa: E402
+from mope.planning import Budget, plan  # noqa: E402
 
 
 def main() -> None:

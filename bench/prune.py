@@ -20,7 +20,7 @@ import torch
 
 import mope
 from mope.clip import Clip
-from mope.plan import Budget, plan
+from mope.planning import Budget, plan
 from mope.scoring import unit_table
 from mope.settings import default_device
 from mope.speed import gflops_per_sample, latency_seconds

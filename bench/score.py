@@ -21,7 +21,7 @@ from open_clip.transformer import ResidualAttentionBlock
 
 import mope
 from mope.data.tasks import image_batches
-from mope.evaluate import task_texts
+from mope.evaluation import task_texts
 from mope.scoring import score
 from mope.speed import median_seconds
 from mope.units import KINDS, TOWERS, enumerate_units, tokens_of, tower_blocks

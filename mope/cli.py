@@ -112,7 +112,7 @@ class _progress_bar:
 def _prune(args) -> None:
     from . import load_model, load_task
     from .pipeline import check_steps, prune_model
-    from .plan import Budget, Plan
+    from .planning import Budget, Plan
     from .pruned import save_pruned
     from .scoring import load_scores
     from .stability import stability_line

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from . import pipeline, scoring
 from .distill import DistillConfig
-from .plan import Budget
+from .planning import Budget
 from .study import DEFAULT_RANKINGS, compression_curve
 
 DATA = "shapes"       # data spec when none is given (the built-in shapes world)

@@ -23,7 +23,7 @@ from open_clip_train.scheduler import cosine_lr
 from .clip import Clip
 from .data.streams import BatchLoader, StepClock, dead_worker, pair_batches, resolve_workers
 from .errors import MopeError
-from .evaluate import evaluate
+from .evaluation import evaluate
 from .io import atomic_save_safetensors, atomic_torch_save, atomic_write_json, write_failed
 from .progress import TimeLeft
 from .units import TOWERS, tower_blocks

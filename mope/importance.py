@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from .clip import Clip
 from .data.tasks import Task, image_batches
 from .errors import MopeError
-from .evaluate import contrastive_loss, ensemble, task_texts
+from .evaluation import contrastive_loss, ensemble, task_texts
 from .units import Unit, unit_weights
 
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 from .blocks import by_layer
 from .clip import Clip
 from .errors import MopeError
-from .plan import Budget, check_budget, plan
+from .planning import Budget, check_budget, plan
 from .scoring import score, unit_table
 from .stability import measured_stability
 from .surgery import prune

@@ -91,7 +91,7 @@ def _study(p, ctx) -> dict:
 
 def _budget(p):
     """The job's Budget: `budget` (a dict of Budget fields) when given, else keep / layers / strategy / towers."""
-    from .plan import Budget
+    from .planning import Budget
 
     if p.get("budget"):
         fields = dict(p["budget"])

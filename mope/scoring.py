@@ -27,7 +27,7 @@ from .cache import key_of, model_fingerprint, open_cache
 from .clip import Clip
 from .data.tasks import Task
 from .errors import MopeError
-from .evaluate import (
+from .evaluation import (
     check_metric,
     default_metric,
     ensemble,

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import MopeError
-from .plan import Budget, Plan, plan
+from .planning import Budget, Plan, plan
 from .scoring import per_image
 
 STABLE = 0.9  # a unit removed in at least this fraction of the resamples counts as stable

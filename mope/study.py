@@ -13,9 +13,9 @@ from . import importance
 from .clip import Clip
 from .data.tasks import Task
 from .errors import MopeError
-from .evaluate import default_metric, evaluate
+from .evaluation import default_metric, evaluate
 from .pipeline import prune_model
-from .plan import Budget, Plan, plan
+from .planning import Budget, Plan, plan
 from .progress import TimeLeft
 from .scoring import Cancelled
 from .surgery import prune

@@ -33,10 +33,10 @@ def vocabulary() -> dict[str, tuple[str, ...]]:
     from .anytime import SCHEDULES
     from .data.shapes import PLACEMENTS
     from .data.tasks import SHAPES_TEMPLATES, TASK_KINDS
-    from .evaluate import metric_names
+    from .evaluation import metric_names
     from .export import FORMATS
     from .pipeline import STEP_SCHEDULES
-    from .plan import MEASURES, STRATEGIES
+    from .planning import MEASURES, STRATEGIES
     from .results import EVAL_FORMATS
     from .units import KINDS, TOWERS
 
@@ -256,7 +256,7 @@ def budget(value, label: str) -> dict:
     {tower: number} dict, for the counts and fractions), towers a list."""
     from dataclasses import fields
 
-    from .plan import Budget
+    from .planning import Budget
 
     known = [f.name for f in fields(Budget)]
     if not isinstance(value, dict):

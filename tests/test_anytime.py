@@ -9,8 +9,8 @@ import mope
 from mope import scoring
 from mope.anytime import contested, effective_se, ladder, next_levels, note, standard_error
 from mope.cache import open_cache
-from mope.evaluate import image_embeddings, task_text_embeddings, task_texts
-from mope.plan import Budget, plan
+from mope.evaluation import image_embeddings, task_text_embeddings, task_texts
+from mope.planning import Budget, plan
 from mope.scoring import Cancelled, score
 from mope.units import KINDS
 

@@ -19,3 +19,21 @@ def test_no_function_over_80_lines(package):
                 if lines > LIMIT:
                     long.append(f"{name} ({lines} lines)")
     assert not long, f"functions over {LIMIT} lines in {package}/: {', '.join(long)}"
+
+
+def test_no_module_of_mope_is_named_like_a_function_the_package_exports():
+    """`mope.plan` and `mope.evaluate` are functions: their modules (planning, evaluation) have other names, so
+    importing a module never rebinds a package attribute."""
+    import importlib
+    import pkgutil
+    import types
+
+    import mope
+
+    modules = {m.name for m in pkgutil.iter_modules(mope.__path__)}
+    exported = {name for name, module in mope._EXPORTS.items() if module is not None}
+    assert not modules & exported
+    for name in ("planning", "evaluation"):
+        importlib.import_module(f"mope.{name}")
+    assert not isinstance(mope.plan, types.ModuleType) and not isinstance(mope.evaluate, types.ModuleType)
+    assert mope.plan is importlib.import_module("mope.planning").plan

@@ -2,7 +2,7 @@ import pytest
 
 import mope
 from mope.card import model_card, source_sizes, tower_sizes
-from mope.plan import Budget, plan
+from mope.planning import Budget, plan
 from mope.scoring import unit_table
 from mope.surgery import prune_units
 from mope.units import Unit, tower_summary

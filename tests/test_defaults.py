@@ -5,7 +5,7 @@ from mope import defaults, jobs
 from mope.cli import build_parser
 from mope.distill import DistillConfig
 from mope.pipeline import prune_model
-from mope.plan import Budget
+from mope.planning import Budget
 from mope.scoring import score
 from mope.study import DEFAULT_RANKINGS, compression_curve
 

@@ -10,7 +10,7 @@ from conftest import DEVICE, TORCHRUN_DEVICE, subprocess_env
 import mope
 from mope import distill as distill_module
 from mope.distill import DistillConfig, distill, loss_terms
-from mope.plan import Budget
+from mope.planning import Budget
 from mope.scoring import unit_table
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,8 +5,8 @@ from conftest import DEVICE
 import mope
 from mope import importance, study
 from mope.cli import build_parser
-from mope.evaluate import contrastive_loss
-from mope.plan import Budget, plan
+from mope.evaluation import contrastive_loss
+from mope.planning import Budget, plan
 from mope.scoring import baseline_correlations, score, unit_table
 from mope.units import Unit, check_group_size, enumerate_units, unit_weights
 
@@ -91,7 +91,7 @@ def _grad_images(clip, task):
 
 
 def _grad_text(clip, task):
-    from mope.evaluate import ensemble
+    from mope.evaluation import ensemble
     prompts = [t.format(c) for c in task.classnames for t in task.templates]
     return ensemble(clip.model.encode_text(clip.tokenizer(prompts).to(clip.device), normalize=True), len(task.classnames))
 

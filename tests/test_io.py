@@ -49,7 +49,7 @@ def test_a_full_disk_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch,
 
 
 def test_a_pruned_model_that_does_not_fit_leaves_no_folder(tiny_dir, tmp_path, monkeypatch):
-    from mope.plan import Budget
+    from mope.planning import Budget
     from mope.scoring import unit_table
 
     clip = mope.load_model(str(tiny_dir), device="cpu")

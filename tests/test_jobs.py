@@ -229,7 +229,7 @@ def test_cli_submit_list_show_cancel(home):
 
 
 def test_cancelled_distillation_keeps_its_checkpoint_and_resumes(home, tiny_dir):
-    from mope.plan import Budget
+    from mope.planning import Budget
     from mope.scoring import unit_table
 
     clip = mope.load_model(str(tiny_dir), device=DEVICE)

@@ -7,7 +7,7 @@ import mope
 from mope import pipeline
 from mope.errors import MopeError
 from mope.pipeline import plan_total, prune_model, step_counts, step_targets
-from mope.plan import Budget
+from mope.planning import Budget
 from mope.scoring import unit_table
 from mope.surgery import prune_units
 from mope.units import Unit, tower_blocks

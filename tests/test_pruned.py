@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import mope
-from mope.plan import Budget, plan
+from mope.planning import Budget, plan
 from mope.pruned import _quiet_logging, describe_provenance, folder_provenance, provenance, save_pruned
 from mope.scoring import unit_table
 from mope.surgery import prune_units

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from mope.errors import MopeError
-from mope.plan import Budget
+from mope.planning import Budget
 from mope.stability import plan_stability, stability_line
 
 
@@ -42,7 +42,7 @@ def test_no_per_image_results_is_a_clear_error():
 
 
 def test_the_plan_carries_its_stability_through_a_round_trip():
-    from mope.plan import Plan, plan
+    from mope.planning import Plan, plan
     from mope.stability import with_stability
 
     scores, matrix = table(np.random.default_rng(1).normal(0, 0.1, (4, 16)) + np.arange(4)[:, None])

@@ -9,7 +9,7 @@ from conftest import DEVICE
 import mope
 from mope.ablation import ablated
 from mope.blocks import PrunedAttention
-from mope.plan import Budget, plan
+from mope.planning import Budget, plan
 from mope.pruned import save_pruned
 from mope.scoring import unit_table
 from mope.surgery import prune, prune_units

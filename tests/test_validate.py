@@ -162,7 +162,7 @@ def test_every_cli_option_has_a_rule():
 def test_the_vocabularies_are_the_librarys():
     from mope import importance
     from mope.anytime import SCHEDULES
-    from mope.plan import STRATEGIES
+    from mope.planning import STRATEGIES
 
     words = validate.vocabulary()
     assert words["strategy"] is STRATEGIES and words["schedule"] is SCHEDULES

@@ -11,7 +11,7 @@ from PIL import Image
 import mope
 from mope.data import shapes
 from mope.errors import MopeError
-from mope.evaluate import label_probabilities, per_class_accuracy
+from mope.evaluation import label_probabilities, per_class_accuracy
 from mope.io import atomic_write
 from mope.pruned import folder_provenance, provenance
 from mope.speed import interleaved_latency

@@ -12,7 +12,7 @@ import torch
 
 import mope
 from mope.errors import MopeError
-from mope.plan import Budget
+from mope.planning import Budget
 
 from ..security import allowed_path, check_calibration, check_scores, check_spec, check_training_data
 from ..state import AppState

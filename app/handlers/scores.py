@@ -7,7 +7,7 @@ import pandas as pd
 
 import mope
 from mope.errors import MopeError
-from mope.evaluate import metric_names
+from mope.evaluation import metric_names
 from mope.runners import scores_path
 from mope.scoring import (
     baseline_correlations,

@@ -3,7 +3,7 @@ import torch
 from conftest import DEVICE
 
 import mope
-from mope.evaluate import (
+from mope.evaluation import (
     classification_metrics,
     classifier,
     retrieval_metrics,
@@ -75,7 +75,7 @@ def test_per_class_accuracy_side_by_side_lost_most_first(monkeypatch):
     import importlib
     from types import SimpleNamespace
 
-    ev = importlib.import_module("mope.evaluate")  # the package attribute `mope.evaluate` is the function
+    ev = importlib.import_module("mope.evaluation")
 
     task = SimpleNamespace(kind="zeroshot", labels=torch.tensor([0, 0, 1, 1, 2, 2, 2]),
                            classnames=["red", "blue", "green", "unused"])
@@ -91,7 +91,7 @@ def test_per_class_accuracy_side_by_side_lost_most_first(monkeypatch):
 
 
 def test_per_class_accuracy_agrees_with_acc1(tiny_dir):
-    from mope.evaluate import per_class_accuracy
+    from mope.evaluation import per_class_accuracy
 
     clip = mope.load_model(str(tiny_dir), device=DEVICE)
     task = mope.load_task("shapes:target=colour", n=48)

@@ -4,7 +4,7 @@ import pytest
 from conftest import DEVICE
 
 import mope
-from mope.plan import Budget, Plan, plan
+from mope.planning import Budget, Plan, plan
 from mope.scoring import unit_table
 
 
