@@ -22,3 +22,17 @@ DEVICES = ["auto", "cpu", "cuda"]
 CRITERIA = ("mope", "magnitude", "random", "taylor")
 BASELINES = CRITERIA[1:]
 STEP_SCHEDULES = ("even", "geometric")  # mope.pipeline.STEP_SCHEDULES (tests/test_app.py keeps them equal)
+# The controls' defaults: the library's (mope.defaults), written out for the same reason; tests/test_defaults.py
+# keeps each equal to the value in mope.defaults named beside it.
+CONTROL_DEFAULTS = {"calibration_n": 256,            # defaults.CALIBRATION_N
+                    "eval_n": 500,                   # defaults.EVAL_N
+                    "towers": ["vision", "text"],    # defaults.score()["towers"]
+                    "data": "shapes",                # defaults.DATA
+                    "distill_steps": 300,            # defaults.QUICK_DISTILL_STEPS
+                    "batch_size": 64,                # defaults.distill()["batch_size"]
+                    "strategy": "uniform",           # defaults.prune()["strategy"]
+                    "measure": "params",             # defaults.prune()["measure"]
+                    "by": "mope",                    # defaults.prune()["by"]
+                    "iterative": 1,                  # defaults.prune()["steps"]
+                    "step_schedule": "even",         # defaults.prune()["step_schedule"]
+                    "keep": 0.5}                     # defaults.KEEP

@@ -96,8 +96,8 @@ def main() -> None:
         planned = run(f"vision 50% by {by}", teacher, mope.prune(teacher, p), held_out, args, out, ["acc1"],
                       teacher_zs, rows, steps=planned)
 
-    calibration_r = mope.load_task("shapes", kind="retrieval", n=256, seed=2000)
-    held_out_r = mope.load_task("shapes", kind="retrieval", n=1000, seed=1000)
+    calibration_r = mope.load_task("shapes", protocol="retrieval", n=256, seed=2000)
+    held_out_r = mope.load_task("shapes", protocol="retrieval", n=1000, seed=1000)
     teacher_r = mope.evaluate(teacher, held_out_r)
     scores_r = score(teacher, calibration_r, towers=["vision", "text"], units=["head", "neurons"], cache=False,
                      baselines=())

@@ -35,7 +35,7 @@ def main() -> None:
     print(f"{'metric':<22}" + "".join(f"{p:>10}" for p in PLACEMENTS))
     for label, option, kind, metric in ROWS:
         values = [mope.evaluate(clip, mope.load_task(f"shapes:{option},placement={placement},seed={args.seed}",
-                                                     kind=kind, n=args.n))[metric] for placement in PLACEMENTS]
+                                                     protocol=kind, n=args.n))[metric] for placement in PLACEMENTS]
         print(f"{label:<22}" + "".join(f"{v:>10.4f}" for v in values), flush=True)
 
 

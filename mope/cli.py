@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from .data.tasks import TASK_KINDS
+from .data.tasks import PROTOCOLS
 from .errors import MopeError
 from .results import EVAL_FORMATS
 from .validate import cli_args
@@ -21,10 +21,10 @@ def _eval(args) -> None:
     if args.out:
         check_out_file(args.out)
     clip = load_model(args.model, device=args.device)
-    task = load_task(args.data, kind=args.task, n=args.n, seed=args.seed, image_root=args.image_root)
+    task = load_task(args.data, protocol=args.task, n=args.n, seed=args.seed, image_root=args.image_root)
     metrics = evaluate(clip, task, batch_size=args.batch_size)
     if args.format == "clip_benchmark":
-        _write_clip_benchmark(args, task.kind, metrics)
+        _write_clip_benchmark(args, task.protocol, metrics)
         return
     if args.json:
         print(json.dumps({"model": clip.spec, "task": task.name, "images": len(task), "skipped": task.skipped,
@@ -35,10 +35,10 @@ def _eval(args) -> None:
         print(f"  {name:<28} {value:.4f}")
 
 
-def _write_clip_benchmark(args, kind: str, metrics: dict) -> None:
+def _write_clip_benchmark(args, protocol: str, metrics: dict) -> None:
     from .results import clip_benchmark_record, write_clip_benchmark
 
-    record = clip_benchmark_record(args.model, args.data, kind, metrics)
+    record = clip_benchmark_record(args.model, args.data, protocol, metrics)
     if args.out:
         print(f"{record['task']} of {args.model} on {args.data} -> {write_clip_benchmark(record, args.out)}")
     else:
@@ -68,7 +68,7 @@ def _score(args) -> None:
     from .scoring import baseline_correlations, save_scores, score_distributed
 
     clip = load_model(args.model, device=args.device)
-    task = load_task(args.data, kind=args.task, n=args.n, seed=args.seed, image_root=args.image_root)
+    task = load_task(args.data, protocol=args.task, n=args.n, seed=args.seed, image_root=args.image_root)
     with _progress_bar("scoring", args.quiet) as progress:
         df = score_distributed(clip, task, towers=_csv_list(args.towers),
                                units=_csv_list(args.units, {"heads": "head", "layers": "layer"}),
@@ -331,15 +331,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_eval(sub) -> None:
+    from . import defaults
+
     p = sub.add_parser("eval", help="zero-shot metrics of a model on a task")
     p.add_argument("--model", default="demo", help="model spec (demo, NAME:TAG, NAME:/ckpt, hf-hub:…, folder)")
-    p.add_argument("--data", default="shapes", help="shapes[:target=…,placement=grid|free,seed=…], folder:PATH, pairs:FILE, "
+    p.add_argument("--data", default=defaults.DATA, help="shapes[:target=…,placement=grid|free,seed=…], folder:PATH, pairs:FILE, "
                                                         "cifar10, cifar100")
-    p.add_argument("--task", choices=TASK_KINDS, default=None)
+    p.add_argument("--task", choices=PROTOCOLS, default=None)
     p.add_argument("--n", type=int, default=None, help="use n images")
     p.add_argument("--seed", type=int, default=None, help="shapes seed (default: the held-out seed 1000)")
     p.add_argument("--image-root", default=None, help="folder that relative image paths in pairs:FILE start from")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=defaults.evaluate()["batch_size"])
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--format", choices=EVAL_FORMATS, default="text",
@@ -365,7 +367,7 @@ def _add_score(sub) -> None:
     p = sub.add_parser("score", help="MoPE score of every unit (one row per unit, CSV)")
     p.add_argument("--model", default="demo")
     p.add_argument("--data", default=defaults.DATA)
-    p.add_argument("--task", choices=TASK_KINDS, default=None)
+    p.add_argument("--task", choices=PROTOCOLS, default=None)
     p.add_argument("--n", type=int, default=defaults.CALIBRATION_N, help="calibration images")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--image-root", default=None)

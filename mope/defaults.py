@@ -12,7 +12,7 @@ import typing
 from dataclasses import MISSING, asdict, fields
 from typing import Any, Callable
 
-from . import pipeline, scoring
+from . import evaluation, pipeline, scoring
 from .distill import DistillConfig
 from .planning import Budget
 from .study import DEFAULT_RANKINGS, compression_curve
@@ -20,6 +20,8 @@ from .study import DEFAULT_RANKINGS, compression_curve
 DATA = "shapes"       # data spec when none is given (the built-in shapes world)
 CALIBRATION_N = 256   # calibration images for scoring and re-scoring
 EVAL_N = 500          # held-out images for an evaluation
+KEEP = 0.5            # the keep fraction offered first (a prune job's `keep`, the app's vision slider)
+QUICK_DISTILL_STEPS = 300  # the app's distillation: shorter than DistillConfig.steps, a curve within minutes on a CPU
 
 
 def keyword_defaults(fn: Callable) -> dict[str, Any]:
@@ -38,6 +40,11 @@ def distill_types() -> dict[str, type]:
     hints = typing.get_type_hints(DistillConfig)
     return {f.name: next((t for t in typing.get_args(hints[f.name]) if t is not type(None)), hints[f.name])
             for f in fields(DistillConfig)}
+
+
+def evaluate() -> dict[str, Any]:
+    """evaluation.evaluate's defaults (batch_size)."""
+    return keyword_defaults(evaluation.evaluate)
 
 
 def score() -> dict[str, Any]:

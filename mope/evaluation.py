@@ -42,7 +42,7 @@ def prompts(classnames: Sequence[str], templates: Sequence[str]) -> list[str]:
 
 def task_texts(task: Task) -> list[str]:
     """What the text tower reads for a task: the class prompts (zero-shot) or the captions (retrieval)."""
-    return prompts(task.classnames, task.templates) if task.kind == "zeroshot" else task.texts
+    return prompts(task.classnames, task.templates) if task.protocol == "zeroshot" else task.texts
 
 
 def ensemble(prompt_emb: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -95,22 +95,22 @@ def retrieval_hits(similarity: torch.Tensor, text_to_image: torch.Tensor,
 def task_metrics(task: Task, image_emb: torch.Tensor, text_emb: torch.Tensor) -> dict[str, float]:
     """Metrics from embeddings: text_emb is the class classifier (zeroshot) or the captions (retrieval)."""
     sim = image_emb @ text_emb.T
-    if task.kind == "zeroshot":
+    if task.protocol == "zeroshot":
         return classification_metrics(sim, task.labels)
     return retrieval_metrics(sim, task.text_to_image)
 
 
-def metric_names(kind: str) -> list[str]:
-    """Metrics a task of this kind can be scored by: its own, plus 'loss' (continuous) and, for retrieval,
-    'recall_mean'."""
-    if kind == "zeroshot":
+def metric_names(protocol: str) -> list[str]:
+    """Metrics a task of this protocol (zeroshot or retrieval) can be scored by: its own, plus 'loss' (continuous)
+    and, for retrieval, 'recall_mean'."""
+    if protocol == "zeroshot":
         return ["acc1", "acc5", "mean_per_class_recall", "loss"]
     return [f"{d}_retrieval_recall@{k}" for d in ("image", "text") for k in RECALL_KS] + ["recall_mean", "loss"]
 
 
 def default_metric(task: Task) -> str:
     """The paper's choices: top-1 accuracy for classification, mean retrieval recall for retrieval."""
-    return "acc1" if task.kind == "zeroshot" else "recall_mean"
+    return "acc1" if task.protocol == "zeroshot" else "recall_mean"
 
 
 def higher_is_better(metric: str) -> bool:
@@ -118,8 +118,8 @@ def higher_is_better(metric: str) -> bool:
 
 
 def check_metric(task: Task, metric: str) -> None:
-    if metric not in metric_names(task.kind):
-        raise MopeError(f"a {task.kind} task has no metric '{metric}'; use one of {', '.join(metric_names(task.kind))}")
+    if metric not in metric_names(task.protocol):
+        raise MopeError(f"a {task.protocol} task has no metric '{metric}'; use one of {', '.join(metric_names(task.protocol))}")
 
 
 def metric_value(metric: str, task: Task, image_emb: torch.Tensor, text_emb: torch.Tensor,
@@ -188,7 +188,7 @@ def contrastive_loss(task: Task, image_emb: torch.Tensor, text_emb: torch.Tensor
     """Zero-shot cross-entropy (classification) or the symmetric contrastive loss with several
     positives per image (retrieval): a continuous metric that still ranks where accuracy ties."""
     logits = logit_scale * image_emb @ text_emb.T
-    if task.kind == "zeroshot":
+    if task.protocol == "zeroshot":
         return F.cross_entropy(logits, task.labels.to(logits.device))
     owner = task.text_to_image.to(logits.device)
     text_to_image = F.cross_entropy(logits.T, owner)
@@ -200,7 +200,7 @@ def contrastive_loss(task: Task, image_emb: torch.Tensor, text_emb: torch.Tensor
 
 
 def task_text_embeddings(clip: Clip, task: Task) -> torch.Tensor:
-    if task.kind == "zeroshot":
+    if task.protocol == "zeroshot":
         return classifier(clip, task.classnames, task.templates)
     return text_embeddings(clip, task.texts)
 
@@ -214,8 +214,8 @@ def evaluate(clip: Clip, task: Task, batch_size: int = 64) -> dict[str, float]:
 
 def top1_predictions(clip: Clip, task: Task, batch_size: int = 64) -> torch.Tensor:
     """The class each of the task's images is assigned (zero-shot top-1), (N,) on the CPU."""
-    if task.kind != "zeroshot":
-        raise MopeError(f"task {task.name} is a {task.kind} task: per-class accuracy needs a classification task")
+    if task.protocol != "zeroshot":
+        raise MopeError(f"task {task.name} is a {task.protocol} task: per-class accuracy needs a classification task")
     return (image_embeddings(clip, task, batch_size) @ task_text_embeddings(clip, task).T).argmax(dim=1)
 
 

@@ -152,15 +152,15 @@ def _summed_gradients(clip: Clip, task: Task, batch_size: int) -> dict:
     grads = {p: torch.zeros_like(p) for p in params}
     scale = model.logit_scale.exp().detach()
     tokens = clip.tokenizer(task_texts(task)).to(clip.device)
-    batches = list(image_batches(task, clip.preprocess, batch_size if task.kind == "zeroshot" else len(task)))
+    batches = list(image_batches(task, clip.preprocess, batch_size if task.protocol == "zeroshot" else len(task)))
     start = 0
     for x in batches:
         with torch.enable_grad():
             text = model.encode_text(tokens, normalize=True)
-            if task.kind == "zeroshot":
+            if task.protocol == "zeroshot":
                 text = ensemble(text, len(task.classnames))
             image = model.encode_image(x.to(clip.device), normalize=True)
-            if task.kind == "zeroshot":
+            if task.protocol == "zeroshot":
                 labels = task.labels[start:start + len(x)].to(clip.device)
                 loss = F.cross_entropy(scale * image @ text.T, labels, reduction="sum") / len(task)
             else:

@@ -47,20 +47,20 @@ CURVE_POINTS = 5000
 LOCK_DIR = Path(tempfile.gettempdir())  # machine-wide: the GPU locks live here
 WORKER_LOCK_FD = "MOPE_WORKER_LOCK_FD"  # the inherited, already locked worker.lock of a started worker
 
-_PLAIN_KINDS = {"ping": ((), {"seconds": 0.0}), "export": (("model", "out"), {"format": "onnx"})}  # no library defaults
+_PLAIN_JOB_KINDS = {"ping": ((), {"seconds": 0.0}), "export": (("model", "out"), {"format": "onnx"})}  # no library defaults
 
 
 @functools.cache
-def kinds() -> dict[str, tuple[tuple[str, ...], dict[str, Any]]]:
-    """kind → (required params, optional params with defaults); the defaults are the library's (mope.defaults).
+def job_kinds() -> dict[str, tuple[tuple[str, ...], dict[str, Any]]]:
+    """job kind → (required params, optional params with defaults); the defaults are the library's (mope.defaults).
 
-    Built on first use (also as `jobs.KINDS`): reading the library's defaults imports torch, which a
+    Built on first use (also as `jobs.JOB_KINDS`): reading the library's defaults imports torch, which a
     worker starting up should not wait for.
     """
     from . import defaults
 
     _SCORE, _PRUNE, _STUDY, _DISTILL = defaults.score(), defaults.prune(), defaults.study(), defaults.distill()
-    _PRUNING = {"scores": None, "budget": None, "by": _PRUNE["by"], "keep": 0.5, "towers": list(_PRUNE["towers"]),
+    _PRUNING = {"scores": None, "budget": None, "by": _PRUNE["by"], "keep": defaults.KEEP, "towers": list(_PRUNE["towers"]),
                 "strategy": _PRUNE["strategy"], "layers": 0, "iterative": _PRUNE["steps"],
                 "step_schedule": _PRUNE["step_schedule"], "rescore_margin": _PRUNE["rescore_margin"],
                 "data": defaults.DATA, "task": None, "n": defaults.CALIBRATION_N}
@@ -68,7 +68,7 @@ def kinds() -> dict[str, tuple[tuple[str, ...], dict[str, Any]]]:
                    "eval_data": defaults.DATA, "eval_n": defaults.EVAL_N, "eval_every": _DISTILL["eval_every"],
                    "resume": False, "workers": _DISTILL["workers"]}
     return {
-        **_PLAIN_KINDS,
+        **_PLAIN_JOB_KINDS,
         "evaluate": (("model",), {"data": defaults.DATA, "task": None, "n": defaults.EVAL_N, "device": None}),
         "score": (("model",), {"data": defaults.DATA, "task": None, "n": defaults.CALIBRATION_N,
                                "towers": list(_SCORE["towers"]), "units": list(_SCORE["units"]),
@@ -86,8 +86,8 @@ def kinds() -> dict[str, tuple[tuple[str, ...], dict[str, Any]]]:
 
 
 def __getattr__(name: str):
-    if name == "KINDS":
-        return kinds()
+    if name == "JOB_KINDS":
+        return job_kinds()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 class Store:
@@ -388,9 +388,9 @@ def gpu_turn(device: str, should_stop, waiting=lambda: None):
 def validate(kind: str, params: dict) -> dict:
     """Params with defaults filled in and checked (mope.validate: numbers in range, lists non-empty, specs
     parsed, paths usable); a clear error for an unknown kind, a missing, an unknown or a bad param."""
-    if kind not in _PLAIN_KINDS and kind not in kinds():  # ping and export validate without importing torch
-        raise MopeError(f"unknown job kind '{kind}'; use one of {', '.join(kinds())}")
-    required, optional = _PLAIN_KINDS.get(kind) or kinds()[kind]
+    if kind not in _PLAIN_JOB_KINDS and kind not in job_kinds():  # ping and export validate without importing torch
+        raise MopeError(f"unknown job kind '{kind}'; use one of {', '.join(job_kinds())}")
+    required, optional = _PLAIN_JOB_KINDS.get(kind) or job_kinds()[kind]
     missing = [k for k in required if k not in params]
     unknown = [k for k in params if k not in required and k not in optional]
     if missing or unknown:

@@ -30,11 +30,11 @@ def model_and_pretrained(spec: str) -> tuple[str, str]:
     return parsed.text, ""
 
 
-def clip_benchmark_record(spec: str, dataset: str, kind: str, metrics: dict[str, float],
+def clip_benchmark_record(spec: str, dataset: str, protocol: str, metrics: dict[str, float],
                           language: str = "en") -> dict:
-    """One CLIP_benchmark result: the model spec, the data spec, the task kind and its metrics."""
+    """One CLIP_benchmark result: the model spec, the data spec, the task's protocol (zeroshot or retrieval) and its metrics."""
     model, pretrained = model_and_pretrained(spec)
-    return {"dataset": dataset, "model": model, "pretrained": pretrained, "task": TASKS[kind],
+    return {"dataset": dataset, "model": model, "pretrained": pretrained, "task": TASKS[protocol],
             "metrics": {k: float(v) for k, v in metrics.items()}, "language": language}
 
 

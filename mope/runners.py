@@ -20,7 +20,7 @@ def _evaluate(p, ctx) -> dict:
     from . import evaluate, load_model, load_task
 
     clip = load_model(p["model"], device=p["device"])
-    metrics = evaluate(clip, load_task(p["data"], kind=p["task"], n=p["n"]))
+    metrics = evaluate(clip, load_task(p["data"], protocol=p["task"], n=p["n"]))
     ctx.metrics(metrics)
     return {"metrics": metrics}
 
@@ -37,7 +37,7 @@ def _score(p, ctx) -> dict:
     from .scoring import save_scores, score
 
     clip = load_model(p["model"], device=p["device"])
-    task = load_task(p["data"], kind=p["task"], n=p["n"])
+    task = load_task(p["data"], protocol=p["task"], n=p["n"])
 
     def progress(done, total, eta, rows):
         exact = not rows or "round" not in rows[-1]
@@ -109,7 +109,7 @@ def _pruned(p, clip, ctx):
     scores = load_scores(p["scores"]) if p["scores"] else None
     iterative = p.get("iterative", 1)
     rescore = scores is None or budget.per_tower("layers") or iterative > 1
-    task = load_task(p["data"], kind=p.get("task"), n=p["n"]) if rescore else None
+    task = load_task(p["data"], protocol=p.get("task"), n=p["n"]) if rescore else None
     return prune_model(clip, task, budget, scores=scores, by=p.get("by", "mope"), should_stop=ctx.should_stop,
                        steps=iterative, step_schedule=p.get("step_schedule", "even"),
                        rescore_margin=p.get("rescore_margin"),  # absent in older jobs: all

@@ -145,7 +145,7 @@ class _Samples:
 
     def __init__(self, scorer: "FastScorer", tower: str, first: int):
         task = self.task = scorer.task
-        self.tower, self.templates = tower, tower == "text" and task.kind == "zeroshot"
+        self.tower, self.templates = tower, tower == "text" and task.protocol == "zeroshot"
         self.total = len(task.templates) if self.templates else len(task)
         self.ladder = (ladder(max(1, round(first * self.total / len(task))), self.total) if self.templates
                        else ladder(first, self.total, least=MIN_ROWS))  # fewer new images cost as much (padding)
@@ -584,7 +584,7 @@ class FastScorer(_Scorer):
         """What one chunk's (padded) embeddings leave for the metrics: per-image stats (images × metrics) or
         the embeddings. Row by row: a sample's result does not depend on the chunk it came in."""
         start, stop = span
-        if tower == "vision" and self.task.kind == "zeroshot":
+        if tower == "vision" and self.task.protocol == "zeroshot":
             labels = inputs.labels(start, stop)
             return torch.stack([zeroshot_stats(m, emb, state["other"], labels, self.scale)
                                 for m in self.metrics], 1)[:stop - start]
@@ -593,7 +593,7 @@ class FastScorer(_Scorer):
     def finish(self, tower: str, state: dict, pieces: list[torch.Tensor]) -> tuple[dict[str, float], torch.Tensor]:
         """The metric values and the chosen metric's per-image contributions (their mean is the metric)."""
         task, own = self.task, torch.cat(pieces)
-        if task.kind == "zeroshot":
+        if task.protocol == "zeroshot":
             labels = task.labels
             if tower == "text":
                 classifier = ensemble(own, len(task.classnames))
@@ -613,7 +613,7 @@ class FastScorer(_Scorer):
     def image_losses(self, tower: str) -> torch.Tensor:
         """Per image, its unablated loss: the zero-shot cross-entropy, or its share of the contrastive loss."""
         state = self.tower_state(tower)
-        if self.task.kind == "zeroshot":
+        if self.task.protocol == "zeroshot":
             return state["own"][:, -1].clone()  # the vision tower's stats: the loss comes last (see metrics)
         image_emb, text_emb = (state["own"], state["other"]) if tower == "vision" else (state["other"], state["own"])
         return retrieval_contributions("loss", self.task, image_emb, text_emb, self.scale)

@@ -32,7 +32,7 @@ def vocabulary() -> dict[str, tuple[str, ...]]:
     from . import importance
     from .anytime import SCHEDULES
     from .data.shapes import PLACEMENTS
-    from .data.tasks import SHAPES_TEMPLATES, TASK_KINDS
+    from .data.tasks import PROTOCOLS, SHAPES_TEMPLATES
     from .evaluation import metric_names
     from .export import FORMATS
     from .pipeline import STEP_SCHEDULES
@@ -41,9 +41,9 @@ def vocabulary() -> dict[str, tuple[str, ...]]:
     from .units import KINDS, TOWERS
 
     return {"towers": TOWERS, "units": KINDS, "strategy": STRATEGIES, "measure": MEASURES,
-            "step_schedule": STEP_SCHEDULES, "schedule": SCHEDULES, "task": TASK_KINDS, "format": FORMATS,
+            "step_schedule": STEP_SCHEDULES, "schedule": SCHEDULES, "task": PROTOCOLS, "format": FORMATS,
             "eval_format": EVAL_FORMATS, "criteria": importance.names(), "baselines": importance.baselines(),
-            "metric": tuple(dict.fromkeys(m for kind in TASK_KINDS for m in metric_names(kind))),
+            "metric": tuple(dict.fromkeys(m for protocol in PROTOCOLS for m in metric_names(protocol))),
             "shapes_target": tuple(SHAPES_TEMPLATES), "placement": PLACEMENTS}
 
 

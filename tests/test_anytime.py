@@ -39,7 +39,7 @@ def runs(monkeypatch):
 
 @pytest.mark.parametrize("kind, metric", [("zeroshot", "acc1"), ("retrieval", "loss")])
 def test_anytime_ends_equal_to_exact_running_each_input_once(tiny, runs, kind, metric):
-    task = mope.load_task("shapes", kind=kind, n=37)
+    task = mope.load_task("shapes", protocol=kind, n=37)
     kw = dict(metric=metric, baselines=("magnitude",), cache=False)
     exact = score(tiny, task, **kw)
     runs.clear()

@@ -4,6 +4,7 @@ import inspect
 from mope import defaults, jobs
 from mope.cli import build_parser
 from mope.distill import DistillConfig
+from mope.evaluation import evaluate as mope_evaluate
 from mope.pipeline import prune_model
 from mope.planning import Budget
 from mope.scoring import score
@@ -46,21 +47,47 @@ def test_cli_options_agree_with_the_library():
 
 
 def test_job_params_agree_with_the_library():
-    distill, lib = jobs.KINDS["distill"][1], defaults.distill()
+    distill, lib = jobs.JOB_KINDS["distill"][1], defaults.distill()
     for kind in ("distill", "prune-and-distill"):
-        params = jobs.KINDS[kind][1]
+        params = jobs.JOB_KINDS[kind][1]
         assert all(params[k] == lib[k] for k in ("steps", "batch_size", "lr", "eval_every")), kind
         assert params["eval_n"] == defaults.EVAL_N
     assert distill["data"] == defaults.DATA
     for kind in ("prune", "prune-and-distill"):
-        params, lib = jobs.KINDS[kind][1], defaults.prune()
+        params, lib = jobs.JOB_KINDS[kind][1], defaults.prune()
         assert (params["by"], params["iterative"], params["step_schedule"], params["strategy"]) == \
             (lib["by"], lib["steps"], lib["step_schedule"], lib["strategy"])
         assert tuple(params["towers"]) == lib["towers"] and params["n"] == defaults.CALIBRATION_N
-    params, lib = jobs.KINDS["score"][1], defaults.score()
+    params, lib = jobs.JOB_KINDS["score"][1], defaults.score()
     assert tuple(params["towers"]) == lib["towers"] and tuple(params["units"]) == lib["units"]
     assert params["metric"] == lib["metric"] and params["n"] == defaults.CALIBRATION_N
-    params, lib = jobs.KINDS["study"][1], defaults.study()
+    params, lib = jobs.JOB_KINDS["study"][1], defaults.study()
     assert tuple(params["removed"]) == lib["removed"] and tuple(params["rankings"]) == lib["rankings"]
     assert tuple(params["towers"]) == lib["towers"] and params["calibration_n"] == defaults.CALIBRATION_N
-    assert jobs.KINDS["evaluate"][1]["n"] == defaults.EVAL_N
+    assert jobs.JOB_KINDS["evaluate"][1]["n"] == defaults.EVAL_N
+
+
+def test_app_controls_start_at_the_library_s_defaults():
+    """app/choices.py writes the controls' defaults out (the page is built before torch is imported): each
+    equals the value in mope.defaults it stands for, and the tabs build their controls from them."""
+    import ast
+    from pathlib import Path
+
+    from app.choices import CONTROL_DEFAULTS
+
+    library = {"calibration_n": defaults.CALIBRATION_N, "eval_n": defaults.EVAL_N, "data": defaults.DATA,
+               "towers": list(defaults.score()["towers"]), "distill_steps": defaults.QUICK_DISTILL_STEPS,
+               "batch_size": defaults.distill()["batch_size"], "strategy": defaults.prune()["strategy"],
+               "measure": defaults.prune()["measure"], "by": defaults.prune()["by"], "keep": defaults.KEEP,
+               "iterative": defaults.prune()["steps"], "step_schedule": defaults.prune()["step_schedule"]}
+    assert CONTROL_DEFAULTS == library
+    tabs = Path(__file__).resolve().parents[1] / "app" / "tabs"
+    used = {node.slice.value for path in tabs.glob("*.py") for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Subscript) and getattr(node.value, "id", None) == "CONTROL_DEFAULTS"}
+    assert used == set(CONTROL_DEFAULTS)  # every default is a control's, every control's default is here
+
+
+def test_cli_eval_and_prune_job_defaults():
+    assert _cli("eval")["batch_size"] == defaults.evaluate()["batch_size"] == _signature(mope_evaluate)["batch_size"]
+    assert _cli("eval")["data"] == defaults.DATA
+    assert jobs.JOB_KINDS["prune"][1]["keep"] == defaults.KEEP

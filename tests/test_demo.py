@@ -35,7 +35,7 @@ def test_fast_training_input_equals_open_clip_preprocess(demo):
 def test_demo_quality_on_held_out_images(demo):
     zs = mope.evaluate(demo, mope.load_task("shapes", n=500))
     assert zs["acc1"] >= 0.90
-    retrieval = mope.evaluate(demo, mope.load_task("shapes", kind="retrieval", n=500))
+    retrieval = mope.evaluate(demo, mope.load_task("shapes", protocol="retrieval", n=500))
     assert retrieval["text_retrieval_recall@5"] >= 0.50
 
 

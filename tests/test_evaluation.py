@@ -77,7 +77,7 @@ def test_per_class_accuracy_side_by_side_lost_most_first(monkeypatch):
 
     ev = importlib.import_module("mope.evaluation")
 
-    task = SimpleNamespace(kind="zeroshot", labels=torch.tensor([0, 0, 1, 1, 2, 2, 2]),
+    task = SimpleNamespace(protocol="zeroshot", labels=torch.tensor([0, 0, 1, 1, 2, 2, 2]),
                            classnames=["red", "blue", "green", "unused"])
     predictions = {"orig": torch.tensor([0, 0, 1, 1, 2, 2, 0]), "pruned": torch.tensor([0, 1, 1, 1, 0, 0, 0]),
                    "distilled": torch.tensor([1, 1, 1, 1, 2, 2, 2])}
@@ -99,4 +99,4 @@ def test_per_class_accuracy_agrees_with_acc1(tiny_dir):
     assert df.images.sum() == 48
     assert (df.tiny * df.images).sum() / 48 == pytest.approx(mope.evaluate(clip, task)["acc1"])
     with pytest.raises(mope.MopeError, match="classification task"):
-        per_class_accuracy({"tiny": clip}, mope.load_task("shapes", kind="retrieval", n=8))
+        per_class_accuracy({"tiny": clip}, mope.load_task("shapes", protocol="retrieval", n=8))

@@ -28,7 +28,7 @@ def tiny(tiny_dir):
 @pytest.mark.parametrize("kind, metric", [("zeroshot", "loss"), ("zeroshot", "acc1"), ("retrieval", "loss"),
                                           ("retrieval", "recall_mean")])
 def test_fast_equals_naive_on_tiny(tiny, kind, metric):
-    task = mope.load_task("shapes", kind=kind, n=24)
+    task = mope.load_task("shapes", protocol=kind, n=24)
     fast = score(tiny, task, metric=metric, baselines=(), cache=False)
     naive = score(tiny, task, metric=metric, impl="naive", baselines=(), cache=False)
     assert list(fast.unit) == list(naive.unit)
@@ -166,7 +166,7 @@ def test_batched_ablations_do_not_change_results(tiny):
                                           ("zeroshot", "mean_per_class_recall"), ("retrieval", "recall_mean"),
                                           ("retrieval", "loss")])
 def test_chunked_equals_unchunked_bit_for_bit(tiny, kind, metric):
-    task = mope.load_task("shapes", kind=kind, n=23)
+    task = mope.load_task("shapes", protocol=kind, n=23)
     kw = dict(metric=metric, baselines=(), cache=False)
     whole = score(tiny, task, chunk=10**6, **kw)
     for chunk in (5, 16):  # 23 = 4 × 5 + 3 and 16 + 7: neither divides the set

@@ -16,11 +16,11 @@ def _png(path, colour=(255, 0, 0)):
 
 def test_shapes_tasks():
     t = mope.load_task("shapes", n=100)
-    assert t.kind == "zeroshot" and len(t.classnames) == 64 and len(t) == 100 and t.labels.max() < 64
+    assert t.protocol == "zeroshot" and len(t.classnames) == 64 and len(t) == 100 and t.labels.max() < 64
     assert len(mope.load_task("shapes:target=colour", n=10).classnames) == 8
     assert mope.load_task("shapes:target=shape,seed=7", n=10).name.endswith("seed=7)")
-    r = mope.load_task("shapes", kind="retrieval", n=30)
-    assert r.kind == "retrieval" and len(r.texts) == 150 and r.text_to_image.tolist()[:6] == [0, 0, 0, 0, 0, 1]
+    r = mope.load_task("shapes", protocol="retrieval", n=30)
+    assert r.protocol == "retrieval" and len(r.texts) == 150 and r.text_to_image.tolist()[:6] == [0, 0, 0, 0, 0, 1]
     assert f"seed={SHAPES_HELD_OUT_SEED}" in t.name
     with pytest.raises(mope.MopeError, match="unknown shapes option"):
         mope.load_task("shapes:colour")
@@ -42,7 +42,7 @@ def test_shapes_placement_option():
     assert not torch.equal(grid.images, free.images) and grid.fingerprint() != free.fingerprint()
     shape = mope.load_task("shapes:placement=free,target=shape,seed=3", n=20)
     assert shape.classnames == list(mope.data.shapes.SHAPES) and "seed=3" in shape.name
-    retrieval = mope.load_task("shapes:placement=free", kind="retrieval", n=10)
+    retrieval = mope.load_task("shapes:placement=free", protocol="retrieval", n=10)
     assert len(retrieval.texts) == 50 and "placement=free" in retrieval.name
 
 
@@ -83,7 +83,7 @@ def test_pairs_csv_and_jsonl(tmp_path):
     (tmp_path / "pairs.csv").write_text("image,caption\nimg/a.png,a red square\nimg/b.png,another\n"
                                         "img/a.png,red again\nimg/missing.png,gone\n")
     t = mope.load_task(f"pairs:{tmp_path / 'pairs.csv'}")
-    assert t.kind == "retrieval" and len(t) == 2 and t.skipped == 1
+    assert t.protocol == "retrieval" and len(t) == 2 and t.skipped == 1
     assert t.texts == ["a red square", "another", "red again"] and t.text_to_image.tolist() == [0, 1, 0]
     rows = [{"image": "a.png", "caption": "x"}, {"image": "b.png", "caption": "y"}]
     (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
@@ -107,10 +107,10 @@ def test_cifar_offline_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_subset_keeps_captions_with_their_images():
-    r = mope.load_task("shapes", kind="retrieval", n=20).subset(5)
+    r = mope.load_task("shapes", protocol="retrieval", n=20).subset(5)
     assert len(r) == 5 and len(r.texts) == 25
     assert sorted(set(r.text_to_image.tolist())) == [0, 1, 2, 3, 4]
-    full = mope.load_task("shapes", kind="retrieval", n=20)
+    full = mope.load_task("shapes", protocol="retrieval", n=20)
     idx = torch.randperm(20, generator=torch.Generator().manual_seed(0))[:5].sort().values
     assert torch.equal(r.images[0], full.images[idx[0]])
     assert r.texts[:5] == full.texts[5 * idx[0]: 5 * idx[0] + 5]

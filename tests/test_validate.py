@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import mope
 from mope import cli, validate
-from mope.jobs import KINDS, Store
+from mope.jobs import JOB_KINDS, Store
 
 
 class _Reached(Exception):
@@ -144,7 +144,7 @@ def test_every_kind_refuses_bad_params_at_submit(sandbox, kind, params, message)
 
 def test_every_job_param_has_a_rule():
     """Every param of every job kind (as mope.defaults builds them) is checked by a rule."""
-    for kind, (required, optional) in KINDS.items():
+    for kind, (required, optional) in JOB_KINDS.items():
         for name in (*required, *optional):
             assert validate.rule(kind, name) is not None, f"{kind} job param {name} has no rule in mope.validate"
 
@@ -253,8 +253,8 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers(-10, 10**6) | st.flo
 
 @st.composite
 def job_requests(draw) -> tuple[str, dict]:
-    kind = draw(st.sampled_from(sorted(KINDS)))
-    required, optional = KINDS[kind]
+    kind = draw(st.sampled_from(sorted(JOB_KINDS)))
+    required, optional = JOB_KINDS[kind]
     names = draw(st.lists(st.sampled_from([*required, *optional, "bogus"]), unique=True, max_size=6))
     params = {n: draw(JSON) for n in names}
     if draw(st.booleans()):  # mostly well-formed requests with one generated value

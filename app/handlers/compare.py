@@ -83,7 +83,7 @@ def compare(specs: list[str], evaluation: str, n: int, state: AppState, progress
     if evaluation not in EVALUATION:
         raise MopeError(f"unknown benchmark '{str(evaluation)[:100]}'; pick one of the list")
     data, kind = EVALUATION[evaluation]
-    task = mope.load_task(data, kind=kind, n=int(n))
+    task = mope.load_task(data, protocol=kind, n=int(n))
     clips, rows = {}, []
     for i, spec in enumerate(specs):
         if progress:

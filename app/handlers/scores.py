@@ -51,7 +51,7 @@ def load_calibration(source: str, upload: str | None, folder: str | None, n: int
     """(data spec, task) of a calibration choice; an uploaded data set that cannot be used is deleted, not kept."""
     data, kind = calibration_spec(source, upload, folder, state)
     try:
-        return data, mope.load_task(data, kind=kind, n=int(n))
+        return data, mope.load_task(data, protocol=kind, n=int(n))
     except MopeError:
         if source.startswith("uploaded"):
             remove_upload(Path(data.partition(":")[2]), state)
@@ -68,7 +68,7 @@ def start_scores(session: dict, source: str, upload: str | None, folder: str | N
     metric = metric or None
     kw = {"towers": list(towers), "units": ["head", "neurons", "layer"], "metric": metric}
     settings = {"source": source, "data": task.name, "n": len(task), "towers": list(towers), "metric": metric or "",
-                "spec": data, "kind": task.kind}  # spec and kind: what iterative pruning re-scores on
+                "spec": data, "kind": task.protocol}  # spec and kind (the protocol): what iterative pruning re-scores on
     session = {**session, "score_settings": settings}
     hit = cached_scores(clip, task, **kw)
     if hit is not None:
@@ -77,7 +77,7 @@ def start_scores(session: dict, source: str, upload: str | None, folder: str | N
             save_scores(hit, path)
         return {**session, "scores": str(path), "score_job": None}, f"Cached scores for {task.name} — shown at once."
     schedule, why = schedule_for(clip, task, kw)
-    job = submit(state, "score", {"model": session["spec"], "data": data, "task": task.kind, "n": int(n),
+    job = submit(state, "score", {"model": session["spec"], "data": data, "task": task.protocol, "n": int(n),
                                   "schedule": schedule, **kw})
     return {**session, "score_job": job}, f"Scoring started (job {job}): {task.name}, metric {metric or 'default'}{why}."
 

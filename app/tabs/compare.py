@@ -4,7 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from .. import figures
-from ..choices import EVALUATION, PRESET_MODELS
+from ..choices import CONTROL_DEFAULTS, EVALUATION, PRESET_MODELS
 from ..page import Lazy, Page, user_error
 
 hc = Lazy("app.handlers.compare")
@@ -31,7 +31,7 @@ def build(page: Page) -> None:
                                         allow_custom_value=True, label="Models (up to three)", scale=4,
                                         elem_id="compare-models"),
                      evaluation=gr.Dropdown(list(EVALUATION), value=next(iter(EVALUATION)), label="Benchmark"),
-                     eval_n=gr.Number(500, precision=0, minimum=10, maximum=10_000, label="Images",
+                     eval_n=gr.Number(CONTROL_DEFAULTS["eval_n"], precision=0, minimum=10, maximum=10_000, label="Images",
                                       elem_id="compare-n"))
         page.add(origins=gr.Markdown(elem_id="compare-origins"),
                  run_compare=gr.Button("Compare", variant="primary", elem_id="run-compare"),

@@ -5,7 +5,7 @@ import gradio as gr
 import pandas as pd
 
 from .. import figures
-from ..choices import CRITERIA, DEVICES, STEP_SCHEDULES
+from ..choices import CONTROL_DEFAULTS, CRITERIA, DEVICES, STEP_SCHEDULES
 from ..page import Lazy, Page, user_error
 
 hp = Lazy("app.handlers.prune")
@@ -50,14 +50,16 @@ def build(page: Page) -> None:
                      stability=gr.Button("Plan stability (bootstrap)", size="sm", elem_id="plan-stability-button"))
         page.add(stability_line=gr.Markdown(elem_id="plan-stability"))
         with gr.Row():
-            page.add(iterative=gr.Number(1, precision=0, minimum=1, maximum=16, elem_id="pd-iterative",
+            page.add(iterative=gr.Number(CONTROL_DEFAULTS["iterative"], precision=0, minimum=1, maximum=16, elem_id="pd-iterative",
                                          label="Iterative steps (1 = one-shot; K re-scores the pruned model K − 1 times)"),
-                     step_schedule=gr.Radio(list(STEP_SCHEDULES), value=STEP_SCHEDULES[0], label="Step schedule"))
+                     step_schedule=gr.Radio(list(STEP_SCHEDULES), value=CONTROL_DEFAULTS["step_schedule"],
+                                            label="Step schedule"))
         with gr.Row():
             page.add(device=gr.Dropdown(DEVICES, value="auto", label="Device"),
-                     steps=gr.Number(300, precision=0, minimum=1, label="Distillation steps", elem_id="pd-steps"),
-                     batch=gr.Number(64, precision=0, minimum=2, label="Batch size", elem_id="pd-batch"),
-                     data=gr.Textbox("shapes", label="Training pairs: shapes, pairs:FILE or wds:/dir/shard-*.tar"),
+                     steps=gr.Number(CONTROL_DEFAULTS["distill_steps"], precision=0, minimum=1, label="Distillation steps",
+                                     elem_id="pd-steps"),
+                     batch=gr.Number(CONTROL_DEFAULTS["batch_size"], precision=0, minimum=2, label="Batch size", elem_id="pd-batch"),
+                     data=gr.Textbox(CONTROL_DEFAULTS["data"], label="Training pairs: shapes, pairs:FILE or wds:/dir/shard-*.tar"),
                      name=gr.Textbox("pruned", label="Name"))
         with gr.Row():
             page.add(start=gr.Button("Prune & distill", variant="primary", elem_id="prune-distill"),
@@ -89,11 +91,11 @@ def build(page: Page) -> None:
 def _budget(page: Page) -> None:
     with gr.Row():
         page.add(mode=gr.Radio(["keep fraction", "explicit counts"], value="keep fraction", label="Budget"),
-                 strategy=gr.Radio(["uniform", "global"], value="uniform", label="Strategy"),
-                 measure=gr.Radio(["params", "flops"], value="params", label="Keep fraction of"),
-                 by=gr.Dropdown(list(CRITERIA), value=CRITERIA[0], label="Rank by"))
+                 strategy=gr.Radio(["uniform", "global"], value=CONTROL_DEFAULTS["strategy"], label="Strategy"),
+                 measure=gr.Radio(["params", "flops"], value=CONTROL_DEFAULTS["measure"], label="Keep fraction of"),
+                 by=gr.Dropdown(list(CRITERIA), value=CONTROL_DEFAULTS["by"], label="Rank by"))
     with gr.Row():
-        page.add(keep_vision=gr.Slider(0.05, 1.0, 0.5, step=0.05, label="vision: keep", elem_id="keep-vision"),
+        page.add(keep_vision=gr.Slider(0.05, 1.0, CONTROL_DEFAULTS["keep"], step=0.05, label="vision: keep", elem_id="keep-vision"),
                  keep_text=gr.Slider(0.05, 1.0, 1.0, step=0.05, label="text: keep"),
                  layers_vision=gr.Number(0, precision=0, minimum=0, label="vision: layers to remove"),
                  layers_text=gr.Number(0, precision=0, minimum=0, label="text: layers to remove"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from .. import figures
-from ..choices import BASELINES, CALIBRATION, CRITERIA
+from ..choices import BASELINES, CALIBRATION, CONTROL_DEFAULTS, CRITERIA
 from ..page import Lazy, Page, user_error
 
 hs = Lazy("app.handlers.scores")
@@ -29,9 +29,10 @@ def build(page: Page) -> None:
         gr.Markdown(TEACH)
         with gr.Row():
             source = gr.Dropdown(list(CALIBRATION), value=next(iter(CALIBRATION)), label="Calibration data")
-            n = gr.Number(256, precision=0, minimum=8, maximum=50_000, label="Images", elem_id="calibration-n")
+            n = gr.Number(CONTROL_DEFAULTS["calibration_n"], precision=0, minimum=8, maximum=50_000, label="Images",
+                          elem_id="calibration-n")
             metric = gr.Dropdown([""], value="", allow_custom_value=False, label="Metric (empty: acc1 / recall_mean)")
-            towers = gr.CheckboxGroup(["vision", "text"], value=["vision", "text"], label="Towers")
+            towers = gr.CheckboxGroup(["vision", "text"], value=list(CONTROL_DEFAULTS["towers"]), label="Towers")
         with gr.Accordion("Your own calibration data", open=False):
             upload = gr.File(label=".zip of an image folder (one sub-folder per class)", file_types=[".zip"],
                              type="filepath")

@@ -34,7 +34,7 @@ SHAPES_TEMPLATES = {
 SHAPES_HELD_OUT_SEED = 1000  # the demo model trains on a stream whose seeds are derived, never this one
 
 
-TASK_KINDS = ("zeroshot", "retrieval")
+PROTOCOLS = ("zeroshot", "retrieval")  # how a task scores a model: zero-shot classification or retrieval
 
 
 @dataclass
@@ -42,7 +42,7 @@ class Task:
     """Images (uint8 array or file paths) and either classes + labels or captions + their images."""
 
     name: str
-    kind: str  # "zeroshot" or "retrieval"
+    protocol: str  # "zeroshot" or "retrieval"
     images: torch.Tensor | list[Path]
     classnames: list[str] = field(default_factory=list)
     templates: Sequence[str] = ()
@@ -62,7 +62,7 @@ class Task:
     def fingerprint(self) -> str:
         """Hash of everything that determines the task's numbers."""
         h = hashlib.sha256()
-        h.update(json.dumps([self.kind, self.classnames, list(self.templates), self.texts]).encode())
+        h.update(json.dumps([self.protocol, self.classnames, list(self.templates), self.texts]).encode())
         if isinstance(self.images, torch.Tensor):
             h.update(self.images.numpy().tobytes())
         else:
@@ -85,9 +85,9 @@ class Task:
             return self
         index = self.drawn(n)
         images = self.images[index] if isinstance(self.images, torch.Tensor) else [self.images[i] for i in index]
-        sub = Task(f"{self.name}[{n}]", self.kind, images, classnames=self.classnames, templates=self.templates,
+        sub = Task(f"{self.name}[{n}]", self.protocol, images, classnames=self.classnames, templates=self.templates,
                    skipped=self.skipped)
-        if self.kind == "zeroshot":
+        if self.protocol == "zeroshot":
             sub.labels = self.labels[index]
             return sub
         new_id = torch.full((len(self),), -1, dtype=torch.long)
@@ -121,14 +121,14 @@ def check_pixels(im: Image.Image, name: str) -> None:
 # --- builders ---------------------------------------------------------------------------------------
 
 def shapes_task(target: str = "colour_shape", n: int = 1000, seed: int = SHAPES_HELD_OUT_SEED,
-                kind: str = "zeroshot", placement: str = "grid") -> Task:
+                protocol: str = "zeroshot", placement: str = "grid") -> Task:
     """A shapes-world task: classify by colour×shape (64-way), shape or colour; or retrieval.
 
     placement "grid" (5 positions, 3 sizes) or "free" (anywhere, any size, slightly rotated).
     """
     shapes.check_placement(placement)
     where = "" if placement == "grid" else f",placement={placement}"
-    if kind == "retrieval":
+    if protocol == "retrieval":
         batch = shapes.sample(n, seed=seed, captions_per_image=5, detail="full", placement=placement)
         texts = [c for caps in batch.captions for c in caps]
         owner = torch.arange(n).repeat_interleave(5)
@@ -252,13 +252,15 @@ def cifar_task(name: str, root: str | Path | None = None, templates: Sequence[st
                 templates=templates, labels=torch.tensor(ds.targets))
 
 
-def load_task(spec: str | DataSpec, kind: str | None = None, n: int | None = None, seed: int | None = None,
+def load_task(spec: str | DataSpec, protocol: str | None = None, n: int | None = None, seed: int | None = None,
               image_root: str | None = None) -> Task:
-    """Build the task a data spec names (see specs.TASK_HELP).
+    """Build the task a data spec names (see specs.TASK_HELP), on a seeded sample of its images.
 
-    kind: zeroshot or retrieval (checked against what the data is; shapes can be either). n: how many
-    images — shapes generates n, other data keeps a seeded random sample of n (Task.subset). seed: the
-    shapes world's seed (default: the held-out seed).
+    protocol: zeroshot (classification) or retrieval, checked against what the data is (shapes can be
+    either). n: how many images — the shapes world draws n images from `seed`; any other data keeps a random
+    sample of n of its images drawn with a fixed seed (Task.subset, seed 0: the same n images every time, in
+    the data's order, not the first n), or all of them when n is None. seed: the shapes world's seed (default:
+    the held-out seed).
     """
     spec = (spec if isinstance(spec, DataSpec) else DataSpec.parse(spec)).for_task()
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
@@ -267,13 +269,13 @@ def load_task(spec: str | DataSpec, kind: str | None = None, n: int | None = Non
         options = spec.options
         return shapes_task(target=options.get("target", "colour_shape"), n=n or int(options.get("n", 1000)),
                            seed=seed if seed is not None else int(options.get("seed", SHAPES_HELD_OUT_SEED)),
-                           kind=kind or "zeroshot", placement=options.get("placement", "grid"))
+                           protocol=protocol or "zeroshot", placement=options.get("placement", "grid"))
     if spec.source == "folder":
         task = folder_task(spec.path)
     elif spec.source == "pairs":
         task = pairs_task(spec.path, image_root)
     else:
         task = cifar_task(spec.source)
-    if kind and kind != task.kind:
-        raise MopeError(f"'{spec.text}' is a {task.kind} task, not {kind}")
+    if protocol and protocol != task.protocol:
+        raise MopeError(f"'{spec.text}' is a {task.protocol} task, not {protocol}")
     return task.subset(n)
