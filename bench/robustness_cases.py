@@ -7,6 +7,8 @@ faults are made with a file-size limit (RLIMIT_FSIZE, SIGXFSZ ignored: a write p
 on a full disk). The app's own cases (forged sessions, uploads, zip bombs) live in tests/test_app_security.py.
 
     python bench/robustness_cases.py [--only WORD]
+
+STUDENT in a case's name is a pruned demo model the script makes first (with a scores CSV of the demo model).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 SCORES_HEADER = "tower,kind,layer,index,unit,mope,params"
 
 
@@ -217,18 +220,21 @@ def worker_after_idle_exit(box: Sandbox, shared: dict) -> tuple[bool, str]:
     worker = subprocess.Popen([sys.executable, "-m", "mope", "worker", "--idle-exit", "3"], cwd=box.work,
                               env=_env(box), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     worker.wait(timeout=300)
-    start = time.time()
     submitted = box.cli("jobs", "submit", "--kind", "ping")
-    job, status = submitted.out.split()[0], "?"
+    start, job, status = time.time(), submitted.out.split()[0], "?"
+    from mope.jobs import Store
+
+    store = Store(box.home / "jobs")  # polled in this process: no CLI start-up in the time measured
     try:
-        while time.time() - start < 60:
-            status = json.loads(box.cli("jobs", "show", job).out)["status"]
-            if status == "done":
-                break
+        while time.time() - start < 60 and status != "done":
+            time.sleep(0.1)
+            status = store.get(job)["status"]
     finally:
+        store.close()
         _stop_started_worker(submitted.out)
-    return status == "done", (f"the first worker exited idle ({worker.returncode}); the next job {status} "
-                              f"{time.time() - start:.1f} s after `jobs submit` began (CLI start-ups included)")
+    waited = time.time() - start
+    return status == "done" and waited <= 5, (f"the first worker exited idle (exit {worker.returncode}); the next job "
+                                              f"{status} {waited:.1f} s after `jobs submit` returned")
 
 
 def one_worker(box: Sandbox, shared: dict) -> tuple[bool, str]:
@@ -298,7 +304,7 @@ def cases() -> list[Case]:
              oversized_image_in_folder),
         # 5. one worker, never none
         Case("5", "6 simultaneous submissions", "exactly one worker started", one_worker),
-        Case("5", "submit after the worker exited idle", "the job runs (done) within seconds", worker_after_idle_exit),
+        Case("5", "submit after the worker exited idle", "the job is done within 5 s", worker_after_idle_exit),
         # pickles are never unpickled
         Case("-", "eval --model ViT-B-32:evil.pt (a pickle that runs code)", "refused, the code never runs", no_pickle),
         # more refusals of the same kinds
@@ -356,7 +362,8 @@ def main() -> None:
         except Exception as e:  # the script's own failure is a failed case, not a crash
             ok, seen = False, f"{type(e).__name__}: {e}"
         passed, total = passed + ok, total + 1
-        print(f"[{'PASS' if ok else 'FAIL'}] item {case.item:>2} | {case.name} | expected: {case.expected} | observed: {seen}",
+        name = case.name.replace("{student}", "STUDENT").replace("{{", "{").replace("}}", "}")
+        print(f"[{'PASS' if ok else 'FAIL'}] item {case.item:>2} | {name} | expected: {case.expected} | observed: {seen}",
               flush=True)
     shutil.rmtree(root, ignore_errors=True)
     print(f"robustness cases: {passed}/{total} passed")

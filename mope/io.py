@@ -91,6 +91,8 @@ def atomic_folder(folder: Path):
         tmp.rename(folder)
     except OSError as e:
         raise write_failed(folder, e) from None
+    except MopeError as e:  # a write inside failed: name the folder asked for, not its temporary twin
+        raise MopeError(str(e).replace(str(tmp), str(folder))) from None
     finally:
         if tmp is not None and tmp.exists():
             shutil.rmtree(tmp)

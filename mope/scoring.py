@@ -23,7 +23,7 @@ import torch
 from . import importance
 from .ablation import MaskedBlock, ablated, starting_at
 from .anytime import check_schedule, first_round_size, ladder, next_levels, standard_error
-from .cache import key_of, model_fingerprint, open_cache
+from .cache import cache_get, cache_set, key_of, model_fingerprint
 from .clip import Clip
 from .data.tasks import Task
 from .errors import MopeError
@@ -126,10 +126,8 @@ def _exact_rows(rows: list[dict], task: Task, extras: list[dict]) -> list[dict]:
 
 
 def _store(key: str, rows: list[dict], per_image_rows: dict | None) -> None:
-    with open_cache("scores") as store:
-        store.set(key, rows)
-        if per_image_rows is not None:
-            store.set(f"{key}/per_image", _per_image_record(per_image_rows, rows))
+    per_image = {} if per_image_rows is None else {f"{key}/per_image": _per_image_record(per_image_rows, rows)}
+    cache_set("scores", {key: rows, **per_image})
 
 
 def _check_schedule(schedule: str, impl: str, shard) -> None:
@@ -315,15 +313,13 @@ class _Anytime:
             return
         state = {"round": self.round, "levels": self.levels, "rows": self.rows, "extra": self.extra,
                  "outputs": {k: (list(v.shape), v.float().numpy().tobytes()) for k, v in self.outputs.items()}}
-        with open_cache("scores") as store:
-            store.set(f"{self.key}/anytime", state)
+        cache_set("scores", {f"{self.key}/anytime": state})
 
     def restore(self) -> bool:
         """Continue from a cached run of the same scoring (True when there was one)."""
         if not self.key:
             return False
-        with open_cache("scores") as store:
-            state = store.get(f"{self.key}/anytime")
+        state = cache_get("scores", f"{self.key}/anytime")
         if state is None or "levels" not in state:  # none, or the table of an earlier version (it re-scored rounds)
             return False
         self.round, self.levels, self.rows, self.extra = state["round"], state["levels"], state["rows"], state["extra"]
@@ -336,8 +332,7 @@ def per_image(scores: pd.DataFrame) -> pd.DataFrame | None:
     """The per-image MoPE behind a cached (fast) scores table: one row per unit, one column per calibration image
     (task order); a row's mean is its mope (for every zero-shot metric and for retrieval; to float rounding).
     None when the cache does not hold them (impl='naive', cache=False, or another machine's table)."""
-    with open_cache("scores") as store:
-        record = store.get(f"{scores.attrs.get('fingerprint')}/None/per_image")
+    record = cache_get("scores", f"{scores.attrs.get('fingerprint')}/None/per_image")
     if record is None:
         return None
     matrix = np.frombuffer(record["matrix"], dtype=np.float32).reshape(len(record["units"]), -1)
@@ -393,8 +388,7 @@ def _settle(clip, task, towers, units, metric, impl, group_size, baselines, seed
 
 
 def _cached_rows(key: str) -> list[dict] | None:
-    with open_cache("scores") as store:
-        return store.get(key)
+    return cache_get("scores", key)
 
 
 def _frame(rows: list[dict], fingerprint: str, model_fp: str, metric: str, group_sizes: dict, **info) -> pd.DataFrame:

@@ -55,9 +55,10 @@ def test_a_pruned_model_that_does_not_fit_leaves_no_folder(tiny_dir, tmp_path, m
     clip = mope.load_model(str(tiny_dir), device="cpu")
     pruned = mope.prune(clip, mope.plan(unit_table(clip), Budget(keep=0.5), by="magnitude"))
     monkeypatch.setattr("safetensors.torch.save_file", _safetensors_full)
-    with pytest.raises(mope.MopeError, match="free disk space"):
+    with pytest.raises(mope.MopeError, match="free disk space") as e:
         mope.save_pruned(pruned, tmp_path / "small")
     assert list(tmp_path.iterdir()) == []
+    assert f"could not write {tmp_path / 'small'}/" in str(e.value) and ".tmp" not in str(e.value)
 
 
 def test_scores_that_do_not_fit_leave_the_previous_table(tmp_path, monkeypatch):

@@ -278,3 +278,25 @@ def test_a_scores_csv_loads_with_numbers_as_numbers(tmp_path):
     path.write_text(GOOD_SCORES)
     df = mope.load_scores(path)
     assert df["layer"].dtype.kind == "i" and df["mope"].dtype.kind == "f" and df.attrs["fingerprint"] == "abc"
+
+
+def test_a_cache_that_cannot_be_used_is_a_warning_not_the_end_of_the_work(tiny, monkeypatch):
+    """Issue 11 re-run: on a full disk the scores cache failed first (sqlite 'disk I/O error', a traceback from
+    prune); the cache only saves work, so scoring carries on without it and says so."""
+    import sqlite3
+
+    import diskcache
+
+    task = mope.load_task("shapes", n=8)
+    expected = score(tiny, task, towers=["vision"], units=["head"], metric="loss", baselines=(), cache=False)
+
+    def io_error(*a, **kw):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(diskcache.Cache, "get", io_error)
+    monkeypatch.setattr(diskcache.Cache, "set", io_error)
+    with pytest.warns(UserWarning, match="scores cache .* could not be used .*disk I/O error"):
+        df = score(tiny, task, towers=["vision"], units=["head"], metric="loss", baselines=())
+    assert (df.mope.to_numpy() == expected.mope.to_numpy()).all()
+    with pytest.warns(UserWarning, match="could not be used"):
+        assert scoring.per_image(df) is None
