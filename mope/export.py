@@ -25,6 +25,7 @@ from torch import nn
 from .clip import Clip
 from .errors import MopeError
 from .io import atomic_folder, atomic_write_json
+from .specs import user_path
 
 FORMATS = ("onnx",)
 OPSET = 23  # onnxruntime 1.32 runs it; the first opset with a fused Attention op
@@ -59,7 +60,7 @@ def check_export(out: str | Path, format: str) -> Path:
 
 def check_out_folder(folder: str | Path) -> Path:
     """The output folder as a Path, refused when it exists or its parent cannot be written."""
-    folder = Path(folder).expanduser().absolute()
+    folder = user_path(folder).absolute()
     if folder.exists() or folder.is_symlink():
         raise MopeError(f"{folder} already exists: choose a new output folder (nothing was written)")
     parent = next((p for p in folder.parents if p.exists()), None)

@@ -13,7 +13,7 @@ import torch
 from .clip import Clip
 from .errors import MopeError
 from .settings import DEMO_DIR, default_device
-from .specs import MODEL_HELP, ModelSpec
+from .specs import MODEL_HELP, ModelSpec, user_path
 
 
 def load_model(spec: str | ModelSpec, device: str | torch.device | None = None) -> Clip:
@@ -63,7 +63,7 @@ def _require_network(spec: str) -> None:
 
 
 def _load_local_dir(path: Path, spec: str, dev: torch.device, name: str | None = None) -> Clip:
-    path = path.expanduser()
+    path = user_path(path)
     if not path.is_dir():
         raise MopeError(f"model folder not found: {path}")
     if not (path / "open_clip_config.json").is_file():

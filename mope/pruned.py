@@ -26,6 +26,7 @@ from .card import model_card
 from .clip import Clip
 from .errors import MopeError
 from .io import atomic_folder, atomic_save_safetensors, atomic_write_json, atomic_write_text
+from .specs import user_path
 from .units import tower_blocks
 
 FORMAT = 1
@@ -53,7 +54,7 @@ def stock_config(clip: Clip) -> dict | None:
 def save_pruned(clip: Clip, folder: str | Path, extra: dict | None = None) -> Path:
     """Write the pruned model to a new hub-ready folder, atomically (a temporary folder renamed at the end):
     open_clip_config.json, open_clip_model.safetensors, pruning.json and a README.md model card."""
-    folder = Path(folder).expanduser()
+    folder = user_path(folder)
     if folder.exists():
         raise MopeError(f"{folder} already exists: choose a new output folder (nothing was written)")
     if "structure" not in clip.info or "model_cfg" not in clip.info:

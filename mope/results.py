@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .errors import MopeError
 from .io import atomic_write_text
-from .specs import ModelSpec
+from .specs import ModelSpec, user_path
 
 EVAL_FORMATS = ("text", "clip_benchmark")  # what `eval --format` prints
 
@@ -40,7 +40,7 @@ def clip_benchmark_record(spec: str, dataset: str, protocol: str, metrics: dict[
 
 def check_out_file(out: str | Path) -> Path:
     """The output file as a Path, refused when it exists (checked before evaluating, and again when writing)."""
-    path = Path(out).expanduser()
+    path = user_path(out)
     if path.exists() or path.is_symlink():
         raise MopeError(f"{path} already exists: choose a new --out file (nothing was written)")
     return path

@@ -22,6 +22,15 @@ SHAPES_OPTIONS = ("target", "placement", "seed", "n")
 SHAPES_USAGE = "shapes:target=colour_shape|shape|colour,placement=grid|free,seed=N,n=N"
 
 
+def user_path(path: str | os.PathLike) -> Path:
+    """The path with a leading ~ / ~user expanded; left as typed when there is no such user (`~0`: pathlib
+    raises RuntimeError, which the fuzzing of the CLI found), so it is then simply a path that does not exist."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        return Path(path)
+
+
 def looks_like_path(text: str) -> bool:
     return "/" in text or os.sep in text or text.endswith((".pt", ".pth", ".bin", ".safetensors"))
 
@@ -49,14 +58,14 @@ class ModelSpec:
         if text == "demo":
             return cls(text, "demo", path=DEMO_DIR)
         if text.startswith("local-dir:"):
-            return cls(text, "folder", path=Path(text[len("local-dir:"):]).expanduser())
+            return cls(text, "folder", path=user_path(text[len("local-dir:"):]))
         if text.startswith("hf-hub:"):
             return cls(text, "hub", hub=text[len("hf-hub:"):])
-        if Path(text).expanduser().is_dir() or (":" not in text and looks_like_path(text)):
-            return cls(text, "folder", path=Path(text).expanduser())
+        if user_path(text).is_dir() or (":" not in text and looks_like_path(text)):
+            return cls(text, "folder", path=user_path(text))
         name, _, source = text.partition(":")
         if source and looks_like_path(source):
-            return cls(text, "checkpoint", name=name, path=Path(source).expanduser())
+            return cls(text, "checkpoint", name=name, path=user_path(source))
         return cls(text, "pretrained", name=name, tag=source or None)
 
     @property
@@ -94,8 +103,8 @@ class DataSpec:
         """The file or folder read from this machine: a shard pattern's folder; None for generated or
         downloaded data."""
         if self.source == "wds":
-            return Path(self.path).expanduser().parent
-        return Path(self.path).expanduser() if self.path else None
+            return user_path(self.path).parent
+        return user_path(self.path) if self.path else None
 
     def for_task(self) -> DataSpec:
         """This spec, if it names an evaluation / calibration task."""

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import MopeError
-from .specs import DataSpec, ModelSpec
+from .specs import DataSpec, ModelSpec, user_path
 
 DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 
@@ -193,7 +193,7 @@ def output_path(path, label: str = "out", folder: bool = False) -> str:
     and the nearest existing folder above it writable."""
     if not isinstance(path, (str, Path)) or not str(path).strip() or "\0" in str(path):
         raise MopeError(f"{label} must be a path, got {path!r}")
-    target = Path(path).expanduser()
+    target = user_path(path)
     if target.is_dir() and not folder:
         raise MopeError(f"{label} {path} is a folder: give a file name")
     if target.exists() and not target.is_dir() and folder:
@@ -221,13 +221,13 @@ def _can_write_in(folder: Path) -> bool:
 
 
 def input_file(path, label: str) -> str:
-    if not isinstance(path, (str, Path)) or "\0" in str(path) or not Path(path).expanduser().is_file():
+    if not isinstance(path, (str, Path)) or "\0" in str(path) or not user_path(path).is_file():
         raise MopeError(f"{label} {path}: no such file")
     return path
 
 
 def input_folder(path, label: str) -> str:
-    if not isinstance(path, (str, Path)) or "\0" in str(path) or not Path(path).expanduser().is_dir():
+    if not isinstance(path, (str, Path)) or "\0" in str(path) or not user_path(path).is_dir():
         raise MopeError(f"{label} {path}: no such folder")
     return path
 

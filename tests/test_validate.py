@@ -84,6 +84,7 @@ BAD = [  # issue 11, items 7 and 8 (and their neighbours): each one line, exit 2
     ("export --out e --opset 0", "--opset must be"), ("worker --concurrency 0", "--concurrency must be"),
     ("eval --data shapes:target=size", "target must be one of"), ("eval --data shapes:placement=up", "placement must be"),
     ("eval --image-root nowhere", "--image-root nowhere: no such folder"), ("bench --repeats 0", "--repeats must be"),
+    ("eval --data folder:~0/x", "no such folder ~0/x"),  # ~0 (no such user) made pathlib raise: found by the fuzzing
 ]
 
 

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from ..errors import MopeError
-from ..specs import DataSpec
+from ..specs import DataSpec, user_path
 from . import shapes
 from .tasks import _open_rgb, _resolve, read_pairs
 
@@ -43,7 +43,7 @@ def pair_batches(spec: str | DataSpec, transform: Callable, batch_size: int, see
         rows = read_pairs(spec.path)[rank::world]
         if not rows:
             raise MopeError(f"{spec.path} has no rows for process {rank} of {world}")
-        root = Path(image_root).expanduser() if image_root else Path(spec.path).expanduser().parent
+        root = user_path(image_root) if image_root else user_path(spec.path).parent
         make = _PairsBatch(rows, root, transform, batch_size, seed, rank, spec.path)
         return StepBatches(make, start, stop, tokenizer, spec.text)
     return WebDatasetBatches(spec.path, transform, batch_size, seed, rank, world, start, stop, tokenizer, spec.text)
@@ -209,7 +209,7 @@ def shard_files(pattern: str) -> list[str]:
     """The shards a webdataset pattern matches, sorted. Each, symlinks resolved, must lie inside the folder the
     pattern starts from (its part before the first wildcard): a wildcard never leads through a symlink to
     files outside it (`/data/link_ou*/shard-*.tar` with /data/link_out → /elsewhere is refused)."""
-    path = Path(pattern).expanduser().absolute()
+    path = user_path(pattern).absolute()
     fixed = next((i for i, part in enumerate(path.parts) if glob.has_magic(part)), len(path.parts) - 1)
     root = Path(*path.parts[:fixed]).resolve()
     shards = sorted(glob.glob(str(path)))

@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import MopeError
 from ..settings import data_dir
-from ..specs import DataSpec
+from ..specs import DataSpec, user_path
 from . import shapes
 
 MAX_PIXELS = 40_000_000  # larger images are refused from their header, before decoding (decompression bombs)
@@ -149,7 +149,7 @@ def shapes_task(target: str = "colour_shape", n: int = 1000, seed: int = SHAPES_
 
 def folder_task(root: str | Path, templates: Sequence[str] = GENERIC_TEMPLATES) -> Task:
     """Zero-shot classification from root/CLASS/*.jpg; class names from folder names."""
-    root = Path(root).expanduser()
+    root = user_path(root)
     if not root.is_dir():
         raise MopeError(f"image folder not found: {root}")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -176,7 +176,7 @@ def pairs_task(file: str | Path, image_root: str | Path | None = None) -> Task:
     against image_root (default: the file's folder).
     """
     rows = read_pairs(file)
-    root = Path(image_root).expanduser() if image_root else Path(file).expanduser().parent
+    root = user_path(image_root) if image_root else user_path(file).parent
     order: dict[Path, int] = {}
     for image, _ in rows:
         order.setdefault(_resolve(root, image), len(order))
@@ -192,7 +192,7 @@ def pairs_task(file: str | Path, image_root: str | Path | None = None) -> Task:
 
 def read_pairs(file: str | Path) -> list[tuple[str, str]]:
     """(image, caption) rows of a CSV or JSONL file; a clear error for missing columns or no rows."""
-    file = Path(file).expanduser()
+    file = user_path(file)
     if not file.is_file():
         raise MopeError(f"pairs file not found: {file}")
     rows: list[tuple[str, str]] = []
@@ -218,7 +218,7 @@ def read_pairs(file: str | Path) -> list[tuple[str, str]]:
 
 
 def _resolve(root: Path, image: str) -> Path:
-    p = Path(image).expanduser()
+    p = user_path(image)
     return p if p.is_absolute() else root / p
 
 
