@@ -222,8 +222,8 @@ def _compare_tab(page):
     page.locator("#run-compare").click()
     expect(page.locator("#comparison")).to_contain_text("acc1", timeout=180_000)
     expect(page.locator("#comparison")).to_contain_text("demo")
-    expect(page.locator("#latency-note")).to_contain_text("back to back")
-    expect(page.locator("#per-class-plot")).to_contain_text("Accuracy per class")
+    expect(page.locator("#latency-note")).to_contain_text("back to back", timeout=180_000)  # timed after the table
+    expect(page.locator("#per-class-plot")).to_contain_text("Accuracy per class", timeout=180_000)
     assert _download(page, "#per-class-csv", ".csv").startswith(b"class,")
     page.locator("#sketchpad button[aria-label='Brush']").click()
     for y in (0.3, 0.5, 0.7):  # strokes before any label is typed: the note is in the plot (once), not a toast each

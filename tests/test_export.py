@@ -97,8 +97,8 @@ def test_cli_export_and_its_errors(tiny_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.count("max |onnxruntime - torch|") == 2 and (tmp_path / "onnx" / "text.onnx").is_file()
     new = str(tmp_path / "new")
-    for args, message in [(["--model", str(tmp_path / "nowhere"), "--out", new], "model folder not found"),
-                          (["--model", str(tiny_dir), "--format", "tflite", "--out", new], "unknown export format"),
+    for args, message in [(["--model", str(tmp_path / "nowhere"), "--out", new], "no such file or folder"),
+                          (["--model", str(tiny_dir), "--format", "tflite", "--out", new], "--format must be one of onnx"),
                           (["--model", str(tiny_dir), "--out", str(tmp_path / "onnx")], "already exists")]:
         assert main(["export", *args]) == 2
         assert message in capsys.readouterr().err
