@@ -5,10 +5,8 @@ import gradio as gr
 
 from .. import figures
 from ..choices import CONTROL_DEFAULTS, EVALUATION, PRESET_MODELS
-from ..page import Lazy, Page, user_error
-
-hc = Lazy("app.handlers.compare")
-hj = Lazy("app.handlers.jobs")
+from ..page import Page, user_error
+from . import hc, he, hj
 
 TEACH = """Compare up to three models on held-out zero-shot data (never the calibration images), with size and
 measured speed. The *study* prunes the original at 25 / 50 / 75% by MoPE, magnitude and random ranking, without
@@ -96,7 +94,6 @@ def study_views(session: dict, state) -> dict:
 
 def wire(page: Page, loaded) -> None:
     state = page.state
-    he = Lazy("app.handlers.exports")
 
     def draw_study(session):
         return study_views(page.session(session)[1], state)

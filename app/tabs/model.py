@@ -4,9 +4,8 @@ from __future__ import annotations
 import gradio as gr
 
 from ..choices import PRESET_MODELS
-from ..page import Lazy, Page, user_error
-
-hm = Lazy("app.handlers.model")
+from ..page import Page, user_error
+from . import hm
 
 TEACH = """**What you are looking at.** A CLIP has two towers: a *vision* transformer that embeds images and a
 *text* transformer that embeds captions; zero-shot classification picks the label whose text embedding is closest to

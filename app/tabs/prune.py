@@ -6,14 +6,8 @@ import pandas as pd
 
 from .. import figures
 from ..choices import CONTROL_DEFAULTS, CRITERIA, DEVICES, STEP_SCHEDULES
-from ..page import Lazy, Page, user_error
-
-hp = Lazy("app.handlers.prune")
-hs = Lazy("app.handlers.scores")
-hj = Lazy("app.handlers.jobs")
-hm = Lazy("app.handlers.model")
-hc = Lazy("app.handlers.compare")
-he = Lazy("app.handlers.exports")
+from ..page import Page, user_error
+from . import hc, he, hj, hm, hp, hs
 
 TEACH = """**Budget → plan.** The plan removes the lowest-scored units until each tower keeps the chosen fraction
 of its head + FFN parameters (or FLOPs). *Uniform* removes the same number in every layer (the paper's layout, fast on

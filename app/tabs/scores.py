@@ -5,14 +5,8 @@ import gradio as gr
 
 from .. import figures
 from ..choices import BASELINES, CALIBRATION, CONTROL_DEFAULTS, CRITERIA
-from ..page import Lazy, Page, user_error
-
-hs = Lazy("app.handlers.scores")
-hj = Lazy("app.handlers.jobs")
-ha = Lazy("app.handlers.attention")
-hc = Lazy("app.handlers.compare")
-he = Lazy("app.handlers.exports")
-hm = Lazy("app.handlers.model")
+from ..page import Page, user_error
+from . import ha, hc, he, hj, hm, hs
 
 TEACH = """**MoPE** (Module-wise Pruning Error) of a unit = the zero-shot metric of the whole model minus the metric
 with that unit removed, on the calibration data. High MoPE → the model needs it; near zero → prunable; negative → the
