@@ -25,7 +25,7 @@ from torch import nn
 from .clip import Clip
 from .errors import MopeError
 from .io import atomic_folder, atomic_write_json
-from .specs import user_path
+from .settings import user_path
 
 FORMATS = ("onnx",)
 OPSET = 23  # onnxruntime 1.32 runs it; the first opset with a fused Attention op

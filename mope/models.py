@@ -12,8 +12,8 @@ import torch
 
 from .clip import Clip
 from .errors import MopeError
-from .settings import DEMO_DIR, default_device
-from .specs import MODEL_HELP, ModelSpec, user_path
+from .settings import DEMO_DIR, default_device, user_path
+from .specs import MODEL_HELP, ModelSpec
 
 
 def load_model(spec: str | ModelSpec, device: str | torch.device | None = None) -> Clip:

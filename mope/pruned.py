@@ -26,7 +26,7 @@ from .card import model_card
 from .clip import Clip
 from .errors import MopeError
 from .io import atomic_folder, atomic_save_safetensors, atomic_write_json, atomic_write_text
-from .specs import user_path
+from .settings import user_path
 from .units import tower_blocks
 
 FORMAT = 1

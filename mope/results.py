@@ -12,7 +12,8 @@ from pathlib import Path
 
 from .errors import MopeError
 from .io import atomic_write_text
-from .specs import ModelSpec, user_path
+from .settings import user_path
+from .specs import ModelSpec
 
 EVAL_FORMATS = ("text", "clip_benchmark")  # what `eval --format` prints
 

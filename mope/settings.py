@@ -17,7 +17,17 @@ DEMO_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo-clip"
 
 def mope_home() -> Path:
     """Data folder for caches, jobs, results and saved models: $MOPE_HOME, default ~/.cache/mope."""
-    return Path(os.environ.get(HOME_ENV) or DEFAULT_HOME).expanduser()
+    return user_path(os.environ.get(HOME_ENV) or DEFAULT_HOME)
+
+
+def user_path(path: str | os.PathLike) -> Path:
+    """The path with a leading ~ / ~user expanded; left as typed when there is no such user (`~0`: pathlib
+    raises RuntimeError, which the fuzzing of the CLI found), so it is then simply a path that does not exist."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        return Path(path)
+
 
 
 def data_dir() -> Path:

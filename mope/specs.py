@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import MopeError
-from .settings import DEMO_DIR
+from .settings import DEMO_DIR, user_path
 
 MODEL_HELP = ("use 'demo', 'NAME:TAG' (e.g. ViT-B-32:laion2b_s34b_b79k), 'NAME:/path/ckpt.pt|.safetensors', "
               "'hf-hub:org/repo', or 'local-dir:/path' / a folder path")
@@ -20,15 +20,6 @@ TASK_HELP = "use shapes[:target=…,placement=grid|free,seed=…], folder:PATH, 
 TRAINING_HELP = "use shapes, pairs:FILE or wds:/path/shard-*.tar"
 SHAPES_OPTIONS = ("target", "placement", "seed", "n")
 SHAPES_USAGE = "shapes:target=colour_shape|shape|colour,placement=grid|free,seed=N,n=N"
-
-
-def user_path(path: str | os.PathLike) -> Path:
-    """The path with a leading ~ / ~user expanded; left as typed when there is no such user (`~0`: pathlib
-    raises RuntimeError, which the fuzzing of the CLI found), so it is then simply a path that does not exist."""
-    try:
-        return Path(path).expanduser()
-    except RuntimeError:
-        return Path(path)
 
 
 def looks_like_path(text: str) -> bool:

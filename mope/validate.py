@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import MopeError
-from .specs import DataSpec, ModelSpec, user_path
+from .settings import user_path
+from .specs import DataSpec, ModelSpec
 
 DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 

@@ -12,6 +12,8 @@ def test_home_follows_the_environment(monkeypatch, tmp_path):
     assert settings.results_dir() == tmp_path / "results" and settings.models_dir() == tmp_path / "models"
     monkeypatch.delenv("MOPE_HOME")
     assert settings.mope_home() == Path.home() / ".cache" / "mope"
+    monkeypatch.setenv("MOPE_HOME", "~0/mope")  # ~user of no such user: a plain path, not a traceback
+    assert settings.mope_home() == Path("~0/mope")
 
 
 def test_default_device():

@@ -46,7 +46,8 @@ def test_a_tilde_of_no_user_is_a_plain_path():
     """`--model ~0` raised pathlib's RuntimeError (no user '0'), a traceback the CLI fuzzing found."""
     from pathlib import Path
 
-    from mope.specs import DataSpec, ModelSpec, user_path
+    from mope.settings import user_path
+    from mope.specs import DataSpec, ModelSpec
 
     assert user_path("~0/x") == Path("~0/x") and user_path("~") == Path.home()
     assert ModelSpec.parse("~0").source == "pretrained" and DataSpec.parse("folder:~0/x").local_path == Path("~0/x")

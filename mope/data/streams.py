@@ -23,7 +23,8 @@ import torch
 from PIL import Image
 
 from ..errors import MopeError
-from ..specs import DataSpec, user_path
+from ..settings import user_path
+from ..specs import DataSpec
 from . import shapes
 from .tasks import _open_rgb, _resolve, read_pairs
 

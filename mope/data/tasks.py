@@ -18,8 +18,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import MopeError
-from ..settings import data_dir
-from ..specs import DataSpec, user_path
+from ..settings import data_dir, user_path
+from ..specs import DataSpec
 from . import shapes
 
 MAX_PIXELS = 40_000_000  # larger images are refused from their header, before decoding (decompression bombs)
