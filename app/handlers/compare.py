@@ -18,11 +18,11 @@ from mope.speed import interleaved_latency
 from mope.study import DEFAULT_RANKINGS
 
 from ..choices import EVALUATION, SHOWN_METRICS
-from ..security import check_calibration, check_scores, check_spec, check_upload, open_image
+from ..security import check_scores, check_spec, check_upload, open_image
 from ..state import AppState
 from .jobs import job_state, submit
 from .model import get_model, model_card
-from .scores import scores_table
+from .scores import scores_calibration, scores_table
 
 STUDY_ITERATIVE = 4  # the K of the study's "MoPE iterative ×K" curve
 
@@ -37,12 +37,8 @@ def start_study(session: dict, state: AppState, iterative: bool = False) -> tupl
     rankings = [r for r in DEFAULT_RANKINGS if r in df.columns]
     params = {"model": spec, "scores": str(scores), "towers": towers, "rankings": rankings}
     if iterative is True:
-        settings = session.get("score_settings") or {}
-        if not settings.get("spec"):
-            raise MopeError("the iterative curve re-scores on the scores' calibration data: compute the scores again "
-                            "(tab 2) so the app knows which data that was")
-        params.update(iterative=[STUDY_ITERATIVE], calibration=check_calibration(settings["spec"], state),
-                      calibration_n=int(settings["n"]))
+        data, _protocol, n = scores_calibration(session, state, "the iterative curve")
+        params.update(iterative=[STUDY_ITERATIVE], calibration=data, calibration_n=n)
     job = submit(state, "study", params)
     also = f", with MoPE iterative ×{STUDY_ITERATIVE}" if iterative is True else ""
     return {**session, "study_job": job}, (f"Study started (job {job}): 25 / 50 / 75% of the {towers[0]} tower "

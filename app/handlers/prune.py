@@ -14,10 +14,10 @@ import mope
 from mope.errors import MopeError
 from mope.planning import Budget
 
-from ..security import allowed_path, check_calibration, check_scores, check_spec, check_training_data
+from ..security import allowed_path, check_scores, check_spec, check_training_data
 from ..state import AppState
 from .jobs import ended_line, progress_line, submit
-from .scores import scores_table
+from .scores import scores_calibration, scores_table
 
 CARD_CHARS = 20_000  # a model card is a few kB; a larger README.md is cut
 
@@ -89,12 +89,9 @@ def iterative_params(session: dict, iterative, step_schedule: str, state: AppSta
     check_steps(steps, step_schedule)
     if steps == 1:
         return {}
-    settings = session.get("score_settings") or {}
-    if not settings.get("spec"):
-        raise MopeError("iterative pruning re-scores on the scores' calibration data: compute the scores again "
-                        "(tab 2) so the app knows which data that was")
-    return {"iterative": steps, "step_schedule": step_schedule, "data": check_calibration(settings["spec"], state),
-            "task": settings.get("kind"), "n": int(settings["n"])}  # the metric: the scores' own (prune_model)
+    data, protocol, n = scores_calibration(session, state, "iterative pruning")
+    # the metric: the scores' own (prune_model)
+    return {"iterative": steps, "step_schedule": step_schedule, "data": data, "task": protocol, "n": n}
 
 
 def stability_text(session: dict, budget: Budget, by: str, state: AppState) -> str:

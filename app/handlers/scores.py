@@ -19,7 +19,7 @@ from mope.scoring import (
 )
 
 from ..choices import CALIBRATION
-from ..security import check_folder, check_scores, remove_upload, unpack_zip
+from ..security import check_calibration, check_folder, check_scores, remove_upload, unpack_zip
 from ..state import AppState
 from .jobs import ended_line, job_or_none, progress_line, submit
 from .model import get_model
@@ -100,6 +100,16 @@ def settings_line(session: dict) -> str:
     if not s:
         return ""
     return f" · calibration **{s['data']}**, {s['n']} images, towers {' + '.join(s['towers'])}"
+
+
+def scores_calibration(session: dict, state: AppState, why: str) -> tuple[str, str | None, int]:
+    """(data spec, protocol, images) the session's scores were computed on, the spec checked at this use;
+    `why` says what needs them when the session does not know (scores from before it kept them)."""
+    settings = session.get("score_settings") or {}
+    if not settings.get("spec"):
+        raise MopeError(f"{why} re-scores on the scores' calibration data: compute the scores again (tab 2) so the "
+                        "app knows which data that was")
+    return check_calibration(settings["spec"], state), settings.get("kind"), int(settings["n"])
 
 
 def scores_table(path: str, state: AppState) -> pd.DataFrame:
