@@ -91,8 +91,9 @@ def _step_budget(width: Budget, k: int, steps: int, step_schedule: str, left: di
     """Step k's budget on the current model: `left[t]` is the fraction of its size that reaches the target
     (to_come: the budget of steps k … K together)."""
     keep = {t: f for t, f in left.items() if f < 1.0}
-    counts = {name: {t: sum(step_counts(int(c), steps)[k:] if to_come else step_counts(int(c), steps)[k:k + 1])
-                     for t, c in width.per_tower(name).items()} for name in ("heads", "neurons")}
+    last = steps if to_come else k + 1
+    counts = {name: {t: sum(step_counts(int(c), steps)[k:last]) for t, c in width.per_tower(name).items()}
+              for name in ("heads", "neurons")}
     counts = {name: {t: c for t, c in by_tower.items() if c} for name, by_tower in counts.items()}
     if not keep and not any(counts.values()):
         return None
@@ -118,10 +119,12 @@ def _iterative_width(clip, task, width: Budget, scores, by, steps, step_schedule
     pruned, record, latest, ranked, described = clip, [], scores, scores, clip.info.get("structure")
     for k in range(steps):
         if k:
-            carried = _carried(pruned, towers, latest, described, by)
-            to_come = _step_budget(width, k, steps, step_schedule, _left(carried, start, gone, fractions, measure),
-                                   to_come=True)
-            only = _pool(carried, to_come, margin, by)
+            carried, only = None, None
+            if margin is not None:  # the pool: only these are re-scored (the default re-scores every unit)
+                carried = _carried(pruned, towers, latest, described, by)
+                to_come = _step_budget(width, k, steps, step_schedule, _left(carried, start, gone, fractions, measure),
+                                       to_come=True)
+                only = _pool(carried, to_come, margin, by)
             fresh = score(pruned, task, towers=towers, units=["head", "neurons"], progress=progress,
                           should_stop=should_stop, only=only, **rescore_kw)
             (latest, ranked), described = _merged(carried, fresh, by, only), pruned.info.get("structure")
@@ -184,10 +187,10 @@ def _source_names(names, structure: dict | None, group_sizes: dict[str, int]) ->
     return [source_unit(Unit.parse(n), structure, group_sizes).name for n in names]
 
 
-def _pool(carried, to_come: Budget | None, margin: float | None, by: str) -> list[str] | None:
+def _pool(carried, to_come: Budget | None, margin: float, by: str) -> list[str] | None:
     """The units worth re-scoring: those a plan of `margin` × the removal still to come takes by their latest
-    scores; None (re-score all) when margin is None or that plan would take (nearly) everything."""
-    if margin is None or to_come is None:
+    scores; None (re-score all) when that plan would take (nearly) everything."""
+    if to_come is None:
         return None
     wider = replace(to_come, keep={t: max(0.0, 1 - margin * (1 - f)) for t, f in to_come.per_tower("keep").items()}
                     or None,
@@ -206,8 +209,8 @@ def _merged(carried, fresh, by: str, only: list[str] | None):
         return fresh, fresh
     columns = [c for c in dict.fromkeys([by, "mope", "mope_loss"]) if c in fresh.columns]
     latest = carried.copy()
-    for column in columns:
-        latest[column] = latest[column] if column in latest.columns else math.nan
+    for column in [c for c in columns if c not in latest.columns]:
+        latest[column] = math.nan
     new = fresh.set_index("unit")[columns]
     hit = latest["unit"].isin(new.index).to_numpy()
     latest.loc[hit, columns] = new.loc[latest.loc[hit, "unit"], columns].to_numpy()
