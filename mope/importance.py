@@ -134,7 +134,7 @@ def taylor(clip: Clip, units: Sequence[Unit], group_sizes: dict[str, int], task:
 
 
 def _loss_gradients(clip: Clip, task: Task, batch_size: int = 64) -> dict:
-    """Gradients of the task's contrastive loss (see evaluate.contrastive_loss) for every parameter, also of a
+    """Gradients of the task's contrastive loss (see evaluation.contrastive_loss) for every parameter, also of a
     frozen model (a distillation teacher): requires_grad is switched on for the pass and put back after."""
     frozen = [p for p in clip.model.parameters() if not p.requires_grad]
     for p in frozen:
