@@ -8,11 +8,14 @@ speed and memory do not depend on the weights), in one run:
   cost at --n images — printed as "projected";
 - the scoring peak memory for each --memory-n calibration set size, each in a fresh process: RSS high-water
   mark on a CPU, torch.cuda.max_memory_allocated on a GPU; the last vision layer alone is scored (every
-  image still passes through both towers; the peak does not depend on how many units are scored);
+  image still passes through both towers; the peak does not depend on how many units are scored), with
+  score()'s chunk / max_memory knobs (--chunk, --max-memory; default automatic), against the README's memory
+  formula (mope.scoring's estimate; --only memory prints these lines alone);
 - the vision tower pruned to half its transformer FLOPs (bench/prune.py): throughput vs FLOP ratio;
 - pruned == ablated: the largest |difference| of the image embeddings on a few images.
 
     python bench/arch.py --arch ViT-B-32 [--device cuda] [--n 256] [--memory-n 256,2048] [--subset-n 16]
+                         [--only memory] [--chunk N | --max-memory GiB]
 """
 from __future__ import annotations
 
@@ -22,7 +25,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: python bench/...
 
 import argparse
-import inspect
 import json
 import resource
 import subprocess
@@ -35,7 +37,7 @@ from prune import compare, random_clip
 import mope
 from mope.ablation import ablated
 from mope.evaluation import task_texts
-from mope.scoring import score
+from mope.scoring import MIN_ROWS, TOKEN_BUDGET, auto_chunk, memory_tokens, pass_bytes_per_token, score
 from mope.settings import default_device
 from mope.speed import device_name, median_seconds
 from mope.units import KINDS, TOWERS, enumerate_units, tokens_of, tower_blocks
@@ -95,7 +97,8 @@ def sweep(clip, args, per_layer: dict[str, float], autocast) -> None:
 
 
 def memory_child(args) -> None:
-    """In a fresh process: score the last vision layer on N images; print the peak memory as JSON."""
+    """In a fresh process: score the last vision layer on N images; print the peak memory, the seconds and the
+    memory formula's terms as JSON."""
     device = torch.device(default_device(args.device))
     clip = random_clip(args.arch, device)
     task = mope.load_task(args.data, n=args.memory_child)
@@ -103,9 +106,29 @@ def memory_child(args) -> None:
     before = _peak_mb(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
     score(clip, task, towers=["vision"], units=["layer"], shard=(depth - 1, depth), baselines=(), cache=False,
-          precision=args.precision, metric="loss")
-    print(json.dumps({"before_mb": before, "peak_mb": _peak_mb(device)}))
+          precision=args.precision, metric="loss", chunk=args.chunk, max_memory=args.max_memory)
+    seconds = time.perf_counter() - start
+    print(json.dumps({"before_mb": before, "peak_mb": _peak_mb(device), "seconds": seconds,
+                      **formula_terms(clip, task, args.chunk, args.max_memory)}))
+
+
+def formula_terms(clip, task, chunk: int | None, max_memory: float | None) -> dict:
+    """The README's memory formula (Python API, scoring) for this run, in bytes, term by term: the vision tower,
+    one unit of its last layer, a zero-shot task. One chunk holding the whole set keeps every layer's input."""
+    model = clip.model
+    tokens, width = tokens_of(model, "vision"), tower_blocks(model, "vision")[0].attn.embed_dim
+    batch_tokens = memory_tokens(model, "vision", max_memory) if max_memory else TOKEN_BUDGET
+    rows = max(MIN_ROWS, min(chunk or auto_chunk(model, "vision", batch_tokens), len(task)))
+    layers = len(tower_blocks(model, "vision")) if rows >= len(task) else 1
+    size = model.visual.image_size
+    pixels = size[0] * size[1] if isinstance(size, (tuple, list)) else size * size
+    dim = model.visual.output_dim
+    return {"chunk": rows, "batch_tokens": batch_tokens,
+            "pass": rows * tokens * pass_bytes_per_token(model, "vision"),  # one unit: the pass holds one chunk
+            "hidden": 4 * layers * rows * tokens * width, "pixels": 4 * rows * 3 * pixels,
+            "embeddings": 4 * (len(task) + len(task_texts(task))) * dim, "per_image": 4 * len(task)}
 
 
 def _peak_mb(device: torch.device) -> float:
@@ -115,23 +138,27 @@ def _peak_mb(device: torch.device) -> float:
 
 
 def memory(args) -> None:
-    chunked = "chunk" in inspect.signature(score).parameters
     gpu = torch.device(default_device(args.device)).type == "cuda"
     what = "torch.cuda.max_memory_allocated" if gpu else "peak RSS of the process"
-    print(f"scoring peak memory ({what}; last vision layer scored; "
-          + ("score() streams the images in chunks, automatic size)" if chunked else
-             "this checkout's score() has no chunk knob: it keeps every layer's hidden states for all images)"))
+    knob = (f"--chunk {args.chunk}" if args.chunk else "") + (f" --max-memory {args.max_memory}" if args.max_memory
+                                                              else "")
+    print(f"scoring peak memory ({what}; last vision layer scored, {args.precision}; score() streams the images "
+          f"in chunks: {knob.strip() or 'automatic chunk'}; formula: the README's, in GiB)")
     for n in [int(x) for x in args.memory_n.split(",") if x]:
         cmd = [sys.executable, __file__, "--arch", args.arch, "--memory-child", str(n), "--precision", args.precision,
                "--data", args.data]
-        if args.device:
-            cmd += ["--device", args.device]
+        cmd += [f for flag, value in (("--device", args.device), ("--chunk", args.chunk),
+                                      ("--max-memory", args.max_memory)) if value for f in (flag, str(value))]
         out = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if out.returncode:
             print(f"  {n:5d} images: failed ({out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode})")
             continue
         m = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"  {n:5d} images: peak {m['peak_mb'] / 1024:.2f} GiB (model and data loaded: {m['before_mb'] / 1024:.2f} GiB)")
+        terms = {k: m[k] / 2**30 for k in ("pass", "hidden", "pixels", "embeddings", "per_image")}
+        print(f"  {n:5d} images: peak {m['peak_mb'] / 1024:.2f} GiB (model and data loaded: {m['before_mb'] / 1024:.2f} "
+              f"GiB; scoring added {(m['peak_mb'] - m['before_mb']) / 1024:.2f}); formula {sum(terms.values()):.2f} = "
+              + " + ".join(f"{k} {v:.2f}" for k, v in terms.items())
+              + f"; chunk {m['chunk']}, batch_tokens {m['batch_tokens']}; {m['seconds']:.0f} s")
 
 
 def pruned_equals_ablated(clip, result: dict, n: int = 4) -> float:
@@ -157,12 +184,19 @@ def main() -> None:
     parser.add_argument("--memory-n", default="256,2048", help="calibration set sizes for the peak memory lines")
     parser.add_argument("--batch", type=int, default=None, help="throughput batch (default: 256 on a GPU, 32 on a CPU)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--chunk", type=int, default=None, help="score()'s chunk for the memory lines (default: automatic)")
+    parser.add_argument("--max-memory", type=float, default=None, help="score()'s max_memory (GiB) for the memory lines")
+    parser.add_argument("--only", choices=("all", "memory"), default="all", help="memory: the peak memory lines alone")
     parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = torch.device(default_device(args.device))
     args.precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     if args.memory_child:
         memory_child(args)
+        return
+    if args.only == "memory":
+        print(f"{args.arch} (random init) on {device_name(device)}")
+        memory(args)
         return
     autocast = autocast_for(device, args.precision)
     clip = random_clip(args.arch, device)

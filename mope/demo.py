@@ -12,7 +12,7 @@ from open_clip_train.scheduler import cosine_lr
 from safetensors.torch import load_file
 
 from .data import shapes
-from .data.streams import BatchLoader, StepBatches, StepClock, resolve_workers
+from .data.streams import BatchLoader, StepBatches, StepClock, dead_worker, resolve_workers
 from .errors import MopeError
 from .io import atomic_save_safetensors, atomic_torch_save, atomic_write_json
 from .models import DEMO_DIR
@@ -123,6 +123,8 @@ def train_demo(out: Path = DEMO_DIR, steps: int = RECIPE["steps"], batch_size: i
                 save_checkpoint(state_path, model, probes, opt, step + 1)
             if (step + 1) % eval_every == 0 or step + 1 == steps:
                 _save_and_evaluate(model, tokenizer, out, config, step + 1, log)
+    except (MopeError, RuntimeError) as e:
+        raise _stopped(e, state_path) from None
     finally:
         batches.close()  # stops the data workers
     log(f"trained {steps - start} steps in {time.time() - t0:.0f}s (waiting for data {clock.total['data_s']:.1f}s, "
@@ -131,6 +133,15 @@ def train_demo(out: Path = DEMO_DIR, steps: int = RECIPE["steps"], batch_size: i
 
 
 WARMUP = 100  # steps of linear warmup before the cosine decay
+
+
+def _stopped(error: Exception, state_path: Path) -> Exception:
+    """What a training error becomes: a dead data worker (torch's RuntimeError, raised wherever this process was)
+    a MopeError naming the data; a MopeError notes the last checkpoint, which stays intact; others stay as they are."""
+    error = dead_worker(error, "shapes") or error
+    if isinstance(error, MopeError) and state_path.is_file():
+        return MopeError(f"{error}; the last checkpoint {state_path} is intact (resume with --resume)")
+    return error
 
 
 def _start_model(config: dict, init: Path | None, freeze_text: bool) -> tuple[open_clip.CLIP, torch.nn.ModuleDict]:

@@ -358,12 +358,15 @@ def _check_memory(clip: Clip, towers: Sequence[str], batch_tokens: int, chunk: i
 
 
 def memory_tokens(model: torch.nn.Module, tower: str, max_memory: float) -> int:
-    """Tokens per ablation pass that fit max_memory GiB: one pass holds about
-    tokens × width × (ACTIVATIONS + ffn/width) floats (see the README's memory formula)."""
+    """Tokens per ablation pass that fit max_memory GiB (see pass_bytes_per_token)."""
+    return max(tokens_of(model, tower), int(max_memory * 2**30 // pass_bytes_per_token(model, tower)))
+
+
+def pass_bytes_per_token(model: torch.nn.Module, tower: str) -> int:
+    """Bytes one token holds in a batched ablation pass: about width × ACTIVATIONS + 2 × ffn float32s (the first
+    term of the README's memory formula)."""
     block = tower_blocks(model, tower)[0]
-    width, ffn = block.attn.embed_dim, block.mlp.c_fc.out_features
-    per_token = 4 * (ACTIVATIONS * width + 2 * ffn)
-    return max(tokens_of(model, tower), int(max_memory * 2**30 // per_token))
+    return 4 * (ACTIVATIONS * block.attn.embed_dim + 2 * block.mlp.c_fc.out_features)
 
 
 def cached_scores(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequence[str] = KINDS,

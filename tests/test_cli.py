@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,8 @@ import torch
 from conftest import DEVICE, TINY, save_local_dir, subprocess_env
 
 import mope
+from mope.planning import Budget
+from mope.scoring import unit_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,3 +93,17 @@ def test_score_bad_memory_knobs(tiny_dir, tmp_path, args, message):
     out = run("score", "--model", str(tiny_dir), "--n", "4", "--towers", "vision", *args, "--quiet",
               "--out", str(tmp_path / "s.csv"), home=tmp_path)
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_distill_with_more_workers_than_cores_warns_and_runs(tiny_dir, tmp_path):
+    clip = mope.load_model(str(tiny_dir), device=DEVICE)
+    student = mope.save_pruned(mope.prune(clip, mope.plan(unit_table(clip), Budget(keep=0.5), by="magnitude")),
+                               tmp_path / "student")
+    cores = len(os.sched_getaffinity(0))
+    out = run("distill", "--teacher", str(tiny_dir), "--student", str(student), "--workers", str(cores + 7),
+              "--steps", "2", "--batch-size", "4", "--eval-data", "", "--quiet", "--out", str(tmp_path / "d"),
+              home=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert f"warning: --workers {cores + 7} is more than the {cores} CPU cores this process may use; using {cores}" \
+        in out.stderr and "Traceback" not in out.stderr
+    assert (tmp_path / "d" / "final").is_dir()

@@ -83,6 +83,29 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, workers):
     assert open_clip.create_model_and_transforms(f"local-dir:{resumed}")[0] is not None
 
 
+def test_a_dead_data_worker_is_a_clear_error_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    import os
+    import signal
+    import time
+
+    from mope.data import shapes
+
+    real, state = shapes.stream_batch, tmp_path / STATE_FILE
+
+    def dying(batch_size, seed, step, **kw):
+        if step == 3:  # in the worker that makes batch 3, once the step-2 checkpoint is written
+            while not state.is_file():
+                time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(batch_size, seed, step, **kw)
+
+    monkeypatch.setattr(shapes, "stream_batch", dying)
+    with pytest.raises(mope.MopeError, match=f"worker reading 'shapes' died.*checkpoint {state} is intact") as e:
+        train_demo(out=tmp_path, log=lambda line: None, checkpoint_every=2, workers=2, **RUN)
+    assert "Traceback" not in str(e.value)
+    assert torch.load(state, weights_only=True)["step"] == 2
+
+
 def test_init_and_frozen_text_tower(tmp_path):
     train_demo(out=tmp_path / "a", log=lambda line: None, **RUN)
     train_demo(out=tmp_path / "b", log=lambda line: None, init=tmp_path / "a", freeze_text=True, **RUN)
