@@ -24,10 +24,9 @@ PRIOR = 2  # images' worth of its group's pooled spread that a unit's own spread
 
 
 def first_round_size(n_images: int, first: int | None, minimum: int) -> int:
-    """Images per unit in round 1: `first`, or a sixteenth of the set (at least `minimum`, at most all); checked."""
+    """Images per unit in round 1: `first` (a positive count: score checks it), or a sixteenth of the set (at
+    least `minimum`, at most all); refused when the set has fewer images."""
     size = first if first is not None else min(n_images, max(minimum, math.ceil(n_images / 16)))
-    if size <= 0:
-        raise MopeError(f"the first round needs a positive number of images, got {size}")
     if n_images < size:
         raise MopeError(f"the calibration set has {n_images} images, fewer than the first round's {size}: "
                         f"use more images, a smaller first round, or schedule='exact'")

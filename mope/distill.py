@@ -12,7 +12,7 @@ The teacher is frozen in eval mode; only the student trains.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
@@ -26,7 +26,10 @@ from .errors import MopeError
 from .evaluation import evaluate
 from .io import atomic_save_safetensors, atomic_torch_save, atomic_write_json, write_failed
 from .progress import TimeLeft
+from .rules import arguments
 from .units import TOWERS, tower_blocks
+
+PRECISIONS = ("auto", "bf16", "fp32")  # auto: bf16 autocast on CUDA, fp32 on CPU
 
 
 @dataclass
@@ -47,6 +50,12 @@ class DistillConfig:
     seed: int = 0
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     workers: int | None = None  # DataLoader worker processes; None: from the CPU core count (streams.resolve_workers)
+
+    def __post_init__(self):
+        """Every number by the CLI's rule of the same name (mope.rules): DistillConfig(steps=0) is refused."""
+        arguments("DistillConfig", **{f.name: getattr(self, f.name) for f in fields(self) if f.name != "precision"})
+        if self.precision not in PRECISIONS:
+            raise MopeError(f"DistillConfig: precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 @dataclass

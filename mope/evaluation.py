@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from .clip import Clip
 from .data.tasks import Task, image_batches
 from .errors import MopeError
+from .rules import arguments
 
 RECALL_KS = (1, 5, 10)
 
@@ -207,6 +208,7 @@ def task_text_embeddings(clip: Clip, task: Task) -> torch.Tensor:
 
 def evaluate(clip: Clip, task: Task, batch_size: int = 64) -> dict[str, float]:
     """CLIP_benchmark-named metrics of `clip` on `task`."""
+    arguments("mope.evaluate", batch_size=batch_size)
     if len(task) == 0:
         raise MopeError(f"task {task.name} has no images")
     return task_metrics(task, image_embeddings(clip, task, batch_size), task_text_embeddings(clip, task))

@@ -95,6 +95,8 @@ class Store:
 
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root else jobs_dir()
+        self.unrecorded: dict[str, dict] = {}  # job id → how a job of this process ended, while the disk refuses it
+        self._unrecorded_lock = threading.Lock()
         try:
             self.cache = diskcache.Cache(str(self.root), eviction_policy="none", size_limit=2**40, timeout=60)
             self.cache.get("__probe__")
@@ -112,13 +114,20 @@ class Store:
         job = {"id": job_id, "kind": kind, "params": params, "status": "queued", "progress": {},
                "history": [], "curve": [], "partial": [], "log": [], "result": None, "error": None, "worker": None, "cancel": False,
                "created": time.time(), "started": None, "finished": None}
+        with self._writing():
+            self.cache.set(f"job:{job_id}", job)
+            self.cache.push(job_id, prefix="queue")
+        return job_id
+
+    @contextmanager
+    def _writing(self):
+        """One transaction: all of it is written or, on a full or read-only disk, none of it (the previous record
+        stays) and one MopeError says what to free."""
         try:
             with self.cache.transact():
-                self.cache.set(f"job:{job_id}", job)
-                self.cache.push(job_id, prefix="queue")
+                yield
         except (sqlite3.OperationalError, OSError) as e:
             raise _store_error(self.root, e) from None
-        return job_id
 
     def get(self, job_id: str) -> dict:
         """The job's record, with its partial rows."""
@@ -137,7 +146,7 @@ class Store:
 
     def add_partial(self, job_id: str, rows: list[dict]) -> None:
         """Append result rows to the job's partial rows (a new chunk; nothing stored is rewritten)."""
-        with self.cache.transact():
+        with self._writing():
             job = self._record(job_id)
             n = job.get("partial_chunks", 0)
             self.cache.set(f"partial:{job_id}:{n}", rows)
@@ -146,7 +155,7 @@ class Store:
 
     def set_partial(self, job_id: str, rows: list[dict]) -> None:
         """Replace the job's partial rows (one chunk)."""
-        with self.cache.transact():
+        with self._writing():
             job = self._record(job_id)
             for i in range(1, job.get("partial_chunks", 0)):
                 self.cache.delete(f"partial:{job_id}:{i}")
@@ -155,7 +164,7 @@ class Store:
             self.cache.set(f"job:{job_id}", job)
 
     def update(self, job_id: str, **changes) -> dict:
-        with self.cache.transact():
+        with self._writing():
             job = self._record(job_id)
             job.update(changes)
             self.cache.set(f"job:{job_id}", job)
@@ -165,7 +174,7 @@ class Store:
         self.extend(job_id, field, [item], limit)
 
     def extend(self, job_id: str, field: str, items: list, limit: int | None = None) -> None:
-        with self.cache.transact():
+        with self._writing():
             job = self._record(job_id)
             job[field] = (job[field] + items)[-limit:] if limit else job[field] + items
             self.cache.set(f"job:{job_id}", job)
@@ -202,7 +211,7 @@ class Store:
     def claim(self, worker: int, worker_start: str | None = None) -> dict | None:
         """The oldest queued job, now running under pid `worker` (started at `worker_start`); None when none."""
         while True:
-            with self.cache.transact():
+            with self._writing():
                 _, job_id = self.cache.pull(prefix="queue")
                 if job_id is None:
                     return None
@@ -236,16 +245,50 @@ class Store:
         """The job; if it is running under a worker that is gone, now marked failed with the reason."""
         if job["status"] != "running" or _alive(job["worker"], job.get("worker_start")):
             return job
-        key = f"job:{job['id']}"
-        with self.cache.transact():
-            job = self.cache.get(key)
-            if job["status"] == "running" and not _alive(job["worker"], job.get("worker_start")):
-                job.update(status="failed", finished=time.time(),
-                           error=f"the worker (pid {job['worker']}) died while running this job"
-                                 + ("; resume it to continue from its last checkpoint"
-                                    if job["kind"] in ("distill", "prune-and-distill") else ""))
-                self.cache.set(key, job)
+        key, seen = f"job:{job['id']}", job
+        try:
+            with self._writing():
+                job = self.cache.get(key)
+                if job["status"] == "running" and not _alive(job["worker"], job.get("worker_start")):
+                    job.update(status="failed", finished=time.time(),
+                               error=f"the worker (pid {job['worker']}) died while running this job"
+                                     + ("; resume it to continue from its last checkpoint"
+                                        if job["kind"] in ("distill", "prune-and-distill") else ""))
+                    self.cache.set(key, job)
+        except MopeError:  # a full disk: shown as it is stored, marked at a later look
+            return seen
         return job
+
+    # --- a job's end, kept in memory while the disk refuses it ---------------------------------------
+
+    def record_end(self, job_id: str, **changes) -> bool:
+        """Write how a job ended (status, error, result …); when the store cannot be written (a full disk), keep it
+        in `unrecorded` and say so on stderr in one line: record_unrecorded() writes it once the disk has room.
+        True when written."""
+        try:
+            self.update(job_id, **changes)
+        except MopeError as e:
+            with self._unrecorded_lock:
+                self.unrecorded[job_id] = {**self.unrecorded.get(job_id, {}), **changes}
+            print(f"error: job {job_id} ended {changes.get('status')}, not yet recorded: {e}; retrying", file=sys.stderr,
+                  flush=True)
+            return False
+        with self._unrecorded_lock:
+            self.unrecorded.pop(job_id, None)
+        return True
+
+    def record_unrecorded(self) -> None:
+        """Try again to write the ends the disk refused (the worker calls it between jobs)."""
+        with self._unrecorded_lock:
+            pending = dict(self.unrecorded)
+        for job_id, changes in pending.items():
+            try:
+                self.update(job_id, **changes)
+            except MopeError:
+                return  # still full: the next look tries again
+            with self._unrecorded_lock:
+                if self.unrecorded.get(job_id) == changes:
+                    del self.unrecorded[job_id]
 
 
 def _store_error(root: Path, error: Exception) -> MopeError:
@@ -465,8 +508,8 @@ def run_job(store: Store, job: dict) -> None:
     from .runners import RUNNERS
 
     ctx = JobContext(store, job["id"])
-    ctx.log(f"{job['kind']} started")
     try:
+        ctx.log(f"{job['kind']} started")
         result = None
         with _device_turn(job, ctx) as ready:
             try:
@@ -474,17 +517,25 @@ def run_job(store: Store, job: dict) -> None:
             finally:
                 ctx.flush()  # the whole curve is in the store before the job shows as ended
         status = "cancelled" if ctx.should_stop() or store._record(job["id"])["cancel"] else "done"
-        store.update(job["id"], status=status, result=result, finished=time.time())
-        ctx.log(status)
+        if store.record_end(job["id"], status=status, result=result, finished=time.time()):
+            _log_quietly(ctx, status)
     except Exception as e:  # every failure is recorded on the job, the worker goes on
         from .scoring import Cancelled
 
         if isinstance(e, Cancelled):
-            store.update(job["id"], status="cancelled", finished=time.time())
+            store.record_end(job["id"], status="cancelled", finished=time.time())
             return
         message = str(e) if isinstance(e, MopeError) else f"{type(e).__name__}: {e}"
-        store.update(job["id"], status="failed", error=message, finished=time.time())
-        ctx.log("failed: " + (message if isinstance(e, MopeError) else traceback.format_exc(limit=3)))
+        if store.record_end(job["id"], status="failed", error=message, finished=time.time()):
+            _log_quietly(ctx, "failed: " + (message if isinstance(e, MopeError) else traceback.format_exc(limit=3)))
+
+
+def _log_quietly(ctx: JobContext, line: str) -> None:
+    """A last log line, once the end is recorded: a full disk refusing it changes nothing (the end is stored)."""
+    try:
+        ctx.log(line)
+    except MopeError:
+        pass
 
 
 @contextmanager
@@ -521,15 +572,16 @@ def _serve(store: Store, lock: _WorkerLock, concurrency: int, idle_exit: float |
     running: list[threading.Thread] = []
     while True:
         running = [t for t in running if t.is_alive()]
+        store.record_unrecorded()
         if len(running) < concurrency:
-            job = store.claim(pid, start)
+            job = _claim(store, pid, start)
             if job is not None:
                 thread = threading.Thread(target=run_job, args=(store, job), daemon=True)
                 thread.start()
                 running.append(thread)
                 idle_since = time.time()
                 continue
-        if running:
+        if running or store.unrecorded:  # an end the disk refused keeps the worker (and its retries) alive
             idle_since = time.time()
         elif idle_exit is not None and time.time() - idle_since > idle_exit:
             lock.let_go()  # then one more look: a job submitted while the lock was held is not left behind
@@ -537,6 +589,16 @@ def _serve(store: Store, lock: _WorkerLock, concurrency: int, idle_exit: float |
                 return
             idle_since = time.time()
         time.sleep(poll)
+
+
+def _claim(store: Store, pid: int, start: str | None) -> dict | None:
+    """The next job, or None; a store the disk will not let it write is said in one line, and tried again later."""
+    try:
+        return store.claim(pid, start)
+    except MopeError as e:
+        print(f"error: could not take the next job: {e}", file=sys.stderr, flush=True)
+        time.sleep(1.0)
+        return None
 
 
 def _lock_unless_a_worker_lives(root: Path, grace: float = 3.0) -> int | None:

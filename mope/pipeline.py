@@ -8,6 +8,7 @@ from .blocks import by_layer
 from .clip import Clip
 from .errors import MopeError
 from .planning import Budget, check_budget, plan
+from .rules import NUMBERS, arguments
 from .scoring import score, unit_table
 from .stability import measured_stability
 from .surgery import prune
@@ -62,16 +63,14 @@ def prune_model(clip: Clip, task, budget, schedule: str = "width-then-depth", sc
 
 
 def check_steps(steps, step_schedule: str) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise MopeError(f"steps must be a whole number >= 1 (1 = one-shot), got {steps!r}")
+    NUMBERS["steps"].check(steps, "mope.prune_model: steps", strict=True)  # 1 = one-shot
     if step_schedule not in STEP_SCHEDULES:
         raise MopeError(f"unknown step schedule '{step_schedule}'; use {' or '.join(STEP_SCHEDULES)}")
 
 
 def check_rescore_margin(margin) -> None:
-    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))
-                               or not margin >= 1 or math.isinf(margin)):
-        raise MopeError(f"rescore margin must be a number >= 1 (or none: re-score every unit), got {margin!r}")
+    """None (re-score every unit) or a number >= 1 (mope.rules)."""
+    arguments("mope.prune_model", rescore_margin=margin)
 
 
 def step_targets(keep: float, steps: int, step_schedule: str = "even") -> list[float]:

@@ -14,6 +14,7 @@ import pandas as pd
 from . import anytime
 from .errors import MopeError
 from .ranking import rank_units
+from .rules import NUMBERS, arguments, name_list
 from .units import TOWERS, Unit
 
 STRATEGIES = ("uniform", "global")
@@ -40,6 +41,10 @@ class Budget:
     measure: str = "params"
     floor: int = 1
     towers: tuple[str, ...] = ("vision",)
+
+    def __post_init__(self):
+        if isinstance(self.towers, str):  # Budget(towers="vision"): one tower (or comma-separated towers)
+            self.towers = tuple(name_list(self.towers, TOWERS, "Budget: towers"))
 
     def per_tower(self, name: str) -> dict[str, float]:
         value = getattr(self, name)
@@ -171,18 +176,24 @@ def check_budget(budget: Budget) -> None:
         raise MopeError(f"unknown strategy '{budget.strategy}'; use uniform or global")
     if budget.measure not in MEASURES:
         raise MopeError(f"unknown measure '{budget.measure}'; use params or flops")
-    for tower, keep in budget.per_tower("keep").items():
-        if tower not in TOWERS:
-            raise MopeError(f"unknown tower '{tower}'; use vision or text")
-        if not 0 < keep <= 1:
-            raise MopeError(f"keep must be a fraction in (0, 1], got {keep} for {tower}")
+    _check_numbers(budget)
     if budget.keep is not None and (budget.heads is not None or budget.neurons is not None):
         raise MopeError("give either keep or explicit heads / neurons counts, not both")
     counts = [v for name in ("heads", "neurons", "layers") for v in budget.per_tower(name).values()]
-    if any(v < 0 for v in counts):
-        raise MopeError("counts of heads / neurons / layers to remove cannot be negative")
     if budget.keep is None and not any(counts):
         raise MopeError("this budget removes nothing: give keep < 1, or heads / neurons / layers to remove")
+
+
+def _check_numbers(budget: Budget) -> None:
+    """towers a non-empty list of known towers; keep, the counts and floor by the CLI's rules (mope.rules)."""
+    name_list(budget.towers, TOWERS, "Budget: towers")
+    arguments("Budget", floor=budget.floor)
+    for name in ("keep", "heads", "neurons", "layers"):
+        value = getattr(budget, name)
+        if isinstance(value, dict):
+            name_list(list(value), TOWERS, f"Budget: the towers of {name}")
+        for tower, v in budget.per_tower(name).items():
+            NUMBERS[name].check(v, f"Budget: {name} ({tower})", strict=True)
 
 
 def _width(rows: _Rows, budget: Budget, notes: list[str]) -> list[Unit]:

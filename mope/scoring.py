@@ -43,6 +43,7 @@ from .evaluation import (
 )
 from .progress import TimeLeft
 from .ranking import rank_units
+from .rules import arguments, name_list
 from .units import (
     KINDS,
     TOWERS,
@@ -88,6 +89,8 @@ def score(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequenc
     progress gets the whole table after each round, the table's attrs["anytime"] says where it stands.
     only: the names of the units to score (the others are left out of the table), e.g. iterative pruning's pool.
     """
+    towers, units = _names(towers, units)
+    arguments("mope.score", batch_tokens=batch_tokens, chunk=chunk, max_memory=max_memory, first_round=first_round)
     metric, group_sizes, fingerprint, model_fp, key = _settle(clip, task, towers, units, metric, impl, group_size,
                                                                baselines, seed, precision, shard)
     batch_tokens = _check_memory(clip, towers, batch_tokens, chunk, max_memory)
@@ -347,13 +350,9 @@ def _per_image_record(per_image_rows: dict[str, torch.Tensor], rows: list[dict])
 
 def _check_memory(clip: Clip, towers: Sequence[str], batch_tokens: int, chunk: int | None,
                   max_memory: float | None) -> int:
-    """The tokens per ablation pass: batch_tokens, or what max_memory (GiB) allows; clear errors for bad knobs."""
-    if chunk is not None and chunk <= 0:
-        raise MopeError(f"chunk must be a positive number of images per chunk, got {chunk}")
+    """The tokens per ablation pass: batch_tokens, or what max_memory (GiB) allows (both checked by score)."""
     if max_memory is None:
         return batch_tokens
-    if max_memory <= 0:
-        raise MopeError(f"max_memory must be a positive number of GiB, got {max_memory}")
     return min(memory_tokens(clip.model, t, max_memory) for t in towers)
 
 
@@ -373,6 +372,7 @@ def cached_scores(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units:
                   metric: str | None = None, impl: str = "fast", group_size: int | None = None,
                   baselines: Sequence[str] | None = None, seed: int = 0, precision: str = "fp32") -> pd.DataFrame | None:
     """What score() with these arguments would return from the cache, or None when it would compute."""
+    towers, units = _names(towers, units)
     metric, group_sizes, fingerprint, model_fp, key = _settle(clip, task, towers, units, metric, impl, group_size,
                                                                baselines, seed, precision, None)
     hit = _cached_rows(key)
@@ -381,6 +381,7 @@ def cached_scores(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units:
 
 def _settle(clip, task, towers, units, metric, impl, group_size, baselines, seed, precision, shard):
     """Checked settings and their keys: (metric, group sizes, scores fingerprint, model fingerprint, cache key)."""
+    arguments("mope.score", seed=seed)
     metric = metric or default_metric(task)
     group_sizes = _validate(clip, task, towers, units, metric, impl, baselines, precision, group_size)
     settings = dict(towers=list(towers), units=list(units), metric=metric, impl=impl, group_sizes=group_sizes,
@@ -388,6 +389,12 @@ def _settle(clip, task, towers, units, metric, impl, group_size, baselines, seed
     model_fp = model_fingerprint(clip.model)
     fingerprint = key_of(model=model_fp, task=task.fingerprint(), **settings)
     return metric, group_sizes, fingerprint, model_fp, f"{fingerprint}/{shard}"
+
+
+def _names(towers, units) -> tuple[list[str], list[str]]:
+    """towers and unit kinds as non-empty lists of known names (a list, or comma-separated text)."""
+    return (name_list(towers, TOWERS, "mope.score: towers"),
+            name_list(units, KINDS, "mope.score: units", {"heads": "head", "layers": "layer"}))
 
 
 def _cached_rows(key: str) -> list[dict] | None:

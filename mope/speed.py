@@ -15,6 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .blocks import with_attention
 from .clip import Clip
 from .errors import MopeError
+from .rules import arguments
 from .units import TOWERS, split_qkv, tower_summary
 
 
@@ -83,6 +84,7 @@ def interleaved_latency(clips: Mapping[str, Clip], tower: str = "vision", batch:
     runs each model once (the order rotated each round, so none always goes first) and each model's
     median over the rounds is reported, so a slower or busier moment of a shared machine hits them all.
     One row per model: median / min / max (ms); attrs["device"] names the device."""
+    arguments("interleaved_latency", batch=batch, repeats=repeats, warmup=warmup)
     names = list(clips)
     if not names:
         raise MopeError("choose at least one model to time")

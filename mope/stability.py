@@ -12,6 +12,7 @@ import pandas as pd
 
 from .errors import MopeError
 from .planning import Budget, Plan, plan
+from .rules import arguments
 from .scoring import per_image
 
 STABLE = 0.9  # a unit removed in at least this fraction of the resamples counts as stable
@@ -26,8 +27,7 @@ def plan_stability(scores: pd.DataFrame, budget: Budget, per_image: pd.DataFrame
     ≥ 90% of the resamples), mean_overlap (mean fraction of the plan's units a resampled plan also removes)
     and per_unit (unit name → fraction of resamples removing it).
     """
-    if resamples < 1:
-        raise MopeError(f"resamples must be at least 1, got {resamples}")
+    arguments("plan_stability", resamples=resamples, seed=seed)
     base = plan(scores, budget, by=by)
     matrix, rows = _aligned(scores, per_image)
     rng = np.random.default_rng(seed)

@@ -17,8 +17,10 @@ from .evaluation import default_metric, evaluate
 from .pipeline import prune_model
 from .planning import Budget, Plan, plan
 from .progress import TimeLeft
+from .rules import NUMBERS, items, name_list
 from .scoring import Cancelled
 from .surgery import prune
+from .units import TOWERS
 
 DEFAULT_RANKINGS = ("mope", "magnitude", "random")  # score columns a study compares unless told otherwise
 
@@ -41,6 +43,7 @@ def compression_curve(clip: Clip, scores: pd.DataFrame, task: Task, removed: Seq
     in K steps, re-scoring on `calibration` between them (the data `scores` came from). progress(done,
     total, eta, rows) after each evaluation.
     """
+    towers = _check_curve(removed, towers, iterative)
     rankings = rankings or ranking_names([c for c in DEFAULT_RANKINGS if c in scores.columns])
     if iterative and calibration is None:
         raise MopeError("iterative curves re-score the pruned model: give the calibration task the scores came from")
@@ -62,6 +65,14 @@ def compression_curve(clip: Clip, scores: pd.DataFrame, task: Task, removed: Seq
     df = pd.DataFrame(rows)
     df.attrs.update(metric=metric, scores=scores.attrs.get("fingerprint", ""))
     return df
+
+
+def _check_curve(removed, towers, iterative) -> list[str]:
+    """Each fraction removed in (0, 1], each K of `iterative` >= 1 (mope.rules); the towers, known ones."""
+    for name, values in (("removed", removed), ("iterative", iterative)):
+        for value in items(values, f"compression_curve: {name}"):
+            NUMBERS[name].check(value, f"compression_curve: each of {name}", strict=True)
+    return name_list(towers, TOWERS, "compression_curve: towers")
 
 
 def curve_point(clip: Clip, scores: pd.DataFrame, task: Task, metric: str, budget: Budget, fraction: float, name: str,

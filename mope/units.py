@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .errors import MopeError
+from .rules import arguments
 
 TOWERS = ("vision", "text")
 
@@ -179,8 +180,7 @@ def default_group_size(ffn_width: int) -> int:
 
 def check_group_size(model: nn.Module, towers: Sequence[str], group_size: int | None) -> dict[str, int]:
     """The neuron-group size per tower; a clear error if it does not divide every layer's FFN width."""
-    if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1):
-        raise MopeError(f"group size must be a whole number of neurons, 1 or more, got {group_size!r}")
+    arguments("mope.score", group_size=group_size)
     sizes = {}
     for tower in towers:
         widths = {b.mlp.c_fc.out_features for b in tower_blocks(model, tower)}

@@ -12,7 +12,6 @@ schedules, criteria, metrics, export formats) are the library's own, read when f
 from __future__ import annotations
 
 import functools
-import math
 import os
 import re
 import tempfile
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import MopeError
+from .rules import NUMBERS, Number, items, name_list
 from .settings import user_path
 from .specs import DataSpec, ModelSpec
 
@@ -51,48 +51,6 @@ def vocabulary() -> dict[str, tuple[str, ...]]:
 # --- rules -----------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Number:
-    """An int or float in [low, high] (low excluded when `above`)."""
-
-    kind: type
-    low: float | None = None
-    high: float | None = None
-    above: bool = False
-
-    def check(self, value, label: str):
-        number = _as_number(value, self.kind)
-        if number is None or not self._in_range(number):
-            raise MopeError(f"{label} must be {self.describe()}, got {value!r}")
-        return number
-
-    def _in_range(self, number) -> bool:
-        if self.low is not None and (number <= self.low if self.above else number < self.low):
-            return False
-        return self.high is None or number <= self.high
-
-    def describe(self) -> str:
-        what = "a whole number" if self.kind is int else "a number"
-        if self.kind is int and self.low is not None and self.high is not None:
-            return f"{what} from {self.low:,} to {self.high:,}"
-        if self.low is not None and self.high is not None:
-            return f"{what} in {'(' if self.above else '['}{self.low:g}, {self.high:g}]"
-        return f"{what} {'>' if self.above else '≥'} {self.low:g}" if self.low is not None else what
-
-
-def _as_number(value, kind: type):
-    """value as a finite int / float (from a number or its text); None when it is not one."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        return None
-    try:
-        number = float(value) if kind is float else (int(value) if not isinstance(value, float) else value)
-    except (ValueError, OverflowError):
-        return None
-    if kind is int and isinstance(number, float):
-        return int(number) if number.is_integer() else None
-    return number if math.isfinite(number) else None
-
-
-@dataclass(frozen=True)
 class Names:
     """A list of names from a vocabulary (aliases mapped), given as a list or as comma-separated text;
     non-empty unless `empty_ok`."""
@@ -102,14 +60,7 @@ class Names:
     empty_ok: bool = False
 
     def check(self, value, label: str) -> list[str]:
-        allowed = vocabulary()[self.vocabulary]
-        items = _items(value, label)
-        names = [dict(self.aliases).get(x, x) for x in items]
-        bad = [x for x in names if x not in allowed]
-        if bad or not (names or self.empty_ok):
-            raise MopeError(f"{label} takes a comma list of {', '.join(allowed)}"
-                            + (f"; unknown: {', '.join(map(repr, bad))}" if bad else f"; got {value!r}"))
-        return list(dict.fromkeys(names))
+        return name_list(value, vocabulary()[self.vocabulary], label, dict(self.aliases), self.empty_ok)
 
 
 @dataclass(frozen=True)
@@ -120,19 +71,10 @@ class Numbers:
     empty_ok: bool = False
 
     def check(self, value, label: str) -> list:
-        items = _items(value, label)
-        if not items and not self.empty_ok:
+        given = items(value, label)
+        if not given and not self.empty_ok:
             raise MopeError(f"{label} takes a comma list of {self.each.describe()}s; got {value!r}")
-        return [self.each.check(x, f"each of {label}") for x in items]
-
-
-def _items(value, label: str) -> list:
-    if isinstance(value, str):
-        return [x.strip() for x in value.split(",") if x.strip()]
-    if isinstance(value, (list, tuple)) and all(isinstance(x, (str, int, float)) and not isinstance(x, bool)
-                                                for x in value):
-        return [x.strip() if isinstance(x, str) else x for x in value]
-    raise MopeError(f"{label} must be a list (or comma-separated text), got {value!r}")
+        return [self.each.check(x, f"each of {label}") for x in given]
 
 
 @dataclass(frozen=True)
@@ -275,28 +217,16 @@ def budget(value, label: str) -> dict:
     return checked
 
 
-COUNT, SOME = Number(int, 1, 10**7), Number(int, 0, 10**7)
-POSITIVE, WEIGHT = Number(float, 0, 1e6, above=True), Number(float, 0, 1e6)
 FLAG, FOLDER, FILE = Check(flag), Check(input_folder), Check(input_file)
 MODEL, TASK, TRAINING = Check(model_spec), Check(data_spec), Check(lambda v, label: data_spec(v, label, training=True))
 OUT_FOLDER, OUT_FILE = Check(lambda v, label: output_path(v, label, folder=True)), Check(output_path)
 
 RULES: dict[str, Number | Names | Numbers | Choice | Check] = {
-    # counts and sizes
-    "n": COUNT, "eval_n": COUNT, "calibration_n": COUNT, "steps": COUNT, "checkpoint_every": COUNT,
-    "eval_every": COUNT, "group_size": COUNT, "chunk": COUNT, "first_round": COUNT, "iterative": Number(int, 1, 10**6),
-    "batch_size": Number(int, 1, 65536), "repeats": Number(int, 1, 10**4), "concurrency": Number(int, 1, 256),
-    "threads": Number(int, 1, 1024), "workers": Number(int, 0, 1024), "opset": Number(int, 1, 100),
-    "seed": Number(int, 0, 2**32 - 1), "warmup": SOME, "grid_every": SOME, "depth": SOME, "layers": SOME, "heads": SOME,
-    "neurons": SOME, "floor": SOME,
-    # fractions, rates, weights, times
-    "keep": Number(float, 0, 1, above=True), "lr": POSITIVE, "temperature": POSITIVE, "grad_clip": POSITIVE,
-    "max_memory": POSITIVE, "rescore_margin": Number(float, 1), "weight_decay": WEIGHT, "affinity": WEIGHT,
-    "feature": WEIGHT, "hidden": WEIGHT, "contrastive": WEIGHT, "idle_exit": WEIGHT, "seconds": Number(float, 0, 86400),
+    **NUMBERS,  # counts, sizes, fractions, rates, weights, times: mope.rules, which the library's calls obey too
     # lists
     "towers": Names("towers"), "units": Names("units", (("heads", "head"), ("layers", "layer"))),
     "baselines": Names("baselines", empty_ok=True), "rankings": Names("criteria"),
-    "batch": Numbers(Number(int, 1, 65536)), "removed": Numbers(Number(float, 0, 1, above=True)),
+    "batch": Numbers(NUMBERS["batch"]), "removed": Numbers(NUMBERS["removed"]),
     # choices and names
     "strategy": Choice("strategy"), "measure": Choice("measure"), "step_schedule": Choice("step_schedule"),
     "schedule": Choice("schedule"), "task": Choice("task"), "metric": Choice("metric"), "format": Choice("format"),
@@ -311,7 +241,7 @@ SCOPED: dict[tuple[str, str], Number | Names | Numbers | Choice | Check] = {
     ("distill", "data"): TRAINING,  # distillation's --data is training pairs
     ("eval", "format"): Choice("eval_format"),
     ("eval", "out"): OUT_FILE, ("score", "out"): OUT_FILE,  # a JSON / CSV file; every other --out is a folder
-    ("study", "iterative"): Numbers(Number(int, 1, 10**6), empty_ok=True),  # K values; prune's is one K
+    ("study", "iterative"): Numbers(NUMBERS["iterative"], empty_ok=True),  # K values; prune's is one K
 }
 NO_DATA = ("eval_data",)  # '' means none
 # checked elsewhere before any work: argparse (options with choices), jobs.validate (--kind and --param of

@@ -332,3 +332,102 @@ def test_listing_reads_each_job_once(tmp_path, monkeypatch):
     monkeypatch.setattr(store.cache, "get", lambda key, *a, **kw: (reads.append(key), real_get(key, *a, **kw))[1])
     assert [j["id"] for j in store.jobs()] == ids
     assert sorted(k for k in reads if k.startswith("job:")) == sorted(f"job:{i}" for i in ids)
+
+
+# --- a full disk while a job reports (issue 11, item 6: only submit was covered) ------------------------------
+
+class _Disk:
+    """The store's disk, made full at will: every write of a job record and every queue change then fails as sqlite
+    says it on a full disk; a write already made inside the same transaction is rolled back by SQLite."""
+
+    def __init__(self, store: Store, monkeypatch):
+        self.full = False
+        for name in ("set", "pull"):
+            monkeypatch.setattr(store.cache, name, self._refusing(getattr(store.cache, name)))
+
+    def _refusing(self, real):
+        import sqlite3
+
+        def write(key=None, *a, **k):
+            if self.full and (not isinstance(key, str) or key.startswith("job:")):
+                raise sqlite3.OperationalError("database or disk is full")
+            return real(key, *a, **k) if key is not None else real(*a, **k)
+        return write
+
+    def free_in(self, seconds: float) -> None:
+        threading.Timer(seconds, lambda: setattr(self, "full", False)).start()
+
+
+def _reporting_job(store: Store, monkeypatch, report) -> str:
+    """A queued ping job whose runner reports some rows, a curve point and progress, fills the disk, then calls
+    report(ctx)."""
+    from mope import runners
+
+    def runner(params, ctx):
+        ctx.progress(1, 4, None, "first")
+        ctx.partial([{"unit": "a"}, {"unit": "b"}])
+        ctx.curve({"step": 1, "loss": 1.0})
+        ctx.flush()
+        disk.full = True
+        report(ctx)
+        return {"pong": True}
+
+    monkeypatch.setitem(runners.RUNNERS, "ping", runner)
+    disk = _Disk(store, monkeypatch)
+    job_id = store.submit("ping")
+    store.disk = disk
+    return job_id
+
+
+@pytest.mark.parametrize("what, report", [
+    ("progress", lambda ctx: ctx.progress(2, 4, None, "second")),
+    ("partial rows", lambda ctx: ctx.partial([{"unit": "a"}, {"unit": "b"}, {"unit": "c"}])),
+    ("partial rows rewritten", lambda ctx: ctx.partial([{"unit": "z"}])),
+    ("curve", lambda ctx: (ctx.curve({"step": 2, "loss": 0.5}), ctx.flush())),
+    ("metrics", lambda ctx: ctx.metrics({"step": 2, "acc1": 0.5})),
+    ("log", lambda ctx: ctx.log("a line")),
+    ("the finish record", lambda ctx: None),
+])
+def test_a_full_disk_while_a_job_reports_fails_it_clearly_and_keeps_what_was_stored(home, monkeypatch, capfd, what,
+                                                                                      report):
+    from mope.jobs import run_job
+
+    store = Store()
+    job_id = _reporting_job(store, monkeypatch, report)
+    job = store.claim(os.getpid())
+    run_job(store, job)  # no exception escapes: the worker's thread ends quietly
+    stored = store.get(job_id)
+    assert stored["status"] == "running" and stored["error"] is None  # the disk refused the end: nothing half-written
+    assert [r["unit"] for r in stored["partial"]] == ["a", "b"] and stored["progress"]["message"] == "first"
+    assert [p["step"] for p in stored["curve"]] == [1] and stored["history"] == []
+    assert not any(k.startswith(f"partial:{job_id}:") and k != f"partial:{job_id}:0"
+                   for k in store.cache.iterkeys() if isinstance(k, str))  # the refused chunk was rolled back
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1 and "not yet recorded" in err and "disk" in err
+    assert job_id in store.unrecorded
+    store.record_unrecorded()  # still full: kept for later
+    assert store.get(job_id)["status"] == "running" and job_id in store.unrecorded
+    store.disk.full = False
+    store.record_unrecorded()
+    ended = store.get(job_id)
+    assert store.unrecorded == {} and ended["finished"] is not None
+    if what == "the finish record":  # the job itself had finished: it is recorded done, with its result
+        assert ended["status"] == "done" and ended["result"] == {"pong": True}
+    else:
+        assert ended["status"] == "failed" and ended["result"] is None
+        assert "disk holding the job store is full" in ended["error"] and "free disk space" in ended["error"]
+    assert [r["unit"] for r in ended["partial"]] == ["a", "b"]
+
+
+def test_the_worker_waits_out_a_full_disk_without_a_traceback(home, monkeypatch, capfd):
+    """The worker loop: a claim refused by a full disk is one line and a later try; an end the disk refused keeps
+    the worker alive until it is written, then it exits idle."""
+    store = Store()
+    job_id = _reporting_job(store, monkeypatch, lambda ctx: (store.disk.free_in(1.0), ctx.progress(2, 4, None, "x")))
+    store.disk.full = True  # before the job is claimed
+    store.disk.free_in(1.0)
+    work(store, idle_exit=0.3, poll=0.05)
+    job = store.get(job_id)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "could not take the next job" in err and "not yet recorded" in err
+    assert job["status"] == "failed" and "full" in job["error"] and store.unrecorded == {}

@@ -146,5 +146,5 @@ def test_a_pool_wider_than_the_model_is_the_full_rescoring(tiny):
 
 @pytest.mark.parametrize("margin", [0.5, 0, -1, float("inf"), float("nan"), True, "2"])
 def test_a_bad_rescore_margin_is_a_clear_error(tiny, margin):
-    with pytest.raises(MopeError, match="rescore margin must be a number >= 1"):
+    with pytest.raises(MopeError, match="rescore_margin must be a number ≥ 1"):
         prune_model(tiny, mope.load_task("shapes", n=4), Budget(keep=0.5), steps=2, rescore_margin=margin)

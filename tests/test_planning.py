@@ -83,7 +83,8 @@ def test_plan_round_trips_through_a_dict(table):
 
 
 @pytest.mark.parametrize("budget, message", [
-    (Budget(keep=1.0), "removes nothing"), (Budget(keep=0.0), "fraction"), (Budget(), "removes nothing"),
+    (Budget(keep=1.0), "removes nothing"), (Budget(keep=0.0), r"keep \(vision\) must be a number in \(0, 1\]"),
+    (Budget(), "removes nothing"),
     (Budget(keep=0.01), "removes every head"), (Budget(layers=2), "at least one must stay"),
     (Budget(heads=5), "cannot remove 5"), (Budget(keep=0.5, strategy="best"), "unknown strategy"),
     (Budget(keep=0.5, heads=1), "not both"), (Budget(heads=4), "removes every head of the vision tower .8 of 8"),

@@ -103,7 +103,7 @@ def test_a_stop_waits_for_one_batched_pass_at_most(tiny):
 
 
 @pytest.mark.parametrize("kw, message", [
-    (dict(units=["attention"]), "unknown unit kind"), (dict(towers=["audio"]), "unknown tower"),
+    (dict(units=["attention"]), "units takes .*unknown: .attention."), (dict(towers=["audio"]), "towers takes .*unknown: .audio."),
     (dict(group_size=48), "does not divide"), (dict(metric="text_retrieval_recall@1"), "has no metric"),
     (dict(precision="bf16"), "for GPUs"),
 ])
@@ -203,9 +203,9 @@ def test_memory_does_not_grow_with_the_calibration_set(tiny, monkeypatch):
         rows.clear()
 
 
-@pytest.mark.parametrize("kw, message", [(dict(chunk=0), "chunk must be a positive"),
-                                         (dict(chunk=-3), "chunk must be a positive"),
-                                         (dict(max_memory=-1.0), "max_memory must be a positive")])
+@pytest.mark.parametrize("kw, message", [(dict(chunk=0), "chunk must be a whole number from 1"),
+                                         (dict(chunk=-3), "chunk must be a whole number from 1"),
+                                         (dict(max_memory=-1.0), r"max_memory must be a number in \(0")])
 def test_bad_memory_knobs(tiny, kw, message, monkeypatch):
     monkeypatch.setattr(scoring.FastScorer, "run", lambda *a: pytest.fail("work started"))
     with pytest.raises(mope.MopeError, match=message):

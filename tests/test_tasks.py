@@ -31,7 +31,7 @@ def test_a_count_of_no_images_is_refused(tmp_path, spec):
     """Issue 11: n=0 meant 1,000 shapes images, and -5 one folder image."""
     _png(tmp_path / "cat" / "a.png")
     for n in (0, -5):
-        with pytest.raises(mope.MopeError, match="n must be a whole number of images"):
+        with pytest.raises(mope.MopeError, match="load_task: n must be a whole number from 1"):
             mope.load_task(spec.format(folder=tmp_path), n=n)
 
 

@@ -46,7 +46,7 @@ def test_bad_group_size_and_kind(tiny):
     with pytest.raises(mope.MopeError, match="does not divide"):
         check_group_size(tiny.model, ["vision"], 48)
     for size in (0, -64):  # issue 11: 0 silently meant the default
-        with pytest.raises(mope.MopeError, match="group size must be a whole number"):
+        with pytest.raises(mope.MopeError, match="group_size must be a whole number from 1"):
             check_group_size(tiny.model, ["vision"], size)
     with pytest.raises(mope.MopeError, match="unknown unit kind"):
         enumerate_units(tiny.model, kinds=["attention"])

@@ -18,6 +18,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import MopeError
+from ..rules import arguments
 from ..settings import data_dir, user_path
 from ..specs import DataSpec
 from . import shapes
@@ -263,8 +264,7 @@ def load_task(spec: str | DataSpec, protocol: str | None = None, n: int | None =
     the held-out seed).
     """
     spec = (spec if isinstance(spec, DataSpec) else DataSpec.parse(spec)).for_task()
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise MopeError(f"n must be a whole number of images, 1 or more, got {n!r}")
+    arguments("mope.load_task", n=n, seed=seed)
     if spec.source == "shapes":
         options = spec.options
         return shapes_task(target=options.get("target", "colour_shape"), n=n or int(options.get("n", 1000)),
