@@ -195,8 +195,11 @@ def uploads_size(state: AppState) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0
 
 
-def remove_upload(folder: Path, state: AppState) -> None:
-    """Delete an unpacked upload (its data set was rejected); only ever under HOME/uploads."""
+def remove_upload(folder: Path, state: AppState, uploaded: str | Path | None = None) -> None:
+    """Delete an unpacked upload (its data set was rejected), only ever under HOME/uploads, and the uploaded zip it
+    came from (only ever in the upload folders)."""
+    if uploaded is not None:
+        _remove(check_upload(str(uploaded), state))
     uploads = (state.home / "uploads").resolve()
     folder = Path(folder).resolve()
     while folder.parent != uploads and folder.is_relative_to(uploads):

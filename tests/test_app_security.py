@@ -304,7 +304,7 @@ def test_rejected_uploads_leave_nothing_behind(uploads):
     flat = _zip(up / "flat.zip", {"a.png": good, "b.png": good})  # images, but no class sub-folders
     with pytest.raises(mope.MopeError, match="class sub-folders"):
         hs.load_calibration("uploaded zip of an image folder", str(flat), None, 8, state)
-    assert _left_over(state) == []
+    assert _left_over(state) == [] and not flat.exists()  # the unpacked folder and the uploaded zip
 
 
 def test_total_upload_storage_has_a_quota(uploads):

@@ -54,7 +54,7 @@ def load_calibration(source: str, upload: str | None, folder: str | None, n: int
         return data, mope.load_task(data, protocol=kind, n=int(n))
     except MopeError:
         if source.startswith("uploaded"):
-            remove_upload(Path(data.partition(":")[2]), state)
+            remove_upload(Path(data.partition(":")[2]), state, upload)
         raise
 
 
