@@ -10,6 +10,7 @@ exact sweep once. Pure functions: scoring.py runs the rounds.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -31,6 +32,15 @@ def first_round_size(n_images: int, first: int | None, minimum: int) -> int:
         raise MopeError(f"the calibration set has {n_images} images, fewer than the first round's {size}: "
                         f"use more images, a smaller first round, or schedule='exact'")
     return size
+
+
+def budgeted_first(seconds: float, cost: Callable[[int], float], largest: int) -> int:
+    """The most images per unit (1 … `largest`) whose first round, at `cost(images)` seconds, fits `seconds`."""
+    low, high = 1, largest
+    while low < high:  # cost grows with the images: the largest that fits, by bisection
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if cost(mid) <= seconds else (low, mid - 1)
+    return low
 
 
 def check_schedule(schedule: str) -> None:

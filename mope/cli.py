@@ -75,7 +75,8 @@ def _score(args) -> None:
                                metric=args.metric, impl=args.impl, group_size=args.group_size,
                                baselines=_csv_list(args.baselines), precision=args.precision,
                                cache=not args.no_cache, progress=progress, chunk=args.chunk,
-                               max_memory=args.max_memory, schedule=args.schedule, first_round=args.first_round)
+                               max_memory=args.max_memory, schedule=args.schedule, first_round=args.first_round,
+                               first_table_seconds=args.first_table_seconds)
     if df is None:  # a torchrun rank other than 0
         return
     save_scores(df, Path(args.out))
@@ -389,6 +390,9 @@ def _add_score(sub) -> None:
                    help="exact, or anytime: every unit on a few images first, refined in rounds to the exact scores")
     p.add_argument("--first-round", type=int, default=None,
                    help="anytime: images per unit in round 1, the hardest first (default: a sixteenth of --n, at least 16)")
+    p.add_argument("--first-table-seconds", type=float, default=None,
+                   help="anytime: round 1 runs as many images per unit as fit this many seconds here (measured speed; "
+                        "fewer than 16: an unpadded first look, re-run later)")
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", default="scores.csv")

@@ -106,7 +106,7 @@ NUMBERS: dict[str, Number] = {
     "resamples": Number(int, 1, 10**6),
     # fractions, rates, weights, times
     "keep": FRACTION, "removed": FRACTION, "lr": POSITIVE, "temperature": POSITIVE, "grad_clip": POSITIVE,
-    "max_memory": POSITIVE, "rescore_margin": Number(float, 1), "weight_decay": WEIGHT, "affinity": WEIGHT,
+    "max_memory": POSITIVE, "first_table_seconds": POSITIVE, "rescore_margin": Number(float, 1), "weight_decay": WEIGHT, "affinity": WEIGHT,
     "feature": WEIGHT, "hidden": WEIGHT, "contrastive": WEIGHT, "idle_exit": WEIGHT, "seconds": Number(float, 0, 86400),
 }
 

@@ -49,7 +49,8 @@ def _score(p, ctx) -> dict:
         ctx.partial(rows)
 
     df = score(clip, task, towers=p["towers"], units=p["units"], metric=p["metric"], progress=progress,
-               should_stop=ctx.should_stop, schedule=p.get("schedule", "exact"))
+               should_stop=ctx.should_stop, schedule=p.get("schedule", "exact"),
+               first_table_seconds=p.get("first_table_seconds"))
     path = scores_path(df.attrs["fingerprint"])
     save_scores(df, path)
     return {"scores": str(path), "units": len(df), "fingerprint": df.attrs["fingerprint"]}

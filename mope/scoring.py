@@ -22,7 +22,14 @@ import torch
 
 from . import importance
 from .ablation import MaskedBlock, ablated, starting_at
-from .anytime import check_schedule, first_round_size, ladder, next_levels, standard_error
+from .anytime import (
+    budgeted_first,
+    check_schedule,
+    first_round_size,
+    ladder,
+    next_levels,
+    standard_error,
+)
 from .cache import cache_get, cache_set, key_of, model_fingerprint
 from .clip import Clip
 from .data.tasks import Task
@@ -78,7 +85,8 @@ def score(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequenc
           progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
           shard: tuple[int, int] | None = None, batch_tokens: int = TOKEN_BUDGET,
           chunk: int | None = None, max_memory: float | None = None, schedule: str = "exact",
-          first_round: int | None = None, only: Sequence[str] | None = None) -> pd.DataFrame:
+          first_round: int | None = None, first_table_seconds: float | None = None,
+          only: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per unit: tower, kind, layer, index, unit, mope, base, ablated, params, flops, baselines,
     images_used, se (standard error of mope over images; 0 on the whole set), mope_loss and rank.
 
@@ -87,10 +95,13 @@ def score(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequenc
     max_memory (GiB) sets batch_tokens from a memory cap (see memory_tokens). None of them changes a result.
     schedule="anytime" scores every unit on first_round images, then refines in rounds (see mope.anytime):
     progress gets the whole table after each round, the table's attrs["anytime"] says where it stands.
+    first_table_seconds (anytime, no first_round): round 1 gets as many images per unit as fit that time here.
     only: the names of the units to score (the others are left out of the table), e.g. iterative pruning's pool.
     """
+    started = time.perf_counter()  # first_table_seconds counts from here
     towers, units = _names(towers, units)
-    arguments("mope.score", batch_tokens=batch_tokens, chunk=chunk, max_memory=max_memory, first_round=first_round)
+    arguments("mope.score", batch_tokens=batch_tokens, chunk=chunk, max_memory=max_memory, first_round=first_round,
+              first_table_seconds=first_table_seconds)
     metric, group_sizes, fingerprint, model_fp, key = _settle(clip, task, towers, units, metric, impl, group_size,
                                                                baselines, seed, precision, shard)
     batch_tokens = _check_memory(clip, towers, batch_tokens, chunk, max_memory)
@@ -111,7 +122,8 @@ def score(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequenc
     else:
         scorer = FastScorer(clip, task, metric, group_sizes, precision, batch_tokens, chunk)
     if schedule == "anytime":
-        rows = _Anytime(scorer, todo, key if cache else None, first_round).run(extras, progress, should_stop)
+        deadline = None if first_table_seconds is None else started + first_table_seconds
+        rows = _Anytime(scorer, todo, key if cache else None, first_round, deadline).run(extras, progress, should_stop)
         info = {"anytime": {"done": True, "images": len(task), "round": max((r["round"] for r in rows), default=0)}}
     else:
         rows, info = _exact_rows(scorer.run(todo, progress, should_stop), task, extras()), {}
@@ -144,14 +156,22 @@ class _Samples:
     a unit flips or moves an outcome), or, for the zero-shot text tower, prompt templates (the first `level` of
     every class)."""
 
-    def __init__(self, scorer: "FastScorer", tower: str, first: int):
+    def __init__(self, scorer: "FastScorer", tower: str):
         task = self.task = scorer.task
         self.tower, self.templates = tower, tower == "text" and task.protocol == "zeroshot"
         self.total = len(task.templates) if self.templates else len(task)
-        self.ladder = (ladder(max(1, round(first * self.total / len(task))), self.total) if self.templates
-                       else ladder(first, self.total, least=MIN_ROWS))  # fewer new images cost as much (padding)
+        self.ladder: list[int] = []  # the levels a unit climbs (climb sets them)
         self.hardness = None if self.templates else scorer.image_losses(tower)
         self.order = None if self.templates else torch.argsort(-self.hardness, stable=True)
+
+    def first_level(self, images: int) -> int:
+        """The level of a first round on `images` images per unit (zero-shot text: as large a share of the templates)."""
+        return max(1, round(images * self.total / len(self.task))) if self.templates else images
+
+    def climb(self, first: int) -> None:
+        """The ladder from a first round of `first` images per unit."""
+        self.ladder = (ladder(self.first_level(first), self.total) if self.templates
+                       else ladder(first, self.total, least=MIN_ROWS))  # fewer new images cost as much (padding)
 
     def images(self, level: int) -> torch.Tensor:
         """Task positions of the images run at `level` (every image: the zero-shot text tower's classifier)."""
@@ -194,11 +214,19 @@ class _Anytime:
     runs once on each of its inputs: a round adds new inputs only, their per-sample outputs (what
     FastScorer.collect keeps) accumulate, estimates come from those so far, and a unit with every input is
     finished by the exact sweep's own code on the same numbers, so the final table equals it bit for bit.
-    Every unit's work is cached after each round and at a stop: a restart continues from it."""
+    Every unit's work is cached after each round and at a stop: a restart continues from it.
 
-    def __init__(self, scorer: "FastScorer", units: list[Unit], key: str | None, first_round: int | None):
+    With a deadline for the first table (a time.perf_counter() time), round 1's images per unit are what fits
+    before it at the measured speed of a block here; when that is fewer than MIN_ROWS, round 1 is a first look run
+    without padding (estimates only: its outputs are not kept, the units run those images again, padded, in round 2)."""
+
+    def __init__(self, scorer: "FastScorer", units: list[Unit], key: str | None, first_round: int | None,
+                 deadline: float | None = None):
         self.scorer, self.task, self.units, self.key = scorer, scorer.task, units, key
         self.first = first_round_size(len(self.task), first_round, FIRST_ROUND_MIN)
+        self.deadline = None if first_round is not None else deadline  # an explicit first round wins
+        self.look, self.speed = 0, {}  # images per unit of the unpadded first look (0: none); seconds per block-input
+        self.looks: dict[str, tuple[int, torch.Tensor]] = {}  # unit → (level, outputs) of its first look
         self.samples: dict[str, _Samples] = {}  # per tower, made in run() (they need its unablated pass)
         self.round, self.levels = 0, {u.name: 0 for u in units}
         self.outputs: dict[str, torch.Tensor] = {}  # unit → per-sample outputs of every input (zero: not run yet)
@@ -209,24 +237,74 @@ class _Anytime:
     def run(self, extras, progress: Progress | None, should_stop) -> list[dict]:
         self.scorer.should_stop = should_stop
         with torch.inference_mode():
-            self.samples = {t: _Samples(self.scorer, t, self.first) for t in dict.fromkeys(u.tower for u in self.units)}
+            self.samples = {t: _Samples(self.scorer, t) for t in dict.fromkeys(u.tower for u in self.units)}
         if not self.restore():
             self.extra = {u.name: extra for u, extra in zip(self.units, extras())}
+            if self.deadline is not None:
+                self.fit_first(self.deadline - time.perf_counter())
+        for samples in self.samples.values():
+            samples.climb(self.first)
         while True:
             table = self.table()
-            targets = next_levels(table, {t: s.ladder for t, s in self.samples.items()})
-            if (targets == table["level"].to_numpy()).all():
+            look = self.look > 0 and self.round == 0
+            targets = None if look else next_levels(table, {t: s.ladder for t, s in self.samples.items()})
+            if not look and (targets == table["level"].to_numpy()).all():
                 return [self.rows[u.name] for u in self.units]
             self.round += 1
             try:
                 with torch.inference_mode(), self.scorer.autocast():
-                    self.advance(dict(zip((u.name for u in self.units), targets)), progress)
+                    if look:
+                        self.first_look(progress)
+                    else:
+                        self.advance(dict(zip((u.name for u in self.units), targets)), progress)
             except _Stopped:
                 self.save()
                 raise self.stopped() from None
             self.save()
             if progress:
                 progress(*self.done(), None, [self.rows[u.name] for u in self.units])
+
+    def fit_first(self, seconds: float) -> None:
+        """Round 1's images per unit: the most (up to the default) that fit `seconds` at a block's measured speed
+        here (every unit re-runs its layer and those after it on each input); fewer than MIN_ROWS: a first look."""
+        self.speed = {t: block_seconds(self.scorer.clip, t) for t in self.samples}
+        images = budgeted_first(seconds, functools.partial(self.first_seconds, self.units), self.first)
+        if images < MIN_ROWS:
+            self.look = images
+        else:
+            self.first = images
+
+    def first_seconds(self, units: list[Unit], images: int) -> float:
+        """Seconds `units` take to run a first round of `images` images each at the measured speed of a block."""
+        model = self.scorer.clip.model
+        return sum((len(tower_blocks(model, u.tower)) - u.layer) * self.speed[u.tower]
+                   * len(self.samples[u.tower].run(self.samples[u.tower].first_level(images))) for u in units)
+
+    def first_look(self, progress: Progress | None) -> None:
+        """Round 1 as an unpadded first look (estimates only), one tower and layer at a time; before each layer, the
+        images per unit (at most `look`) are fitted again to the time left at the speed seen so far (a busy machine's
+        speed changes)."""
+        layers = itertools.groupby(sorted(self.units, key=lambda u: (u.tower, u.layer)), key=lambda u: (u.tower, u.layer))
+        groups = [list(g) for _, g in layers]
+        start, planned, inputs = time.perf_counter(), 0.0, None
+        for i, group in enumerate(groups):
+            slower = max((time.perf_counter() - start) / planned, 1e-9) if planned else 1.0
+            rest = [u for g in groups[i:] for u in g]
+            images = budgeted_first((self.deadline - time.perf_counter()) / slower,
+                                    functools.partial(self.first_seconds, rest), self.look)
+            planned += self.first_seconds(group, images)
+            samples = self.samples[group[0].tower]
+            level = samples.first_level(images)
+            if inputs is None or inputs.tower != samples.tower or len(inputs.index) != len(samples.run(level)):
+                inputs = self.scorer.tower_state(samples.tower)["inputs"].subset(samples.run(level), 1)  # unpadded
+            self.scorer.check_stop()
+            for unit, out in self.scorer.sample_outputs(group, inputs).items():
+                outputs = out.new_zeros(len(self.scorer.tower_state(unit.tower)["own"]), *out.shape[1:])
+                outputs[inputs.index] = out
+                self.looks[unit.name] = (level, outputs)
+                self.rows[unit.name] = self.row(unit)
+            if progress:
+                progress(*self.done(), None, [self.rows[u.name] for u in self.units if u.name in self.rows])
 
     def advance(self, targets: dict[str, int], progress: Progress | None) -> None:
         """One round: every unit to its target level, the units of one tower, step and layer at a time."""
@@ -247,6 +325,7 @@ class _Anytime:
                     self.outputs[unit.name] = out.new_zeros(len(self.scorer.tower_state(tower)["own"]), *out.shape[1:])
                 self.outputs[unit.name][inputs.index] = out
                 self.levels[unit.name] = new
+                self.looks.pop(unit.name, None)
                 self.rows[unit.name] = self.row(unit)
             if progress and self.round == 1:
                 progress(*self.done(), None, [self.rows[u.name] for u in self.units if u.name in self.rows])
@@ -254,36 +333,38 @@ class _Anytime:
     def row(self, unit: Unit) -> dict:
         """The unit's row from its outputs so far: the exact sweep's (every input) or an estimate."""
         samples, level = self.samples[unit.tower], self.levels[unit.name]
+        level, outputs = self.looks[unit.name] if unit.name in self.looks else (level, self.outputs.get(unit.name))
         if level == samples.total:
-            row = self.scorer.unit_row(unit, self.scorer.tower_state(unit.tower), [self.outputs[unit.name]])
+            row = self.scorer.unit_row(unit, self.scorer.tower_state(unit.tower), [outputs])
             used, se = (len(self.task), len(task_texts(self.task))), 0.0
         else:
-            row, se = self.estimate(unit, level)
+            row, se = self.estimate(unit, level, outputs)
             used = (len(samples.images(level)), len(samples.texts(level)))
         return {**row, **self.extra.get(unit.name, {}), "images_used": used[0], "texts_used": used[1], "se": se,
                 "estimate": level < samples.total, "round": self.round}
 
-    def estimate(self, unit: Unit, level: int) -> tuple[dict, float]:
+    def estimate(self, unit: Unit, level: int, outputs: torch.Tensor) -> tuple[dict, float]:
         """The unit's row from the inputs it ran, and its standard error. Images: the whole set's metric with the
         outcomes of the images not run yet counted as unchanged; the zero-shot text tower: the classifier from the
         templates run (standard error over templates)."""
         samples, scorer = self.samples[unit.tower], self.scorer
         state = scorer.tower_state(unit.tower)
         if samples.templates:
-            per_template = [self.on_templates(unit, state, [j])["mope"] for j in range(level)]
-            return self.on_templates(unit, state, range(level)), standard_error(np.array(per_template), samples.total)
+            per_template = [self.on_templates(unit, state, outputs, [j])["mope"] for j in range(level)]
+            return (self.on_templates(unit, state, outputs, range(level)),
+                    standard_error(np.array(per_template), samples.total))
         mixed, run = state["own"].clone(), samples.run(level)
-        mixed[run] = self.outputs[unit.name][run]
+        mixed[run] = outputs[run]
         values, contributions = scorer.finish(unit.tower, state, [mixed])
         per_image = scorer.sign * (state["contributions"] - contributions)
         return scorer.row(unit, state["base"], values), samples.spread(per_image, level)
 
-    def on_templates(self, unit: Unit, state: dict, templates) -> dict:
+    def on_templates(self, unit: Unit, state: dict, outputs: torch.Tensor, templates) -> dict:
         """The zero-shot text tower's row with the classifier averaged over these templates, with and without the unit."""
         task, scorer = self.task, self.scorer
         prompts = (torch.arange(len(task.classnames))[:, None] * len(task.templates) + torch.tensor(list(templates))[None])
         values = []
-        for own in (state["own"], self.outputs[unit.name]):
+        for own in (state["own"], outputs):
             classifier = ensemble(own[prompts.flatten()], len(task.classnames))
             stats = torch.stack([zeroshot_stats(m, state["other"], classifier, task.labels, scorer.scale)
                                  for m in scorer.metrics], 1)
@@ -302,7 +383,7 @@ class _Anytime:
     def done(self) -> tuple[int, int]:
         """(work done, all the work) in unit-images: each unit's share of its inputs run, × images."""
         n = len(self.task)
-        share = sum(self.levels[u.name] / self.samples[u.tower].total for u in self.units)
+        share = sum(self.looks.get(u.name, (self.levels[u.name],))[0] / self.samples[u.tower].total for u in self.units)
         return round(share * n), len(self.units) * n
 
     def stopped(self) -> Cancelled:
@@ -314,7 +395,7 @@ class _Anytime:
     def save(self) -> None:
         if not self.key:
             return
-        state = {"round": self.round, "levels": self.levels, "rows": self.rows, "extra": self.extra,
+        state = {"round": self.round, "first": self.first, "levels": self.levels, "rows": self.rows, "extra": self.extra,
                  "outputs": {k: (list(v.shape), v.float().numpy().tobytes()) for k, v in self.outputs.items()}}
         cache_set("scores", {f"{self.key}/anytime": state})
 
@@ -326,6 +407,7 @@ class _Anytime:
         if state is None or "levels" not in state:  # none, or the table of an earlier version (it re-scored rounds)
             return False
         self.round, self.levels, self.rows, self.extra = state["round"], state["levels"], state["rows"], state["extra"]
+        self.first = state.get("first", self.first)
         self.outputs = {k: torch.from_numpy(np.frombuffer(b, dtype=np.float32).copy()).view(*shape)
                         for k, (shape, b) in state["outputs"].items()}
         return True
@@ -677,15 +759,19 @@ def projected_seconds(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, un
                       samples: int = 4) -> float:
     """About how long the exact fast sweep would take here: sweep_cost × one block's time per input, measured
     on a few inputs (noisy on a busy machine; for choosing a schedule, not for benchmarks)."""
-    seconds = 0.0
-    for tower, block_inputs in sweep_cost(clip, task, towers, units).items():
-        block = tower_blocks(clip.model, tower)[0]
-        x = torch.zeros(samples, tokens_of(clip.model, tower), block.attn.embed_dim, device=clip.device)
-        block(x)  # warm-up (the text tower's causal mask costs about nothing: left out)
-        start = time.perf_counter()
-        block(x)
-        seconds += block_inputs * (time.perf_counter() - start) / samples
-    return seconds
+    return sum(block_inputs * block_seconds(clip, tower, samples)
+               for tower, block_inputs in sweep_cost(clip, task, towers, units).items())
+
+
+@torch.inference_mode()
+def block_seconds(clip: Clip, tower: str, samples: int = MIN_ROWS) -> float:
+    """Seconds one block of the tower takes per input here, timed on `samples` inputs after a warm-up."""
+    block = tower_blocks(clip.model, tower)[0]
+    x = torch.zeros(samples, tokens_of(clip.model, tower), block.attn.embed_dim, device=clip.device)
+    block(x)  # warm-up (the text tower's causal mask costs about nothing: left out)
+    start = time.perf_counter()
+    block(x)
+    return (time.perf_counter() - start) / samples
 
 
 def sweep_cost(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequence[str] = KINDS) -> dict[str, int]:
@@ -723,9 +809,9 @@ class TowerInputs:
         self.spans = [(s, min(s + size, len(self.index))) for s in range(0, len(self.index), size)]
         self.hidden: list[torch.Tensor] | None = None
 
-    def subset(self, index: torch.Tensor) -> "TowerInputs":
-        """The inputs at `index` (task positions), chunked and padded alike."""
-        return TowerInputs(self.clip, self.task, self.tower, self.size, self.rows, index, self.tokens)
+    def subset(self, index: torch.Tensor, rows: int | None = None) -> "TowerInputs":
+        """The inputs at `index` (task positions), chunked alike, padded alike or to `rows` (1: unpadded)."""
+        return TowerInputs(self.clip, self.task, self.tower, self.size, rows or self.rows, index, self.tokens)
 
     def batch(self, start: int, stop: int) -> torch.Tensor:
         at = self.index[start:stop]

@@ -1,4 +1,5 @@
 import collections
+import types
 
 import numpy as np
 import pandas as pd
@@ -7,7 +8,7 @@ import torch
 
 import mope
 from mope import scoring
-from mope.anytime import contested, effective_se, ladder, next_levels, note, standard_error
+from mope.anytime import budgeted_first, contested, effective_se, ladder, next_levels, note, standard_error
 from mope.cache import open_cache
 from mope.evaluation import image_embeddings, task_text_embeddings, task_texts
 from mope.planning import Budget, plan
@@ -175,3 +176,58 @@ def test_effective_se_shrinks_towards_the_pooled_spread():
     assert se == pytest.approx(np.std([1, 0, 1, 0], ddof=1) / 2 * np.sqrt(396 / 399))
     assert standard_error(np.array([0.5]), 400) == np.inf
     assert note(table.assign(estimate=False)) is None
+
+
+@pytest.mark.parametrize("n, images, look", [(320, 17, False), (40, 3, True)])  # 320: 20 per unit by default
+def test_a_first_table_budget_sizes_round_one(tiny, runs, monkeypatch, n, images, look):
+    """first_table_seconds: round 1 runs as many images per unit as fit at the measured speed of a block; fewer than
+    16 run unpadded as a first look (estimates only, run again padded later), and the final table is still exact."""
+    task = mope.load_task("shapes", n=n)
+    kw = dict(towers=["vision"], metric="acc1", baselines=(), cache=False)
+    exact = score(tiny, task, **kw)
+    reruns = sum(len(mope.units.tower_blocks(tiny.model, "vision")) - layer for layer in exact.layer)
+    monkeypatch.setattr(scoring, "block_seconds", lambda clip, tower, samples=16: 1000.0)  # the run's own time: ~0
+    runs.clear()
+    tables = []
+    done = score(tiny, task, schedule="anytime", first_table_seconds=1000.0 * reruns * (images + 0.5),
+                 progress=lambda d, t, e, rows: tables.append(pd.DataFrame(rows)), **kw)
+    first = next(t for t in tables if len(t) == len(exact))
+    assert (first.images_used == images).all() and first.estimate.all() and (first["round"] == 1).all()
+    second = next(t for t in tables if len(t) == len(exact) and t["round"].max() == 2)
+    assert (second.images_used >= (16 if look else images)).all()
+    hardest = set(scoring._Samples(scoring.FastScorer(tiny, task, "acc1", {"vision": 16}, "fp32"), "vision")
+                  .images(images).tolist())
+    for unit in exact.unit:  # each input once, the first look's images once more
+        assert sorted(runs[unit]) == list(range(n))
+        assert {i for i, count in runs[unit].items() if count > 1} == (hardest if look else set())
+    cols = COLUMNS + ["mope_loss"]
+    pd.testing.assert_frame_equal(done[cols], exact[cols])
+    with pytest.raises(mope.MopeError, match="mope.score: first_table_seconds must be a number"):
+        score(tiny, task, schedule="anytime", first_table_seconds=0, **kw)
+
+
+def test_budgeted_first_is_the_most_images_that_fit():
+    assert budgeted_first(10.0, lambda n: 3.0 * n, 16) == 3
+    assert budgeted_first(1e9, lambda n: 3.0 * n, 16) == 16 and budgeted_first(-1.0, lambda n: 3.0 * n, 16) == 1
+
+
+def test_the_first_look_shrinks_when_the_machine_slows_down(tiny, monkeypatch):
+    """The first look re-fits its images per unit before each layer to the time left at the speed seen so far."""
+    task = mope.load_task("shapes", n=40)
+    now = [0.0]
+    monkeypatch.setattr(scoring, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    monkeypatch.setattr(scoring, "block_seconds", lambda clip, tower, samples=16: 1.0)
+    original = scoring.FastScorer.sample_outputs
+
+    def slow(self, group, inputs):  # each layer takes 10x the time planned for it
+        now[0] += 10 * sum(len(scoring.tower_blocks(tiny.model, u.tower)) - u.layer for u in group) * len(inputs.index)
+        return original(self, group, inputs)
+
+    monkeypatch.setattr(scoring.FastScorer, "sample_outputs", slow)
+    units = scoring.unit_table(tiny, ["vision"], baselines=())
+    reruns = int((len(scoring.tower_blocks(tiny.model, "vision")) - units.layer).sum())
+    tables = []
+    score(tiny, task, towers=["vision"], metric="acc1", baselines=(), cache=False, schedule="anytime",
+          first_table_seconds=reruns * 3.5, progress=lambda d, t, e, rows: tables.append(pd.DataFrame(rows)))
+    first = next(t for t in tables if len(t) == len(units))
+    assert set(first.images_used[first.layer == 0]) == {3} and set(first.images_used[first.layer > 0]) == {1}

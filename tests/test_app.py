@@ -515,7 +515,9 @@ def test_long_sweeps_start_as_anytime_and_their_estimates_show(settings, tiny_di
     source = next(iter(CALIBRATION))
     monkeypatch.setattr(hs, "projected_seconds", lambda *a: 3600.0)  # as a ViT-B on a laptop CPU would project
     session, message = hs.start_scores(session, source, None, None, "", 16, ["vision"], settings)
-    assert "about 60 min here" in message and settings.store().get(session["score_job"])["params"]["schedule"] == "anytime"
+    params = settings.store().get(session["score_job"])["params"]
+    assert "about 60 min here" in message and params["schedule"] == "anytime"
+    assert params["first_table_seconds"] == hs.FIRST_TABLE_S and "within about 5 min" in message
     clip = hm.get_model(session["spec"], settings)
     rows = [{"unit": "vision.L0.head0", "mope": 0.1, "estimate": True, "images_used": 8, "se": 0.02, "round": 1}]
     frame = hs.partial_scores(clip, ["vision"], ["head", "neurons", "layer"], rows, settings)
@@ -524,4 +526,5 @@ def test_long_sweeps_start_as_anytime_and_their_estimates_show(settings, tiny_di
     monkeypatch.setattr(hs, "projected_seconds", lambda *a: 10.0)
     session, message = hs.start_scores({**NEW_SESSION, "spec": str(tiny_dir)}, source, None, None, "", 17, ["vision"],
                                        settings)
-    assert "min here" not in message and settings.store().get(session["score_job"])["params"]["schedule"] == "exact"
+    params = settings.store().get(session["score_job"])["params"]
+    assert "min here" not in message and params["schedule"] == "exact" and params["first_table_seconds"] is None

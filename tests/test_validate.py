@@ -74,6 +74,7 @@ BAD = [  # issue 11, items 7 and 8 (and their neighbours): each one line, exit 2
     ("distill --student adir --out d --lr nan", "--lr must be"), ("eval --out adir --format clip_benchmark", "is a folder"),
     ("score --chunk 0", "--chunk must be"), ("score --max-memory -1", "--max-memory must be"),
     ("score --schedule soon", "--schedule must be one of exact, anytime"), ("score --first-round 0", "--first-round"),
+    ("score --first-table-seconds 0", "--first-table-seconds must be"),
     ("score --metric acc7", "--metric must be one of acc1"), ("score --baselines magnitude,nope", "unknown: 'nope'"),
     ("prune --iterative 0 --out p --keep 0.5", "--iterative must be"), ("prune --by '' --out p --keep 0.5", "--by must be"),
     ("distill --student adir --out d --grad-clip 0", "--grad-clip must be"), ("distill --student adir --out d --workers -1",
@@ -101,6 +102,7 @@ def test_the_issues_bad_inputs_exit_2_with_one_line(sandbox, capsys, args, messa
     ({"model": "demo", "units": []}, "param units"), ({"model": "demo", "data": "shapes:seed=abc"}, "seed must be"),
     ({"model": 7}, "must be a model spec"), ({"model": "demo", "device": "gpu"}, "param device"),
     ({"model": "demo", "schedule": "soon"}, "param schedule of a score job must be one of exact, anytime"),
+    ({"model": "demo", "first_table_seconds": -5}, "param first_table_seconds"),
     ({"model": "demo", "metric": "acc7"}, "param metric"), ({"model": "demo", "task": "segment"}, "param task"),
     ({"model": None}, "param model of a score job is required"),
 ])

@@ -77,12 +77,14 @@ def start_scores(session: dict, source: str, upload: str | None, folder: str | N
             save_scores(hit, path)
         return {**session, "scores": str(path), "score_job": None}, f"Cached scores for {task.name} — shown at once."
     schedule, why = schedule_for(clip, task, kw)
+    budget = {"first_table_seconds": FIRST_TABLE_S} if schedule == "anytime" else {}
     job = submit(state, "score", {"model": session["spec"], "data": data, "task": task.protocol, "n": int(n),
-                                  "schedule": schedule, **kw})
+                                  "schedule": schedule, **budget, **kw})
     return {**session, "score_job": job}, f"Scoring started (job {job}): {task.name}, metric {metric or 'default'}{why}."
 
 
 ANYTIME_AFTER_S = 180  # an exact sweep projected longer than this starts as anytime scoring
+FIRST_TABLE_S = 300  # anytime scoring's first table (every unit's first estimate) sized to fit this here
 
 
 def schedule_for(clip: mope.Clip, task, kw: dict) -> tuple[str, str]:
@@ -91,7 +93,8 @@ def schedule_for(clip: mope.Clip, task, kw: dict) -> tuple[str, str]:
     if seconds <= ANYTIME_AFTER_S:
         return "exact", ""
     return "anytime", (f"; the exact sweep would take about {seconds / 60:.0f} min here, so every unit gets a first "
-                       "estimate on a few images, refined in rounds to the exact scores (hatched cells: estimates)")
+                       f"estimate on a few images within about {FIRST_TABLE_S // 60} min, refined in rounds to the exact "
+                       "scores (hatched cells: estimates)")
 
 
 def settings_line(session: dict) -> str:
