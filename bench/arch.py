@@ -31,6 +31,7 @@ import subprocess
 import time
 from contextlib import nullcontext
 
+import open_clip
 import torch
 from prune import compare, random_clip
 
@@ -42,7 +43,7 @@ from mope.settings import default_device
 from mope.speed import device_name, median_seconds
 from mope.units import KINDS, TOWERS, enumerate_units, tokens_of, tower_blocks
 
-ARCHS = ("ViT-B-32", "ViT-B-16", "ViT-L-14")
+ARCHS = ("ViT-B-32", "ViT-B-16", "ViT-L-14")  # the benchmark's; any open_clip ViT name runs (the dry run: ViT-S-32-alt)
 
 
 def autocast_for(device: torch.device, precision: str):
@@ -106,10 +107,18 @@ def memory_child(args) -> None:
     before = _peak_mb(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
+    start, passed = time.perf_counter(), [0]
+
+    def trace(module, inputs, output):  # a line per image chunk through the tower: a stopped run shows its peak so far
+        passed[0] += len(inputs[0])
+        print(f"  {time.perf_counter() - start:7.0f} s: {passed[0]} image rows through the vision tower, peak "
+              f"{_peak_mb(device) / 1024:.2f} GiB", file=sys.stderr, flush=True)
+
+    hook = clip.model.visual.register_forward_hook(trace)
     score(clip, task, towers=["vision"], units=["layer"], shard=(depth - 1, depth), baselines=(), cache=False,
           precision=args.precision, metric="loss", chunk=args.chunk, max_memory=args.max_memory)
     seconds = time.perf_counter() - start
+    hook.remove()
     print(json.dumps({"before_mb": before, "peak_mb": _peak_mb(device), "seconds": seconds,
                       **formula_terms(clip, task, args.chunk, args.max_memory)}))
 
@@ -149,16 +158,17 @@ def memory(args) -> None:
                "--data", args.data]
         cmd += [f for flag, value in (("--device", args.device), ("--chunk", args.chunk),
                                       ("--max-memory", args.max_memory)) if value for f in (flag, str(value))]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        print(f"  {n:5d} images, the scoring child's progress (stderr):", flush=True)
+        out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)  # stderr passes through
         if out.returncode:
-            print(f"  {n:5d} images: failed ({out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode})")
+            print(f"  {n:5d} images: failed (exit status {out.returncode}; its stderr above)")
             continue
         m = json.loads(out.stdout.strip().splitlines()[-1])
         terms = {k: m[k] / 2**30 for k in ("pass", "hidden", "pixels", "embeddings", "per_image")}
         print(f"  {n:5d} images: peak {m['peak_mb'] / 1024:.2f} GiB (model and data loaded: {m['before_mb'] / 1024:.2f} "
-              f"GiB; scoring added {(m['peak_mb'] - m['before_mb']) / 1024:.2f}); formula {sum(terms.values()):.2f} = "
+              f"GiB, scoring added {(m['peak_mb'] - m['before_mb']) / 1024:.2f}), formula {sum(terms.values()):.2f} = "
               + " + ".join(f"{k} {v:.2f}" for k, v in terms.items())
-              + f"; chunk {m['chunk']}, batch_tokens {m['batch_tokens']}; {m['seconds']:.0f} s")
+              + f", chunk {m['chunk']}, batch_tokens {m['batch_tokens']}, {m['seconds']:.0f} s")  # no ';': gpu.sh splits there
 
 
 def pruned_equals_ablated(clip, result: dict, n: int = 4) -> float:
@@ -175,7 +185,7 @@ def pruned_equals_ablated(clip, result: dict, n: int = 4) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--arch", choices=ARCHS, default="ViT-B-32")
+    parser.add_argument("--arch", default="ViT-B-32", help=f"{', '.join(ARCHS)} or another open_clip ViT config name")
     parser.add_argument("--device", default=None)
     parser.add_argument("--precision", default=None, help="fp32 or bf16 (default: bf16 on a GPU, fp32 on a CPU)")
     parser.add_argument("--data", default="shapes", help="calibration data spec (its prompts set the text cost)")
@@ -189,6 +199,8 @@ def main() -> None:
     parser.add_argument("--only", choices=("all", "memory"), default="all", help="memory: the peak memory lines alone")
     parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.arch not in open_clip.list_models():
+        parser.error(f"--arch {args.arch} is not an open_clip model config ({', '.join(ARCHS)} …)")
     device = torch.device(default_device(args.device))
     args.precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     if args.memory_child:

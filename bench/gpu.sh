@@ -11,7 +11,8 @@
 #
 # --wheels DIR: install DIR/*.whl first (no index, no deps; into /tmp/mope-site, put on PYTHONPATH), for a
 #   GPU machine that lacks packages and reaches no index (bench/wheels.sh downloads them here).
-# --dry-run: the same plumbing on the CPU with tiny sizes (a check of the script, not of the GPU).
+# --dry-run: the same plumbing on the CPU with tiny sizes and the small ViT-S-32-alt in the arch step (a check of
+#   the script, not of the GPU; 7.5 minutes on this shared 2-core CPU).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -44,8 +45,8 @@ if [ "$DEVICE" = cuda ]; then
   LIMITS=(240 60 150 60)
 else
   TESTS=(-m pytest -q tests/test_streams.py)
-  SCORE=(bench/score.py --device cpu --n 8)
-  ARCH=(bench/arch.py --arch ViT-B-32 --device cpu --data shapes:target=shape --n 8 --subset-n 2 --memory-n 8 --batch 2 --repeats 1)
+  SCORE=(bench/score.py --device cpu --n 8 --data shapes:target=shape)
+  ARCH=(bench/arch.py --arch ViT-S-32-alt --device cpu --data shapes:target=shape --n 8 --subset-n 2 --memory-n 8 --batch 2 --repeats 1)
   DATA=(bench/data.py --device cpu --batch 8 --steps 6 --warmup 1 --workers 0,1 --rounds 1)
   LIMITS=(600 600 900 600)
 fi

@@ -4,7 +4,7 @@ Prints both times, their ratio, the largest score difference, the ideal cost of 
 unit: the layers it must re-run on its own tower × the measured time of one layer pass), and the
 projected sweep cost for ViT-B-32 from per-layer timings of ViT-B-32-sized blocks on this machine.
 
-    python bench/score.py [--n 256] [--metric loss] [--device cpu]
+    python bench/score.py [--n 256] [--metric loss] [--device cpu] [--data shapes]
 """
 from __future__ import annotations
 
@@ -41,9 +41,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--metric", default="loss", help="loss shows float differences; acc1 also works")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--data", default="shapes", help="calibration data (shapes: 64 classes, 320 prompts; "
+                                                         "shapes:target=shape: 8 classes, 32 prompts)")
     args = parser.parse_args()
     clip = mope.load_model("demo", device=args.device)
-    task = mope.load_task("shapes", n=args.n)
+    task = mope.load_task(args.data, n=args.n)
     model = clip.model
 
     t = time.perf_counter()
@@ -65,8 +67,8 @@ def main() -> None:
     units = enumerate_units(model, TOWERS, KINDS)
     ideal = ideal_seconds(units, depth, per_layer)
 
-    print(f"demo model, {len(units)} units (both towers, heads/neurons/layers), {args.n} calibration images, "
-          f"metric {args.metric}, device {clip.device}")
+    print(f"demo model, {len(units)} units (both towers, heads/neurons/layers), {args.n} calibration images "
+          f"({args.data}, {len(prompts)} prompts), metric {args.metric}, device {clip.device}")
     print(f"naive  {naive_s:8.2f} s")
     print(f"fast   {fast_s:8.2f} s")
     print(f"speedup naive/fast              {naive_s / fast_s:6.2f}x")
