@@ -1,7 +1,8 @@
 """Anytime MoPE: the schedule that gives every unit a score early and refines it to the exact one.
 
-Round 1 runs every unit on a few calibration images, those with the highest unablated loss (where a unit's
-removal flips or moves an outcome; the zero-shot text tower: a few prompt templates per class). Each later
+Round 1 runs every unit on a few calibration images, those nearest the decision for a hit metric such as acc1,
+else those with the highest unablated loss (where a unit's removal flips or moves an outcome; the zero-shot
+text tower: a few prompt templates per class). Each later
 round moves the units whose side of some plan's cut is still open (plans of keep 0.25–0.75, uniform or
 global) one rung up a ladder of inputs (×1.5 a rung); when no unit's side is open, the rest run every input.
 A unit runs each input once (scoring.py keeps its per-input results), so reaching the exact table costs the

@@ -152,9 +152,9 @@ def _check_schedule(schedule: str, impl: str, shard) -> None:
 
 
 class _Samples:
-    """What a unit's level means in one tower: images, hardest first (the highest unablated loss: where removing
-    a unit flips or moves an outcome), or, for the zero-shot text tower, prompt templates (the first `level` of
-    every class)."""
+    """What a unit's level means in one tower: images in FastScorer.image_order (those nearest the decision first
+    for a hit metric, else the highest unablated loss first: where removing a unit flips or moves an outcome), or,
+    for the zero-shot text tower, prompt templates (the first `level` of every class)."""
 
     def __init__(self, scorer: "FastScorer", tower: str):
         task = self.task = scorer.task
@@ -162,7 +162,7 @@ class _Samples:
         self.total = len(task.templates) if self.templates else len(task)
         self.ladder: list[int] = []  # the levels a unit climbs (climb sets them)
         self.hardness = None if self.templates else scorer.image_losses(tower)
-        self.order = None if self.templates else torch.argsort(-self.hardness, stable=True)
+        self.order = None if self.templates else scorer.image_order(tower, self.hardness)
 
     def first_level(self, images: int) -> int:
         """The level of a first round on `images` images per unit (zero-shot text: as large a share of the templates)."""
@@ -703,6 +703,14 @@ class FastScorer(_Scorer):
             return state["own"][:, -1].clone()  # the vision tower's stats: the loss comes last (see metrics)
         image_emb, text_emb = (state["own"], state["other"]) if tower == "vision" else (state["other"], state["own"])
         return retrieval_contributions("loss", self.task, image_emb, text_emb, self.scale)
+
+    def image_order(self, tower: str, losses: torch.Tensor) -> torch.Tensor:
+        """Task positions, the images anytime scoring runs first first. A hit metric (acc1, acc5, per-class recall) of
+        the zero-shot vision tower: the images nearest the decision, by the two-class margin their loss amounts to,
+        |log(1 / (e^loss − 1))| (where removing a unit flips an outcome); else the highest loss first."""
+        if tower == "vision" and self.task.protocol == "zeroshot" and self.metric != "loss":
+            return torch.argsort(torch.log(torch.expm1(losses.double())).abs(), stable=True)
+        return torch.argsort(-losses, stable=True)
 
     def sample_outputs(self, group: list[Unit], inputs: "TowerInputs") -> dict[Unit, torch.Tensor]:
         """Per unit of one layer, what its ablation leaves for the metric (collect) on each sample of `inputs`,

@@ -85,6 +85,26 @@ def test_estimates_count_the_images_not_run_as_unchanged_and_run_the_hardest_fir
     assert (first.se > 0).all() and (first.se < np.inf).all()
 
 
+def test_a_hit_metric_runs_the_images_nearest_the_decision_first(tiny):
+    """acc1: the first round's images are those whose loss amounts to the smallest two-class margin,
+    |log(1 / (e^loss - 1))|, right or wrong; the estimate is their exact per-image MoPE summed over the set."""
+    task = mope.load_task("shapes", n=40)
+    kw = dict(towers=["vision"], metric="acc1", baselines=())
+    tables = []
+    score(tiny, task, schedule="anytime", first_round=10, cache=False,
+          progress=lambda d, t, e, rows: tables.append(rows), **kw)
+    first = pd.DataFrame(next(r for r in tables if len(r) == 14))
+    exact = score(tiny, task, **kw)
+    with torch.inference_mode():
+        logits = tiny.model.logit_scale.exp() * image_embeddings(tiny, task) @ task_text_embeddings(tiny, task).T
+    loss = torch.nn.functional.cross_entropy(logits, task.labels, reduction="none").double()
+    margin = logits.gather(1, task.labels[:, None])[:, 0] - logits.scatter(1, task.labels[:, None], -1e9).max(1).values
+    nearest = torch.log(torch.expm1(loss)).abs().argsort()[:10]
+    assert margin[nearest].abs().max() < margin.abs().sort().values[20]  # near the decision, on either side
+    expected = scoring.per_image(exact).loc[first.unit, nearest.tolist()].sum(axis=1) / len(task)
+    assert np.allclose(first.mope, expected.values, atol=1e-6) and (first.images_used == 10).all()
+
+
 def test_a_stopped_anytime_run_resumes_and_ends_equal_to_exact(tiny, runs):
     task = mope.load_task("shapes", n=40)
     kw = dict(metric="acc1", baselines=())
