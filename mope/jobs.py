@@ -271,8 +271,7 @@ class Store:
         except MopeError as e:
             with self._unrecorded_lock:
                 self.unrecorded[job_id] = {**self.unrecorded.get(job_id, {}), **changes}
-            print(f"error: job {job_id} ended {changes.get('status')}, not yet recorded: {e}; retrying", file=sys.stderr,
-                  flush=True)
+            _say(f"error: job {job_id} ended {changes.get('status')}, not yet recorded: {e}; retrying")
             return False
         with self._unrecorded_lock:
             self.unrecorded.pop(job_id, None)
@@ -597,9 +596,17 @@ def _claim(store: Store, pid: int, start: str | None) -> dict | None:
     try:
         return store.claim(pid, start)
     except MopeError as e:
-        print(f"error: could not take the next job: {e}", file=sys.stderr, flush=True)
+        _say(f"error: could not take the next job: {e}")
         time.sleep(1.0)
         return None
+
+
+def _say(line: str) -> None:
+    """One line to the worker's log (stderr); a log on the same full disk refusing it is no reason to stop."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        pass
 
 
 def _lock_unless_a_worker_lives(root: Path, grace: float = 3.0) -> int | None:

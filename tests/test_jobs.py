@@ -431,3 +431,24 @@ def test_the_worker_waits_out_a_full_disk_without_a_traceback(home, monkeypatch,
     err = capfd.readouterr().err
     assert "Traceback" not in err and "could not take the next job" in err and "not yet recorded" in err
     assert job["status"] == "failed" and "full" in job["error"] and store.unrecorded == {}
+
+
+def test_a_full_disk_under_the_workers_log_too_is_no_traceback(home, monkeypatch):
+    """On a really full disk the worker's log (stderr, a file on that disk) refuses its one line as well."""
+    import errno
+
+    from mope.jobs import run_job
+
+    class FullLog:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    store = Store()
+    job_id = _reporting_job(store, monkeypatch, lambda ctx: ctx.progress(2, 4, None, "second"))
+    monkeypatch.setattr(sys, "stderr", FullLog())
+    run_job(store, store.claim(os.getpid()))  # nothing escapes
+    monkeypatch.undo()
+    assert job_id in store.unrecorded and store.get(job_id)["status"] == "running"
