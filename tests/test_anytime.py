@@ -251,3 +251,18 @@ def test_the_first_look_shrinks_when_the_machine_slows_down(tiny, monkeypatch):
           first_table_seconds=reruns * 3.5, progress=lambda d, t, e, rows: tables.append(pd.DataFrame(rows)))
     first = next(t for t in tables if len(t) == len(units))
     assert set(first.images_used[first.layer == 0]) == {3} and set(first.images_used[first.layer > 0]) == {1}
+
+
+def test_a_stop_during_the_first_look_keeps_its_rows_and_resumes_to_exact(tiny, monkeypatch):
+    task = mope.load_task("shapes", n=44)  # a size no other test caches scores for
+    kw = dict(towers=["vision"], metric="acc1", baselines=())
+    monkeypatch.setattr(scoring, "block_seconds", lambda clip, tower, samples=16: 1000.0)
+    reruns = int((len(scoring.tower_blocks(tiny.model, "vision")) - scoring.unit_table(tiny, ["vision"]).layer).sum())
+    polls = []
+    with pytest.raises(Cancelled, match="stopped in round 1") as info:
+        score(tiny, task, schedule="anytime", first_table_seconds=1000.0 * reruns * 2.5,
+              should_stop=lambda: polls.append(1) or len(polls) > 1, **kw)
+    assert 0 < len(info.value.rows) < 14 and all(r["images_used"] == 2 and r["estimate"] for r in info.value.rows)
+    done = score(tiny, task, schedule="anytime", first_table_seconds=1000.0 * reruns * 2.5, **kw)
+    exact = score(tiny, task, cache=False, **kw)
+    pd.testing.assert_frame_equal(done[COLUMNS + ["mope_loss"]], exact[COLUMNS + ["mope_loss"]])
