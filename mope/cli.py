@@ -289,10 +289,8 @@ def _param(text: str) -> tuple[str, object]:
 def _train_demo(args) -> None:
     import torch
 
-    from .demo import STAGES, train_demo
+    from .demo import RECIPE, train_demo
 
-    if args.stage == "free" and not args.init and not args.resume:
-        raise MopeError("--stage free continues a trained model: give --init FOLDER (the grid stage's output)")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -305,7 +303,7 @@ def _train_demo(args) -> None:
         recipe = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed", "placement", "grid_every")}
         freeze = {"freeze_text": True} if args.freeze_text else {}
         train_demo(out=out, resume=args.resume, log=log, init=args.init, workers=args.workers,
-                   **{**STAGES[args.stage], **freeze, **{k: v for k, v in recipe.items() if v is not None}})
+                   **{**RECIPE, **freeze, **{k: v for k, v in recipe.items() if v is not None}})
 
 
 DISTILL_HELP = {"affinity": "weight of the cross-modal affinity loss",
@@ -496,16 +494,14 @@ def _add_jobs(sub) -> None:
 def _add_train_demo(sub) -> None:
     p = sub.add_parser("train-demo", help="train the demo CLIP on the shapes world (seeded)")
     p.add_argument("--out", default="assets/demo-clip", help="model folder; also gets training-log.txt and train-state.pt")
-    p.add_argument("--stage", choices=("grid", "free"), default="grid",
-                   help="the recipe's defaults (mope.demo.STAGES): grid from scratch, or free from --init's weights")
-    p.add_argument("--steps", type=int, help="default: the stage's, as are the next five")
+    p.add_argument("--steps", type=int, help="default: the recipe's (mope.demo.RECIPE), as are the next five")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--placement", choices=("grid", "free"), help="shapes placement")
     p.add_argument("--grid-every", type=int, help="every N-th batch uses grid placement (0: never)")
     p.add_argument("--init", help="start from this model folder's weights (same architecture) instead of scratch")
-    p.add_argument("--freeze-text", action="store_true", help="train only the image tower (default in stage free)")
+    p.add_argument("--freeze-text", action="store_true", help="train only the image tower (with --init)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=None, help=DISTILL_HELP["workers"])
     p.add_argument("--resume", action="store_true",

@@ -123,8 +123,9 @@ def test_bad_placement_or_init_fails_before_training(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_free_stage_without_init_is_a_cli_error(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "mope", "train-demo", "--stage", "free", "--out", str(tmp_path / "m")],
+def test_an_init_folder_that_does_not_exist_is_a_cli_error(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "mope", "train-demo", "--init", str(tmp_path / "nothing"),
+                          "--out", str(tmp_path / "m")],
                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-    assert out.returncode == 2 and "error: --stage free continues a trained model" in out.stderr
+    assert out.returncode == 2 and "no such folder" in out.stderr
     assert "Traceback" not in out.stderr and not (tmp_path / "m").exists()
