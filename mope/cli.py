@@ -9,7 +9,7 @@ from pathlib import Path
 from .data.tasks import PROTOCOLS
 from .errors import MopeError
 from .results import EVAL_FORMATS
-from .validate import cli_args
+from .validate import cli_args, rescore_images
 
 
 def _eval(args) -> None:
@@ -132,7 +132,7 @@ def _prune(args) -> None:
     with _progress_bar("scoring", args.quiet) as progress:
         pruned = prune_model(clip, task, budget, scores=scores, by=args.by, progress=progress,
                              steps=args.iterative, step_schedule=args.step_schedule,
-                             rescore_margin=args.rescore_margin)
+                             rescore_margin=args.rescore_margin, rescore_images=args.rescore_images)
     save_pruned(pruned, out)
     for step in pruned.info["plan"]:
         step = Plan.from_dict(step)
@@ -410,6 +410,15 @@ def _margin(text: str) -> float | None:
     return value
 
 
+def _images(text: str) -> int | float | None:
+    """--rescore-images: a count (whole number >= 1), a fraction in (0, 1], or 'all'."""
+    try:
+        value = rescore_images(text, "--rescore-images")
+    except MopeError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return None if value == "all" else value
+
+
 def _add_prune(sub) -> None:
     from . import defaults, importance
     pruning = defaults.prune()
@@ -428,6 +437,9 @@ def _add_prune(sub) -> None:
     p.add_argument("--rescore-margin", type=_margin, default=pruning["rescore_margin"], metavar="M|all",
                    help="before steps 2..K re-score only the units a plan of M x the removal still to come would take "
                         "(cheaper, less accurate; default 'all': every remaining unit)")
+    p.add_argument("--rescore-images", type=_images, default=pruning["rescore_images"], metavar="N|F|all",
+                   help="re-score before steps 2..K on the N calibration images (or the fraction F of them) with the "
+                        f"highest loss on the model being re-scored (default {pruning['rescore_images']}; 'all': every image)")
     p.add_argument("--towers", default=",".join(pruning["towers"]))
     p.add_argument("--strategy", choices=["uniform", "global"], default=pruning["strategy"])
     p.add_argument("--measure", choices=["params", "flops"], default=pruning["measure"])

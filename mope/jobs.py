@@ -63,6 +63,7 @@ def job_kinds() -> dict[str, tuple[tuple[str, ...], dict[str, Any]]]:
     _PRUNING = {"scores": None, "budget": None, "by": _PRUNE["by"], "keep": defaults.KEEP, "towers": list(_PRUNE["towers"]),
                 "strategy": _PRUNE["strategy"], "layers": 0, "iterative": _PRUNE["steps"],
                 "step_schedule": _PRUNE["step_schedule"], "rescore_margin": _PRUNE["rescore_margin"],
+                "rescore_images": _PRUNE["rescore_images"],
                 "data": defaults.DATA, "task": None, "n": defaults.CALIBRATION_N}
     _DISTILLING = {"steps": _DISTILL["steps"], "batch_size": _DISTILL["batch_size"], "lr": _DISTILL["lr"],
                    "eval_data": defaults.DATA, "eval_n": defaults.EVAL_N, "eval_every": _DISTILL["eval_every"],

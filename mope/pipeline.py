@@ -4,12 +4,14 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import torch
+
 from .blocks import by_layer
 from .clip import Clip
 from .errors import MopeError
 from .planning import Budget, check_budget, plan
-from .rules import NUMBERS, arguments
-from .scoring import score, unit_table
+from .rules import NUMBERS, arguments, count_or_fraction
+from .scoring import MIN_ROWS, TOKEN_BUDGET, FastScorer, score, unit_table
 from .stability import measured_stability
 from .surgery import prune
 from .units import Unit
@@ -19,7 +21,7 @@ STEP_SCHEDULES = ("even", "geometric")
 
 def prune_model(clip: Clip, task, budget, schedule: str = "width-then-depth", scores=None, by: str = "mope",
                 progress=None, should_stop=None, steps: int = 1, step_schedule: str = "even",
-                rescore_margin: float | None = None, **score_kw) -> Clip:
+                rescore_margin: float | None = None, rescore_images: int | float | None = 0.25, **score_kw) -> Clip:
     """Width first (heads and neuron groups ranked by MoPE), then depth: the layers are re-scored on the
     width-pruned model and the lowest removed — the paper's order. schedule="joint" plans both at once
     from the original scores.
@@ -31,12 +33,16 @@ def prune_model(clip: Clip, task, budget, schedule: str = "width-then-depth", sc
     rescore_margin=None re-scores every remaining unit before steps 2 … K; a number M >= 1 re-scores only the
     units a plan of M × the removal still to come would take by their latest scores (cheaper; only they can go
     at that step; on the demo model it cost accuracy, see README).
+    rescore_images: the calibration images those re-scorings run, the hardest on the model being re-scored
+    (highest unablated loss): a count, a fraction of the calibration set (at least 16 images), or None (all).
+    Each re-scoring is an exact sweep on its images; the first table is the given or full one.
     """
     check_budget(budget)
     if schedule not in ("width-then-depth", "joint"):
         raise MopeError(f"unknown schedule '{schedule}'; use width-then-depth or joint")
     check_steps(steps, step_schedule)
     check_rescore_margin(rescore_margin)
+    check_rescore_images(rescore_images)
     if steps > 1 and schedule == "joint":
         raise MopeError("iterative pruning (steps > 1) re-scores between width steps: use schedule width-then-depth")
     towers = sorted(set(budget.towers) | set(budget.per_tower("keep")) | set(budget.per_tower("layers")))
@@ -49,7 +55,7 @@ def prune_model(clip: Clip, task, budget, schedule: str = "width-then-depth", sc
     has_width = bool(width.per_tower("keep") or width.per_tower("heads") or width.per_tower("neurons"))
     if has_width and steps > 1:
         pruned = _iterative_width(clip, task, width, scores, by, steps, step_schedule, progress, should_stop, score_kw,
-                                  rescore_margin)
+                                  rescore_margin, rescore_images)
     else:
         pruned = prune(clip, measured_stability(plan(scores, width, by=by), scores)) if has_width else clip
     if budget.per_tower("layers"):
@@ -71,6 +77,21 @@ def check_steps(steps, step_schedule: str) -> None:
 def check_rescore_margin(margin) -> None:
     """None (re-score every unit) or a number >= 1 (mope.rules)."""
     arguments("mope.prune_model", rescore_margin=margin)
+
+
+def check_rescore_images(images) -> None:
+    """None (every image), a count >= 1 or a fraction in (0, 1] (mope.rules)."""
+    if images is not None:
+        count_or_fraction(images, "mope.prune_model: rescore_images", strict=True)
+
+
+def rescore_count(images: int | float | None, total: int) -> int:
+    """How many calibration images a re-scoring runs: a count (at most all), a fraction (at least MIN_ROWS), all."""
+    if images is None:
+        return total
+    if isinstance(images, float):
+        return min(total, max(MIN_ROWS, math.ceil(images * total)))
+    return min(total, images)
 
 
 def step_targets(keep: float, steps: int, step_schedule: str = "even") -> list[float]:
@@ -108,7 +129,7 @@ def plan_total(scores, tower: str, measure: str) -> float:
 
 
 def _iterative_width(clip, task, width: Budget, scores, by, steps, step_schedule, progress, should_stop, score_kw,
-                     margin: float | None):
+                     margin: float | None, images: int | float | None):
     """K width steps, re-scoring heads and neuron groups on the pruned model before each: those a plan of
     `margin` × the removal still to come would take by their latest scores (all of them when margin is None)."""
     towers, rescore_kw = _iterative_settings(task, width, scores, by, steps, score_kw)
@@ -116,6 +137,7 @@ def _iterative_width(clip, task, width: Budget, scores, by, steps, step_schedule
     start = {t: plan_total(scores, t, measure) for t in fractions}
     gone = dict.fromkeys(fractions, 0.0)
     pruned, record, latest, ranked, described = clip, [], scores, scores, clip.info.get("structure")
+    used = {"images": "all", "units": int(scores["kind"].isin(["head", "neurons"]).sum())}
     for k in range(steps):
         if k:
             carried, only = None, None
@@ -124,25 +146,39 @@ def _iterative_width(clip, task, width: Budget, scores, by, steps, step_schedule
                 to_come = _step_budget(width, k, steps, step_schedule, _left(carried, start, gone, fractions, measure),
                                        to_come=True)
                 only = _pool(carried, to_come, margin, by)
-            fresh = score(pruned, task, towers=towers, units=["head", "neurons"], progress=progress,
-                          should_stop=should_stop, only=only, **rescore_kw)
+            sample = rescore_sample(pruned, task, rescore_count(images, len(task)), rescore_kw)
+            fresh = score(pruned, task if sample is None else task.at(sample), towers=towers, units=["head", "neurons"],
+                          progress=progress, should_stop=should_stop, only=only, **rescore_kw)
+            used = {"images": "all" if sample is None else sample.tolist(), "units": len(fresh)}
             (latest, ranked), described = _merged(carried, fresh, by, only), pruned.info.get("structure")
         left = _left(ranked, start, gone, {t: step_targets(f, steps, step_schedule)[k] for t, f in fractions.items()},
                      measure)
         budget = _step_budget(width, k, steps, step_schedule, left)
         step_plan = plan(ranked, budget, by=by, empty_ok=True) if budget is not None else None
         if step_plan is None or not step_plan.removed:
-            record.append({"step": k + 1, "skipped": "nothing left to remove at this step"})
+            record.append({"step": k + 1, "skipped": "nothing left to remove at this step", "scored_on": used})
             continue
         step_plan = measured_stability(step_plan, ranked)
         for t, size in step_plan.sizes.items():
             gone[t] = gone.get(t, 0.0) + size[f"{measure}_before"] - size[f"{measure}_after"]
-        record.append(_step_record(k, pruned, ranked, step_plan, by))
+        record.append({**_step_record(k, pruned, ranked, step_plan, by), "scored_on": used})
         pruned = prune(pruned, step_plan)
     pruned.info["iterative"] = {"steps": steps, "step_schedule": step_schedule, "by": by, "record": record,
-                                "rescore_margin": margin,
+                                "rescore_margin": margin, "rescore_images": images,
                                 "targets": {t: step_targets(f, steps, step_schedule) for t, f in fractions.items()}}
     return pruned
+
+
+def rescore_sample(clip: Clip, task, count: int, score_kw: dict) -> torch.Tensor | None:
+    """Task positions (in task order) of the `count` calibration images with the highest unablated loss on `clip`
+    (anytime scoring's order: where removing a unit moves the outcome most); None: every image."""
+    if count >= len(task):
+        return None
+    scorer = FastScorer(clip, task, "loss", {}, score_kw.get("precision", "fp32"),
+                        score_kw.get("batch_tokens", TOKEN_BUDGET), score_kw.get("chunk"))
+    with torch.inference_mode(), scorer.autocast():
+        losses = scorer.image_losses("vision")
+    return torch.argsort(-losses, stable=True)[:count].sort().values
 
 
 def _iterative_settings(task, width: Budget, scores, by: str, steps: int, score_kw: dict) -> tuple[list, dict]:

@@ -111,6 +111,20 @@ NUMBERS: dict[str, Number] = {
 }
 
 
+def count_or_fraction(value, label: str, strict: bool = False, also: str = "") -> int | float:
+    """A count (a whole number >= 1) or a fraction in (0, 1] (a number with a point: 1.0 is all), e.g. iterative
+    pruning's rescore_images; text ('32', '0.25') is parsed unless strict (library calls). `also` names what
+    else the caller takes."""
+    number = value
+    if isinstance(value, str) and not strict:
+        text = value.strip()
+        number = int(text) if text.isdigit() else _as_number(text, float)
+    whole = isinstance(number, numbers.Integral) and not isinstance(number, bool)
+    if not (whole and number >= 1 or isinstance(number, float) and 0 < number <= 1):
+        raise MopeError(f"{label} must be a count >= 1 or a fraction in (0, 1] (1.0: every image){also}, got {value!r}")
+    return number
+
+
 def arguments(where: str, **values) -> None:
     """Check a library call's numeric arguments by the rules of the same name (`NUMBERS`; None means the
     default and passes): one MopeError like "mope.score: chunk must be a whole number from 1 to …, got 0"."""

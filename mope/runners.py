@@ -114,7 +114,13 @@ def _pruned(p, clip, ctx):
     return prune_model(clip, task, budget, scores=scores, by=p.get("by", "mope"), should_stop=ctx.should_stop,
                        steps=iterative, step_schedule=p.get("step_schedule", "even"),
                        rescore_margin=p.get("rescore_margin"),  # absent in older jobs: all
+                       **_rescore_images(p.get("rescore_images")),
                        progress=lambda done, total, eta, rows: ctx.progress(done, total, eta, "scoring"))
+
+
+def _rescore_images(value) -> dict:
+    """prune_model's rescore_images from a job param: None (or absent) the library's default, 'all' every image."""
+    return {} if value is None else {"rescore_images": None if value == "all" else value}
 
 
 def _prune(p, ctx) -> dict:

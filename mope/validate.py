@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import MopeError
-from .rules import NUMBERS, Number, items, name_list
+from .rules import NUMBERS, Number, count_or_fraction, items, name_list
 from .settings import user_path
 from .specs import DataSpec, ModelSpec
 
@@ -194,6 +194,14 @@ def name(value, label: str) -> str:
     return value.strip()
 
 
+def rescore_images(value, label: str) -> int | float | str:
+    """Iterative pruning's re-scoring images: a count, a fraction (mope.rules.count_or_fraction) or 'all' (kept as
+    'all': in a job None means the default)."""
+    if isinstance(value, str) and value.strip().lower() == "all":
+        return "all"
+    return count_or_fraction(value, label, also=" or 'all'")
+
+
 def budget(value, label: str) -> dict:
     """A budget given as a dict of plan.Budget's fields: known fields, each by its rule (a number, or a
     {tower: number} dict, for the counts and fractions), towers a list."""
@@ -223,6 +231,7 @@ OUT_FOLDER, OUT_FILE = Check(lambda v, label: output_path(v, label, folder=True)
 
 RULES: dict[str, Number | Names | Numbers | Choice | Check] = {
     **NUMBERS,  # counts, sizes, fractions, rates, weights, times: mope.rules, which the library's calls obey too
+    "rescore_images": Check(rescore_images),  # a count, a fraction or "all"
     # lists
     "towers": Names("towers"), "units": Names("units", (("heads", "head"), ("layers", "layer"))),
     "baselines": Names("baselines", empty_ok=True), "rankings": Names("criteria"),

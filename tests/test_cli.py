@@ -58,6 +58,9 @@ def test_score_then_prune_then_load(tiny_dir, tmp_path):
     (["--keep", "0.5", "--iterative", "99999"], "use fewer steps"),
     (["--keep", "0.5", "--iterative", "2", "--rescore-margin", "0.5"], "below 1"),
     (["--keep", "0.5", "--iterative", "2", "--rescore-margin", "lots"], "not a number >= 1 or 'all'"),
+    (["--keep", "0.5", "--iterative", "2", "--rescore-images", "0"], "--rescore-images must be a count >= 1"),
+    (["--keep", "0.5", "--iterative", "2", "--rescore-images", "1.5"], "a fraction in (0, 1]"),
+    (["--keep", "0.5", "--iterative", "2", "--rescore-images", "some"], "or 'all', got 'some'"),
 ])
 def test_prune_bad_budgets(tiny_dir, tmp_path, args, message):
     scores = tmp_path / "s.csv"
@@ -85,6 +88,18 @@ def test_prune_iterative_records_its_steps(tiny_dir, tmp_path):
     # each step's plan carries its bootstrap stability, measured from the cached per-image results
     assert all(step["stability"]["units"] == len(step["removed"]) for step in saved["plan"])
     assert out.stdout.count("bootstrap resamples of the 8 calibration images") == 2
+
+
+def test_prune_iterative_rescores_on_the_hardest_images(tiny_dir, tmp_path):
+    out = run("prune", "--model", str(tiny_dir), "--keep", "0.5", "--iterative", "2", "--rescore-images", "4",
+              "--n", "8", "--towers", "vision", "--quiet", "--out", str(tmp_path / "p"), home=tmp_path)
+    assert out.returncode == 0, out.stderr
+    saved = json.loads((tmp_path / "p" / "pruning.json").read_text())["iterative"]
+    assert saved["rescore_images"] == 4
+    assert [r["scored_on"]["images"] if r["scored_on"]["images"] == "all" else len(r["scored_on"]["images"])
+            for r in saved["record"]] == ["all", 4]
+    # step 2's stability is a bootstrap over the 4 images it was ranked on
+    assert out.stdout.count("of the 8 calibration images") == 1 and out.stdout.count("of the 4 calibration images") == 1
 
 
 @pytest.mark.parametrize("args, message", [(["--chunk", "0"], "--chunk must be a whole number"),

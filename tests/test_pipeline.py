@@ -6,9 +6,9 @@ import torch
 import mope
 from mope import pipeline
 from mope.errors import MopeError
-from mope.pipeline import plan_total, prune_model, step_counts, step_targets
+from mope.pipeline import plan_total, prune_model, rescore_count, step_counts, step_targets
 from mope.planning import Budget
-from mope.scoring import unit_table
+from mope.scoring import FastScorer, unit_table
 from mope.surgery import prune_units
 from mope.units import Unit, tower_blocks
 
@@ -148,3 +148,53 @@ def test_a_pool_wider_than_the_model_is_the_full_rescoring(tiny):
 def test_a_bad_rescore_margin_is_a_clear_error(tiny, margin):
     with pytest.raises(MopeError, match="rescore_margin must be a number ≥ 1"):
         prune_model(tiny, mope.load_task("shapes", n=4), Budget(keep=0.5), steps=2, rescore_margin=margin)
+
+
+def _rescored_on_subsets(tiny, images, steps=3):
+    task = mope.load_task("shapes", n=16)
+    pruned = prune_model(tiny, task, Budget(keep=0.5, towers=("vision",), strategy="global"), steps=steps,
+                         rescore_images=images, metric="loss", cache=False, baselines=())
+    return task, pruned
+
+
+def test_intermediate_rescores_run_on_the_hardest_images_and_equal_a_sweep_on_them(tiny):
+    task, pruned = _rescored_on_subsets(tiny, images=6)
+    record = pruned.info["iterative"]["record"]
+    group_sizes = pruned.info["plan"][0]["group_sizes"]
+    assert record[0]["scored_on"]["images"] == "all" and pruned.info["iterative"]["rescore_images"] == 6
+    before = [Unit.parse(u) for u in record[0]["removed"]]
+    for step in record[1:]:
+        model = prune_units(tiny, before, group_sizes)  # the model this step pruned
+        # its 6 calibration images with the highest loss (anytime scoring's order: where an ablation moves most)
+        losses = FastScorer(model, task, "loss", {}, "fp32").image_losses("vision")
+        hardest = sorted(torch.argsort(-losses, stable=True)[:6].tolist())
+        assert step["scored_on"]["images"] == hardest
+        # the scores the step ranked by are an exact sweep of that model on just those images, bit for bit
+        sweep = mope.score(model, task.at(torch.tensor(hardest)), towers=["vision"], units=["head", "neurons"],
+                           metric="loss", cache=False, baselines=(), group_size=group_sizes["vision"])
+        assert step["scored_on"]["units"] == len(sweep)
+        named = {pipeline.source_unit(Unit.parse(u), model.info.get("structure"), group_sizes).name: v
+                 for u, v in zip(sweep["unit"], sweep["mope"])}
+        assert step["removed"] and all(named[u] == v for u, v in step["removed"].items())
+        before += [Unit.parse(u) for u in step["removed"]]
+
+
+@pytest.mark.parametrize("images, total, count", [(None, 16, 16), (16, 16, 16), (99, 16, 16), (3, 16, 3), (1.0, 16, 16),
+                                                  (0.5, 64, 32), (0.01, 64, 16), (0.25, 128, 32), (0.25, 10, 10)])
+def test_rescore_images_as_a_count_or_a_fraction(images, total, count):
+    """A count (at most every image), a fraction (at least MIN_ROWS = 16: fewer cost as much), or every image."""
+    assert rescore_count(images, total) == count
+
+
+def test_every_image_is_the_full_rescoring(tiny):
+    _, every = _rescored_on_subsets(tiny, images=None)
+    _, counted = _rescored_on_subsets(tiny, images=16)
+    assert all(r["scored_on"]["images"] == "all" for r in every.info["iterative"]["record"])
+    assert [r["removed"] for r in every.info["iterative"]["record"]] == \
+        [r["removed"] for r in counted.info["iterative"]["record"]]
+
+
+@pytest.mark.parametrize("images", [0, -1, 1.5, 0.0, -0.5, True, "8", float("nan"), float("inf")])
+def test_bad_rescore_images_are_a_clear_error(tiny, images):
+    with pytest.raises(MopeError, match="rescore_images must be a count >= 1 or a fraction in"):
+        prune_model(tiny, mope.load_task("shapes", n=4), Budget(keep=0.5), steps=2, rescore_images=images)

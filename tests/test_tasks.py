@@ -116,6 +116,17 @@ def test_subset_keeps_captions_with_their_images():
     assert r.texts[:5] == full.texts[5 * idx[0]: 5 * idx[0] + 5]
 
 
+def test_at_keeps_the_images_at_the_positions_with_their_labels_or_captions():
+    zeroshot, index = mope.load_task("shapes", n=20), torch.tensor([3, 7, 19])
+    sub = zeroshot.at(index)
+    assert torch.equal(sub.images, zeroshot.images[index]) and torch.equal(sub.labels, zeroshot.labels[index])
+    assert sub.fingerprint() != zeroshot.fingerprint()
+    retrieval = mope.load_task("shapes", protocol="retrieval", n=20)
+    sub = retrieval.at(index)
+    assert sub.text_to_image.tolist() == [i for i in range(3) for _ in range(5)]
+    assert sub.texts == [t for t, i in zip(retrieval.texts, retrieval.text_to_image.tolist()) if i in (3, 7, 19)]
+
+
 def test_unknown_data_spec():
     with pytest.raises(mope.MopeError, match="unknown data spec"):
         mope.load_task("imagenet")

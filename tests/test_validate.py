@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import mope
-from mope import cli, validate
+from mope import cli, runners, validate
 from mope.jobs import JOB_KINDS, Store
 
 
@@ -126,6 +126,10 @@ def test_list_params_given_as_text_are_parsed_once_into_lists(sandbox):
     ("prune", {"model": "demo", "out": "p", "iterative": 0}, "param iterative"),
     ("prune", {"model": "demo", "out": "p", "rescore_margin": 0.5}, "param rescore_margin"),
     ("prune", {"model": "demo", "out": "p", "rescore_margin": "all"}, "param rescore_margin"),
+    ("prune", {"model": "demo", "out": "p", "rescore_images": 0}, "param rescore_images of a prune job must be a count >= 1"),
+    ("prune", {"model": "demo", "out": "p", "rescore_images": 1.5}, "a fraction in (0, 1]"),
+    ("prune", {"model": "demo", "out": "p", "rescore_images": "lots"}, "or 'all', got 'lots'"),
+    ("prune", {"model": "demo", "out": "p", "rescore_images": True}, "param rescore_images"),
     ("prune", {"model": "demo", "out": "p", "budget": {"keep": 2}}, "param budget of a prune job keep"),
     ("prune", {"model": "demo", "out": "p", "budget": {"towers": "audio"}}, "unknown: 'audio'"),
     ("study", {"model": "demo", "scores": "afile", "iterative": [1, 0]}, "each of param iterative"),
@@ -298,3 +302,12 @@ def test_output_paths(tmp_path):
         (tmp_path / "ro").mkdir(mode=0o500)
         with pytest.raises(mope.MopeError, match="no permission"):
             validate.output_path(tmp_path / "ro" / "s.csv")
+
+
+def test_rescore_images_is_a_count_a_fraction_or_all(sandbox):
+    store = Store()
+    for value, kept in {"all": "all", " ALL ": "all", "32": 32, 0.25: 0.25, "0.5": 0.5, 8: 8, None: None}.items():
+        job = store.get(store.submit("prune", {"model": "demo", "out": "p", "rescore_images": value}))
+        assert job["params"]["rescore_images"] == kept and type(job["params"]["rescore_images"]) is type(kept)
+    assert runners._rescore_images("all") == {"rescore_images": None}  # every image
+    assert runners._rescore_images(None) == {} and runners._rescore_images(8) == {"rescore_images": 8}

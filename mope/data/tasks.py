@@ -84,15 +84,19 @@ class Task:
         """n images drawn evenly at random (seed 0, task order kept), with their labels or captions."""
         if n is None or n >= len(self):
             return self
-        index = self.drawn(n)
+        return self.at(self.drawn(n), f"{self.name}[{n}]")
+
+    def at(self, index: torch.Tensor, name: str | None = None) -> "Task":
+        """The images at `index` (distinct task positions, kept in that order), with their labels or captions."""
+        index = torch.as_tensor(index, dtype=torch.long)
         images = self.images[index] if isinstance(self.images, torch.Tensor) else [self.images[i] for i in index]
-        sub = Task(f"{self.name}[{n}]", self.protocol, images, classnames=self.classnames, templates=self.templates,
-                   skipped=self.skipped)
+        sub = Task(name or f"{self.name}[{len(index)} at]", self.protocol, images, classnames=self.classnames,
+                   templates=self.templates, skipped=self.skipped)
         if self.protocol == "zeroshot":
             sub.labels = self.labels[index]
             return sub
         new_id = torch.full((len(self),), -1, dtype=torch.long)
-        new_id[index] = torch.arange(n)
+        new_id[index] = torch.arange(len(index))
         keep = new_id[self.text_to_image] >= 0
         sub.texts = [t for t, k in zip(self.texts, keep.tolist()) if k]
         sub.text_to_image = new_id[self.text_to_image][keep]
