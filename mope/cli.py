@@ -438,8 +438,9 @@ def _add_prune(sub) -> None:
                    help="before steps 2..K re-score only the units a plan of M x the removal still to come would take "
                         "(cheaper, less accurate; default 'all': every remaining unit)")
     p.add_argument("--rescore-images", type=_images, default=pruning["rescore_images"], metavar="N|F|all",
-                   help="re-score before steps 2..K on the N calibration images (or the fraction F of them) with the "
-                        f"highest loss on the model being re-scored (default {pruning['rescore_images']}; 'all': every image)")
+                   help="re-score before steps 2..K on N calibration images (or the fraction F of them), the first in "
+                        "anytime scoring's order on the model being re-scored (highest loss; acc1: nearest the decision) "
+                        f"(default {pruning['rescore_images']}; 'all': every image)")
     p.add_argument("--towers", default=",".join(pruning["towers"]))
     p.add_argument("--strategy", choices=["uniform", "global"], default=pruning["strategy"])
     p.add_argument("--measure", choices=["params", "flops"], default=pruning["measure"])

@@ -9,6 +9,7 @@ import torch
 from .blocks import by_layer
 from .clip import Clip
 from .errors import MopeError
+from .evaluation import default_metric
 from .planning import Budget, check_budget, plan
 from .rules import NUMBERS, arguments, count_or_fraction
 from .scoring import MIN_ROWS, TOKEN_BUDGET, FastScorer, score, unit_table
@@ -170,15 +171,16 @@ def _iterative_width(clip, task, width: Budget, scores, by, steps, step_schedule
 
 
 def rescore_sample(clip: Clip, task, count: int, score_kw: dict) -> torch.Tensor | None:
-    """Task positions (in task order) of the `count` calibration images with the highest unablated loss on `clip`
-    (anytime scoring's order: where removing a unit moves the outcome most); None: every image."""
+    """Task positions (in task order) of the first `count` calibration images in anytime scoring's order on `clip`
+    (FastScorer.image_order: the highest unablated loss first; for a hit metric such as acc1, those nearest the
+    decision); None: every image."""
     if count >= len(task):
         return None
-    scorer = FastScorer(clip, task, "loss", {}, score_kw.get("precision", "fp32"),
+    scorer = FastScorer(clip, task, score_kw.get("metric") or default_metric(task), {}, score_kw.get("precision", "fp32"),
                         score_kw.get("batch_tokens", TOKEN_BUDGET), score_kw.get("chunk"))
     with torch.inference_mode(), scorer.autocast():
-        losses = scorer.image_losses("vision")
-    return torch.argsort(-losses, stable=True)[:count].sort().values
+        order = scorer.image_order("vision", scorer.image_losses("vision"))
+    return order[:count].sort().values
 
 
 def _iterative_settings(task, width: Budget, scores, by: str, steps: int, score_kw: dict) -> tuple[list, dict]:

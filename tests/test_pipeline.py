@@ -179,6 +179,16 @@ def test_intermediate_rescores_run_on_the_hardest_images_and_equal_a_sweep_on_th
         before += [Unit.parse(u) for u in step["removed"]]
 
 
+def test_the_images_follow_anytime_scorings_order_for_the_metric(tiny):
+    """The highest loss first for the loss metric; for a hit metric (acc1) the images nearest the decision."""
+    task = mope.load_task("shapes", n=16)
+    for metric in ("loss", "acc1"):
+        order = FastScorer(tiny, task, metric, {}, "fp32").image_order("vision", FastScorer(
+            tiny, task, "loss", {}, "fp32").image_losses("vision"))
+        assert pipeline.rescore_sample(tiny, task, 5, {"metric": metric}).tolist() == sorted(order[:5].tolist())
+    assert pipeline.rescore_sample(tiny, task, 16, {"metric": "loss"}) is None  # every image: no subset
+
+
 @pytest.mark.parametrize("images, total, count", [(None, 16, 16), (16, 16, 16), (99, 16, 16), (3, 16, 3), (1.0, 16, 16),
                                                   (0.5, 64, 32), (0.01, 64, 16), (0.25, 128, 32), (0.25, 10, 10)])
 def test_rescore_images_as_a_count_or_a_fraction(images, total, count):
