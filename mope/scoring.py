@@ -590,17 +590,12 @@ class FastScorer(_Scorer):
     """
 
     def __init__(self, clip: Clip, task: Task, metric: str, group_sizes: dict[str, int], precision: str,
-                 batch_tokens: int = TOKEN_BUDGET, chunk: int | None = None, pad: bool = True):
+                 batch_tokens: int = TOKEN_BUDGET, chunk: int | None = None):
         super().__init__(clip, task, metric, group_sizes, precision)
-        self.batch_tokens, self.chunk, self.pad = batch_tokens, chunk, pad
+        self.batch_tokens, self.chunk = batch_tokens, chunk
         self.state: dict[str, dict] = {}
         self.per_image: dict[str, torch.Tensor] = {}  # unit name → per-image MoPE (mean over images ≈ mope)
         self.precision = precision
-
-    def on(self, task: Task, pad: bool = True) -> "FastScorer":
-        """The same scorer for another task (a subset of the calibration set); pad=False: estimates only."""
-        return FastScorer(self.clip, task, self.metric, self.group_sizes, self.precision, self.batch_tokens, self.chunk,
-                          pad)
 
     def chunks(self, units):
         return [list(g) for _, g in itertools.groupby(units, key=lambda u: (u.tower, u.layer))]
@@ -611,8 +606,7 @@ class FastScorer(_Scorer):
         if tower in self.state:
             return self.state[tower]
         clip, task = self.clip, self.task
-        inputs = TowerInputs(clip, task, tower, self.chunk or auto_chunk(clip.model, tower, self.batch_tokens),
-                             MIN_ROWS if self.pad else 1)
+        inputs = TowerInputs(clip, task, tower, self.chunk or auto_chunk(clip.model, tower, self.batch_tokens), MIN_ROWS)
         other = task_text_embeddings(clip, task) if tower == "vision" else image_embeddings(clip, task)
         state = {"inputs": inputs, "other": other}
         pieces = []
