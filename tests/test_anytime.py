@@ -67,18 +67,23 @@ def test_anytime_ends_equal_to_exact_running_each_input_once(tiny, runs, kind, m
     assert not any("ranked on" in n for n in plan(anytime, Budget(keep=0.5, towers=("vision",))).notes)
 
 
-def test_estimates_count_the_images_not_run_as_unchanged_and_run_the_hardest_first(tiny):
-    """An estimate on n images: the exact per-image MoPE of the n images with the highest unablated loss, summed
-    over the whole set (the others count as 0)."""
-    task = mope.load_task("shapes", n=40)
-    kw = dict(towers=["vision"], metric="loss", baselines=())
+def _first_round_exact_and_logits(tiny, task, metric):
+    """The anytime table after a 10-image first round, the exact table, and the unablated zero-shot logits."""
+    kw = dict(towers=["vision"], metric=metric, baselines=())
     tables = []
     score(tiny, task, schedule="anytime", first_round=10, cache=False,
           progress=lambda d, t, e, rows: tables.append(rows), **kw)
     first = pd.DataFrame(next(r for r in tables if len(r) == 14))
-    exact = score(tiny, task, **kw)
     with torch.inference_mode():
         logits = tiny.model.logit_scale.exp() * image_embeddings(tiny, task) @ task_text_embeddings(tiny, task).T
+    return first, score(tiny, task, **kw), logits
+
+
+def test_estimates_count_the_images_not_run_as_unchanged_and_run_the_hardest_first(tiny):
+    """An estimate on n images: the exact per-image MoPE of the n images with the highest unablated loss, summed
+    over the whole set (the others count as 0)."""
+    task = mope.load_task("shapes", n=40)
+    first, exact, logits = _first_round_exact_and_logits(tiny, task, "loss")
     hardest = torch.nn.functional.cross_entropy(logits, task.labels, reduction="none").argsort(descending=True)[:10]
     expected = scoring.per_image(exact).loc[first.unit, hardest.tolist()].sum(axis=1) / len(task)
     assert np.allclose(first.mope, expected.values, atol=1e-5) and (first.images_used == 10).all()
@@ -89,14 +94,7 @@ def test_a_hit_metric_runs_the_images_nearest_the_decision_first(tiny):
     """acc1: the first round's images are those whose loss amounts to the smallest two-class margin,
     |log(1 / (e^loss - 1))|, right or wrong; the estimate is their exact per-image MoPE summed over the set."""
     task = mope.load_task("shapes", n=40)
-    kw = dict(towers=["vision"], metric="acc1", baselines=())
-    tables = []
-    score(tiny, task, schedule="anytime", first_round=10, cache=False,
-          progress=lambda d, t, e, rows: tables.append(rows), **kw)
-    first = pd.DataFrame(next(r for r in tables if len(r) == 14))
-    exact = score(tiny, task, **kw)
-    with torch.inference_mode():
-        logits = tiny.model.logit_scale.exp() * image_embeddings(tiny, task) @ task_text_embeddings(tiny, task).T
+    first, exact, logits = _first_round_exact_and_logits(tiny, task, "acc1")
     loss = torch.nn.functional.cross_entropy(logits, task.labels, reduction="none").double()
     margin = logits.gather(1, task.labels[:, None])[:, 0] - logits.scatter(1, task.labels[:, None], -1e9).max(1).values
     nearest = torch.log(torch.expm1(loss)).abs().argsort()[:10]
