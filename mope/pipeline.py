@@ -34,8 +34,8 @@ def prune_model(clip: Clip, task, budget, schedule: str = "width-then-depth", sc
     rescore_margin=None re-scores every remaining unit before steps 2 … K; a number M >= 1 re-scores only the
     units a plan of M × the removal still to come would take by their latest scores (cheaper; only they can go
     at that step; on the demo model it cost accuracy, see README).
-    rescore_images: the calibration images those re-scorings run, the hardest on the model being re-scored
-    (highest unablated loss): a count, a fraction of the calibration set (at least 16 images), or None (all).
+    rescore_images: the calibration images those re-scorings run, the first in anytime scoring's order on the
+    model being re-scored (rescore_sample): a count, a fraction of the calibration set (at least 16 images), or None (all).
     Each re-scoring is an exact sweep on its images; the first table is the given or full one.
     """
     check_budget(budget)
