@@ -4,12 +4,12 @@ Demo model (vision heads + neuron groups): the exact table, then the anytime rou
 the keep-0.5 plans (uniform and global) from the anytime table against the exact plans — Jaccard of the
 removed sets, Spearman ρ of the scores, zero-shot acc1 of the two pruned models — as a function of the
 compute spent (blocks re-run × images, as a fraction of the exact sweep's; each unit runs each image once,
-so the last row is 100%) and of the wall time. Then, with --vit, a random-init ViT-B-32 vision tower: the
-time until every unit has its first score (round 1, sized to fit --vit-seconds at the measured speed of a block,
-or --vit-first images per unit), stopped at --vit-limit seconds.
+so the last row is 100%) and of the wall time. Then, with --vit, a random-init ViT-B-32 (both towers unless
+--vit-towers says otherwise): the time until every unit has its first score (round 1, sized to fit
+--vit-seconds at the measured speed of a block, or --vit-first images per unit), stopped at --vit-limit seconds.
 
     python bench/anytime.py [--n 256] [--metric acc1] [--eval-n 500] [--vit] [--vit-seconds 480 | --vit-first 16]
-                            [--vit-limit 900]
+                            [--vit-limit 900] [--vit-towers vision,text]
 """
 from __future__ import annotations
 
@@ -126,13 +126,14 @@ def vit(args) -> None:
     atomic_save_safetensors({k: v.contiguous() for k, v in model.state_dict().items()}, path)
     clip = mope.load_model(f"ViT-B-32:{path}", device="cpu")
     task = mope.load_task("shapes", n=args.n)
+    units = len(enumerate_units(clip.model, args.vit_towers))
     first: list[float] = []
     scored, used = [0], [""]
     start, cpu = time.perf_counter(), time.process_time()
 
     def progress(done, total, eta, rows):
         scored[0] = len(rows)
-        if len(rows) == total // args.n and not first:  # total: units × images
+        if len(rows) == units and not first:  # every unit has its first score
             first.append(time.perf_counter() - start)
             used[0] = f"{min(r['images_used'] for r in rows)}–{max(r['images_used'] for r in rows)}"
 
@@ -140,15 +141,14 @@ def vit(args) -> None:
         return bool(first) or time.perf_counter() - start > args.vit_limit
 
     try:
-        score(clip, task, towers=["vision"], metric=args.metric, baselines=(), cache=False, schedule="anytime",
+        score(clip, task, towers=args.vit_towers, metric=args.metric, baselines=(), cache=False, schedule="anytime",
               first_round=args.vit_first, first_table_seconds=args.vit_seconds, progress=progress, should_stop=stop)
     except Cancelled:
         pass
-    units = len(enumerate_units(clip.model, ["vision"]))
     round1 = (f"{args.vit_first} images per unit in round 1" if args.vit_first else
               f"round 1 sized to {args.vit_seconds:.0f} s")
-    head = (f"random-init ViT-B-32 vision tower ({units} units: heads, neuron groups, layers), {args.n} calibration "
-            f"images, {round1}, {torch.get_num_threads()} torch threads "
+    head = (f"random-init ViT-B-32, {' + '.join(args.vit_towers)} ({units} units: heads, neuron groups, layers), "
+            f"{args.n} calibration images, {round1}, {torch.get_num_threads()} torch threads "
             f"(this process's CPU time: {time.process_time() - cpu:.0f} s):")
     if first:
         print(f"{head} first complete table after {first[0]:.0f} s ({first[0] / 60:.1f} min), {used[0]} images per unit")
@@ -168,6 +168,8 @@ def main() -> None:
     ap.add_argument("--vit-first", type=int, default=None, help="ViT-B-32: images per unit in round 1 (no budget)")
     ap.add_argument("--vit-seconds", type=float, default=480, help="ViT-B-32: the first table's time budget")
     ap.add_argument("--vit-limit", type=float, default=900, help="seconds before the ViT-B-32 first round is stopped")
+    ap.add_argument("--vit-towers", type=lambda s: s.split(","), default=["vision", "text"],
+                    help="ViT-B-32: the towers whose units the first table covers")
     args = ap.parse_args()
     if not args.vit_only:
         demo(args)
