@@ -38,7 +38,7 @@ from prune import compare, random_clip
 import mope
 from mope.ablation import ablated
 from mope.evaluation import task_texts
-from mope.scoring import MIN_ROWS, TOKEN_BUDGET, auto_chunk, memory_tokens, pass_bytes_per_token, score
+from mope.scoring import MIN_ROWS, auto_chunk, pass_bytes_per_token, pass_tokens, score
 from mope.settings import default_device
 from mope.speed import device_name, median_seconds
 from mope.units import KINDS, TOWERS, enumerate_units, tokens_of, tower_blocks
@@ -128,7 +128,7 @@ def formula_terms(clip, task, chunk: int | None, max_memory: float | None) -> di
     one unit of its last layer, a zero-shot task. One chunk holding the whole set keeps every layer's input."""
     model = clip.model
     tokens, width = tokens_of(model, "vision"), tower_blocks(model, "vision")[0].attn.embed_dim
-    batch_tokens = memory_tokens(model, "vision", max_memory) if max_memory else TOKEN_BUDGET
+    batch_tokens = pass_tokens(clip, ["vision"], None, max_memory)  # what score() on the vision tower uses
     rows = max(MIN_ROWS, min(chunk or auto_chunk(model, "vision", batch_tokens), len(task)))
     layers = len(tower_blocks(model, "vision")) if rows >= len(task) else 1
     size = model.visual.image_size

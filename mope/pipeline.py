@@ -12,7 +12,7 @@ from .errors import MopeError
 from .evaluation import default_metric
 from .planning import Budget, check_budget, plan
 from .rules import NUMBERS, arguments, count_or_fraction
-from .scoring import MIN_ROWS, TOKEN_BUDGET, FastScorer, score, unit_table
+from .scoring import MIN_ROWS, FastScorer, pass_tokens, score, unit_table
 from .stability import measured_stability
 from .surgery import prune
 from .units import Unit
@@ -177,7 +177,8 @@ def rescore_sample(clip: Clip, task, count: int, score_kw: dict) -> torch.Tensor
     if count >= len(task):
         return None
     scorer = FastScorer(clip, task, score_kw.get("metric") or default_metric(task), {}, score_kw.get("precision", "fp32"),
-                        score_kw.get("batch_tokens", TOKEN_BUDGET), score_kw.get("chunk"))
+                        pass_tokens(clip, batch_tokens=score_kw.get("batch_tokens"), max_memory=score_kw.get("max_memory")),
+                        score_kw.get("chunk"))
     with torch.inference_mode(), scorer.autocast():
         order = scorer.image_order("vision", scorer.image_losses("vision"))
     return order[:count].sort().values

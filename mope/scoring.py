@@ -63,7 +63,8 @@ from .units import (
     unit_params,
 )
 
-TOKEN_BUDGET = 2**17  # tokens per batched ablation pass; bounds memory, not results
+TOKEN_BUDGET = 2**17  # tokens per batched ablation pass on a GPU; bounds memory, not results
+CPU_PASS_GIB = 1.5  # a CPU's default cap on one ablation pass (GiB): ViT-B-16 scoring then peaks near 3 GiB
 ACTIVATIONS = 8  # residual-width tensors alive at once in a block pass (x, ln, q, k, v, attention, out, y)
 MIN_ROWS = 16  # CPU matmuls over fewer rows round differently (MKL small-M kernels): chunks are padded to this
 FIRST_ROUND_MIN = MIN_ROWS  # anytime's first round: images per unit, at least (fewer cost as much: padding)
@@ -83,7 +84,7 @@ def score(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequenc
           metric: str | None = None, impl: str = "fast", group_size: int | None = None,
           baselines: Sequence[str] | None = None, seed: int = 0, precision: str = "fp32", cache: bool = True,
           progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
-          shard: tuple[int, int] | None = None, batch_tokens: int = TOKEN_BUDGET,
+          shard: tuple[int, int] | None = None, batch_tokens: int | None = None,
           chunk: int | None = None, max_memory: float | None = None, schedule: str = "exact",
           first_round: int | None = None, first_table_seconds: float | None = None,
           only: Sequence[str] | None = None) -> pd.DataFrame:
@@ -92,7 +93,8 @@ def score(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequenc
 
     shard=(rank, world) scores units[rank::world] only (for torchrun); rows keep the global order.
     batch_tokens bounds the tokens of one batched ablation pass, chunk the images (or texts) held at once;
-    max_memory (GiB) sets batch_tokens from a memory cap (see memory_tokens). None of them changes a result.
+    max_memory (GiB) sets batch_tokens from a memory cap (see memory_tokens); by default see pass_tokens.
+    None of them changes a result.
     schedule="anytime" scores every unit on first_round images, then refines in rounds (see mope.anytime):
     progress gets the whole table after each round, the table's attrs["anytime"] says where it stands.
     first_table_seconds (anytime, no first_round): round 1 gets as many images per unit as fit that time here.
@@ -104,7 +106,7 @@ def score(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequenc
               first_table_seconds=first_table_seconds)
     metric, group_sizes, fingerprint, model_fp, key = _settle(clip, task, towers, units, metric, impl, group_size,
                                                                baselines, seed, precision, shard)
-    batch_tokens = _check_memory(clip, towers, batch_tokens, chunk, max_memory)
+    batch_tokens = pass_tokens(clip, towers, batch_tokens, max_memory)
     _check_schedule(schedule, impl, shard)
     all_units = enumerate_units(clip.model, towers, units, group_sizes)
     todo = all_units if shard is None else all_units[shard[0]::shard[1]]
@@ -430,12 +432,18 @@ def _per_image_record(per_image_rows: dict[str, torch.Tensor], rows: list[dict])
     return {"units": names, "matrix": matrix.numpy().tobytes()}
 
 
-def _check_memory(clip: Clip, towers: Sequence[str], batch_tokens: int, chunk: int | None,
-                  max_memory: float | None) -> int:
-    """The tokens per ablation pass: batch_tokens, or what max_memory (GiB) allows (both checked by score)."""
-    if max_memory is None:
+def pass_tokens(clip: Clip, towers: Sequence[str] = TOWERS, batch_tokens: int | None = None,
+                max_memory: float | None = None) -> int:
+    """The tokens per batched ablation pass: what max_memory (GiB) allows, else batch_tokens, else the default:
+    TOKEN_BUDGET on a GPU; on a CPU no more than CPU_PASS_GIB allows (ViT-B-16's default pass would hold 6.4 GB,
+    the demo model's is unchanged). The tower with the widest blocks decides."""
+    if max_memory is None and batch_tokens is not None:
         return batch_tokens
-    return min(memory_tokens(clip.model, t, max_memory) for t in towers)
+    if max_memory is None and clip.device.type != "cpu":
+        return TOKEN_BUDGET
+    cap = CPU_PASS_GIB if max_memory is None else max_memory
+    fit = min(memory_tokens(clip.model, t, cap) for t in towers)
+    return fit if max_memory is not None else min(TOKEN_BUDGET, fit)
 
 
 def memory_tokens(model: torch.nn.Module, tower: str, max_memory: float) -> int:
@@ -590,9 +598,9 @@ class FastScorer(_Scorer):
     """
 
     def __init__(self, clip: Clip, task: Task, metric: str, group_sizes: dict[str, int], precision: str,
-                 batch_tokens: int = TOKEN_BUDGET, chunk: int | None = None):
+                 batch_tokens: int | None = None, chunk: int | None = None):
         super().__init__(clip, task, metric, group_sizes, precision)
-        self.batch_tokens, self.chunk = batch_tokens, chunk
+        self.batch_tokens, self.chunk = pass_tokens(clip, batch_tokens=batch_tokens), chunk
         self.state: dict[str, dict] = {}
         self.per_image: dict[str, torch.Tensor] = {}  # unit name → per-image MoPE (mean over images ≈ mope)
         self.precision = precision

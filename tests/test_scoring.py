@@ -1,3 +1,4 @@
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -218,6 +219,38 @@ def test_max_memory_sets_the_pass_size(tiny):
     big = score(tiny, task, metric="loss", baselines=(), cache=False, max_memory=4.0)
     assert (small.mope.values == big.mope.values).all()
     assert scoring.memory_tokens(tiny.model, "vision", 0.0001) < scoring.memory_tokens(tiny.model, "vision", 4.0)
+
+
+def test_a_cpu_caps_the_default_pass_without_changing_results(tiny, monkeypatch):
+    """On a CPU the default pass holds what CPU_PASS_GIB allows (here a tiny cap: one 16-image chunk of 17 tokens)."""
+    if tiny.device.type != "cpu":
+        pytest.skip("the cap is a CPU default (a GPU's default pass is TOKEN_BUDGET: test_pass_tokens_rules)")
+    task = mope.load_task("shapes", n=40)
+    kw = dict(towers=["vision"], metric="loss", baselines=(), cache=False)
+    uncapped = score(tiny, task, batch_tokens=10**6, **kw)
+    rows = []
+
+    class Recording(scoring.MaskedBlock):
+        def __init__(self, block, x, *masks):
+            rows.append(len(x))
+            super().__init__(block, x, *masks)
+
+    monkeypatch.setattr(scoring, "MaskedBlock", Recording)
+    monkeypatch.setattr(scoring, "CPU_PASS_GIB", 16 * 17 * scoring.pass_bytes_per_token(tiny.model, "vision") / 2**30)
+    capped = score(tiny, task, **kw)
+    assert max(rows) == 16
+    assert (capped.mope.values == uncapped.mope.values).all()
+
+
+def test_pass_tokens_rules(tiny):
+    """max_memory wins over batch_tokens, batch_tokens over the default; a GPU's default is TOKEN_BUDGET."""
+    cap = scoring.memory_tokens(tiny.model, "vision", 0.001)
+    assert scoring.pass_tokens(tiny, ["vision"], 500, 0.001) == cap
+    assert scoring.pass_tokens(tiny, ["vision"], 500, None) == 500
+    assert scoring.pass_tokens(tiny, ["vision"]) == min(scoring.TOKEN_BUDGET, scoring.memory_tokens(
+        tiny.model, "vision", scoring.CPU_PASS_GIB))
+    gpu = dataclasses.replace(tiny, device=torch.device("meta"))
+    assert scoring.pass_tokens(gpu, ["vision"]) == scoring.TOKEN_BUDGET
 
 
 def test_accuracy_tables_carry_the_loss_that_breaks_their_ties(tiny):
