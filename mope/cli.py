@@ -383,7 +383,8 @@ def _add_score(sub) -> None:
     p.add_argument("--chunk", type=int, default=None,
                    help="images (texts) held at once; default: what one ablation pass holds. Results do not change")
     p.add_argument("--max-memory", type=float, default=None,
-                   help="GiB one batched ablation pass may use (sets its size; see the README's memory formula)")
+                   help="GiB one batched ablation pass may use (sets its size; see the README's memory formula; "
+                        "default: 1.5 on a CPU, 2^17 tokens on a GPU)")
     p.add_argument("--schedule", default="exact",
                    help="exact, or anytime: every unit on a few images first, refined in rounds to the exact scores")
     p.add_argument("--first-round", type=int, default=None,
