@@ -103,17 +103,49 @@ def step_targets(keep: float, steps: int, step_schedule: str = "even") -> list[f
     return [1 - (1 - keep) * k / steps for k in range(1, steps + 1)]
 
 
-def step_counts(count: int, steps: int) -> list[int]:
-    """An explicit per-layer count split into K steps as evenly as whole numbers allow."""
-    return [round(count * k / steps) - round(count * (k - 1) / steps) for k in range(1, steps + 1)]
+def step_counts(count: int, steps: int, shares: list[float] | None = None) -> list[int]:
+    """An explicit per-layer count split into K steps: as evenly as whole numbers allow, or by `shares` (the share
+    of the whole count removed after each step, the last 1; see removal_shares)."""
+    if shares is None:
+        return [round(count * k / steps) - round(count * (k - 1) / steps) for k in range(1, steps + 1)]
+    done = [0] + [round(count * s) for s in shares[:-1]] + [count]
+    return [b - a for a, b in zip(done, done[1:])]
 
 
-def _step_budget(width: Budget, k: int, steps: int, step_schedule: str, left: dict, to_come: bool = False) -> Budget | None:
+def removal_shares(keep: float, steps: int, step_schedule: str = "even") -> list[float] | None:
+    """The share of a kept-fraction budget's removal done after each of the K steps, as step_targets schedules it;
+    None for even (equal shares: step_counts' whole-number split)."""
+    if step_schedule == "even":
+        return None
+    return [(1 - t) / (1 - keep) for t in step_targets(keep, steps, step_schedule)]
+
+
+def uniform_layout(scores, width: Budget, by: str) -> tuple[Budget, dict]:
+    """A uniform budget's kept fractions as the heads and neuron groups per layer the one-shot plan removes
+    (explicit counts), and those counts per tower. Iterative steps share these counts out, so the model ends with
+    the one-shot plan's layout and re-scoring decides only which units go; each step choosing its own split from its
+    share would not (on the demo model, x2 at 25% removed twice the heads of one-shot)."""
+    fractions = width.per_tower("keep")
+    if width.strategy != "uniform" or not fractions:
+        return width, {}
+    removed = plan(scores, replace(width, heads=None, neurons=None, towers=tuple(sorted(fractions))), by=by).removed
+    layout = {}
+    for t in fractions:
+        layers = scores.loc[scores["tower"] == t, "layer"].nunique()
+        layout[t] = {kind: sum(u.tower == t and u.kind == unit for u in removed) // layers
+                     for kind, unit in (("heads", "head"), ("neurons", "neurons"))}
+    counts = {kind: {**width.per_tower(kind), **{t: c[kind] for t, c in layout.items()}} for kind in ("heads", "neurons")}
+    return replace(width, keep=None, heads=counts["heads"], neurons=counts["neurons"]), layout
+
+
+def _step_budget(width: Budget, k: int, steps: int, step_schedule: str, left: dict, to_come: bool = False,
+                 shares: dict | None = None) -> Budget | None:
     """Step k's budget on the current model: `left[t]` is the fraction of its size that reaches the target
-    (to_come: the budget of steps k … K together)."""
+    (to_come: the budget of steps k … K together); shares[t]: how tower t's explicit counts are split (step_counts)."""
     keep = {t: f for t, f in left.items() if f < 1.0}
     last = steps if to_come else k + 1
-    counts = {name: {t: sum(step_counts(int(c), steps)[k:last]) for t, c in width.per_tower(name).items()}
+    shares = shares or {}
+    counts = {name: {t: sum(step_counts(int(c), steps, shares.get(t))[k:last]) for t, c in width.per_tower(name).items()}
               for name in ("heads", "neurons")}
     counts = {name: {t: c for t, c in by_tower.items() if c} for name, by_tower in counts.items()}
     if not keep and not any(counts.values()):
@@ -134,27 +166,31 @@ def _iterative_width(clip, task, width: Budget, scores, by, steps, step_schedule
     """K width steps, re-scoring heads and neuron groups on the pruned model before each: those a plan of
     `margin` × the removal still to come would take by their latest scores (all of them when margin is None)."""
     towers, rescore_kw = _iterative_settings(task, width, scores, by, steps, score_kw)
+    targets = {t: step_targets(f, steps, step_schedule) for t, f in width.per_tower("keep").items()}
+    shares = {t: removal_shares(f, steps, step_schedule) for t, f in width.per_tower("keep").items()}
+    width, layout = uniform_layout(scores, width, by)  # uniform: the one-shot layout's counts, shared out
     measure, fractions = width.measure, width.per_tower("keep")
     start = {t: plan_total(scores, t, measure) for t in fractions}
     gone = dict.fromkeys(fractions, 0.0)
     pruned, record, latest, ranked, described = clip, [], scores, scores, clip.info.get("structure")
+    scored, classes = clip, None
     used = {"images": "all", "units": int(scores["kind"].isin(["head", "neurons"]).sum())}
     for k in range(steps):
-        if k:
-            carried, only = None, None
+        if k and pruned is not scored:  # after a skipped step the latest scores still describe the model
+            scored, carried, only = pruned, None, None
             if margin is not None:  # the pool: only these are re-scored (the default re-scores every unit)
                 carried = _carried(pruned, towers, latest, described, by)
                 to_come = _step_budget(width, k, steps, step_schedule, _left(carried, start, gone, fractions, measure),
-                                       to_come=True)
+                                       to_come=True, shares=shares)
                 only = _pool(carried, to_come, margin, by)
-            sample = rescore_sample(pruned, task, rescore_count(images, len(task)), rescore_kw)
+            sample, classes = rescore_sample(pruned, task, rescore_count(images, len(task)), rescore_kw,
+                                             classes if "text" not in towers else None)  # text unpruned: unchanged
             fresh = score(pruned, task if sample is None else task.at(sample), towers=towers, units=["head", "neurons"],
-                          progress=progress, should_stop=should_stop, only=only, **rescore_kw)
+                          progress=progress, should_stop=should_stop, only=only, classifier=classes, **rescore_kw)
             used = {"images": "all" if sample is None else sample.tolist(), "units": len(fresh)}
             (latest, ranked), described = _merged(carried, fresh, by, only), pruned.info.get("structure")
-        left = _left(ranked, start, gone, {t: step_targets(f, steps, step_schedule)[k] for t, f in fractions.items()},
-                     measure)
-        budget = _step_budget(width, k, steps, step_schedule, left)
+        left = _left(ranked, start, gone, {t: targets[t][k] for t in fractions}, measure)
+        budget = _step_budget(width, k, steps, step_schedule, left, shares=shares)
         step_plan = plan(ranked, budget, by=by, empty_ok=True) if budget is not None else None
         if step_plan is None or not step_plan.removed:
             record.append({"step": k + 1, "skipped": "nothing left to remove at this step", "scored_on": used})
@@ -165,23 +201,25 @@ def _iterative_width(clip, task, width: Budget, scores, by, steps, step_schedule
         record.append({**_step_record(k, pruned, ranked, step_plan, by), "scored_on": used})
         pruned = prune(pruned, step_plan)
     pruned.info["iterative"] = {"steps": steps, "step_schedule": step_schedule, "by": by, "record": record,
-                                "rescore_margin": margin, "rescore_images": images,
-                                "targets": {t: step_targets(f, steps, step_schedule) for t, f in fractions.items()}}
+                                "rescore_margin": margin, "rescore_images": images, "targets": targets,
+                                "layout": layout}
     return pruned
 
 
-def rescore_sample(clip: Clip, task, count: int, score_kw: dict) -> torch.Tensor | None:
+def rescore_sample(clip: Clip, task, count: int, score_kw: dict,
+                   classifier: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Task positions (in task order) of the first `count` calibration images in anytime scoring's order on `clip`
     (FastScorer.image_order: the highest unablated loss first; for a hit metric such as acc1, those nearest the
-    decision); None: every image."""
+    decision), and the zero-shot class embeddings that took (`classifier` when given; for score(classifier=), so the
+    sweep on those images does not embed the prompts again); (None, classifier): every image."""
     if count >= len(task):
-        return None
+        return None, classifier
     scorer = FastScorer(clip, task, score_kw.get("metric") or default_metric(task), {}, score_kw.get("precision", "fp32"),
                         pass_tokens(clip, batch_tokens=score_kw.get("batch_tokens"), max_memory=score_kw.get("max_memory")),
-                        score_kw.get("chunk"))
+                        score_kw.get("chunk"), classifier)
     with torch.inference_mode(), scorer.autocast():
         order = scorer.image_order("vision", scorer.image_losses("vision"))
-    return order[:count].sort().values
+        return order[:count].sort().values, scorer.classifier()
 
 
 def _iterative_settings(task, width: Budget, scores, by: str, steps: int, score_kw: dict) -> tuple[list, dict]:

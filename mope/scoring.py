@@ -87,7 +87,7 @@ def score(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequenc
           shard: tuple[int, int] | None = None, batch_tokens: int | None = None,
           chunk: int | None = None, max_memory: float | None = None, schedule: str = "exact",
           first_round: int | None = None, first_table_seconds: float | None = None,
-          only: Sequence[str] | None = None) -> pd.DataFrame:
+          only: Sequence[str] | None = None, classifier: torch.Tensor | None = None) -> pd.DataFrame:
     """One row per unit: tower, kind, layer, index, unit, mope, base, ablated, params, flops, baselines,
     images_used, se (standard error of mope over images; 0 on the whole set), mope_loss and rank.
 
@@ -99,6 +99,9 @@ def score(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequenc
     progress gets the whole table after each round, the table's attrs["anytime"] says where it stands.
     first_table_seconds (anytime, no first_round): round 1 gets as many images per unit as fit that time here.
     only: the names of the units to score (the others are left out of the table), e.g. iterative pruning's pool.
+    classifier: a zero-shot task's class embeddings when the caller already has them from a FastScorer of this model
+    and these classes with the same precision (FastScorer.classifier; not in the cache key: they must be exactly
+    those); the fast path then skips the text tower's pass. Iterative pruning passes them from its image choice.
     """
     started = time.perf_counter()  # first_table_seconds counts from here
     towers, units = _names(towers, units)
@@ -122,7 +125,7 @@ def score(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequenc
     if impl == "naive":
         scorer = NaiveScorer(clip, task, metric, group_sizes, precision)
     else:
-        scorer = FastScorer(clip, task, metric, group_sizes, precision, batch_tokens, chunk)
+        scorer = FastScorer(clip, task, metric, group_sizes, precision, batch_tokens, chunk, classifier)
     if schedule == "anytime":
         deadline = None if first_table_seconds is None else started + first_table_seconds
         rows = _Anytime(scorer, todo, key if cache else None, first_round, deadline).run(extras, progress, should_stop)
@@ -598,9 +601,10 @@ class FastScorer(_Scorer):
     """
 
     def __init__(self, clip: Clip, task: Task, metric: str, group_sizes: dict[str, int], precision: str,
-                 batch_tokens: int | None = None, chunk: int | None = None):
+                 batch_tokens: int | None = None, chunk: int | None = None, classifier: torch.Tensor | None = None):
         super().__init__(clip, task, metric, group_sizes, precision)
         self.batch_tokens, self.chunk = pass_tokens(clip, batch_tokens=batch_tokens), chunk
+        self.known_classifier = classifier if task.protocol == "zeroshot" else None  # see score(classifier=)
         self.state: dict[str, dict] = {}
         self.per_image: dict[str, torch.Tensor] = {}  # unit name → per-image MoPE (mean over images ≈ mope)
         self.precision = precision
@@ -615,7 +619,10 @@ class FastScorer(_Scorer):
             return self.state[tower]
         clip, task = self.clip, self.task
         inputs = TowerInputs(clip, task, tower, self.chunk or auto_chunk(clip.model, tower, self.batch_tokens), MIN_ROWS)
-        other = task_text_embeddings(clip, task) if tower == "vision" else image_embeddings(clip, task)
+        if tower == "vision":
+            other = self.known_classifier if self.known_classifier is not None else task_text_embeddings(clip, task)
+        else:
+            other = image_embeddings(clip, task)
         state = {"inputs": inputs, "other": other}
         pieces = []
         for span in inputs.spans:
@@ -697,6 +704,11 @@ class FastScorer(_Scorer):
         state = self.tower_state(group[0].tower)
         outputs = self.sample_outputs(group, state["inputs"])
         return [self.unit_row(unit, state, [outputs[unit]]) for unit in group]
+
+    def classifier(self) -> torch.Tensor | None:
+        """A zero-shot task's class embeddings as the vision tower's scoring uses them (for score(classifier=));
+        None for a retrieval task (a subset of its images has its own captions)."""
+        return self.tower_state("vision")["other"] if self.task.protocol == "zeroshot" else None
 
     def image_losses(self, tower: str) -> torch.Tensor:
         """Per image, its unablated loss: the zero-shot cross-entropy, or its share of the contrastive loss."""

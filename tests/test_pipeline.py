@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import mope
-from mope import pipeline
+from mope import pipeline, scoring
 from mope.errors import MopeError
-from mope.pipeline import plan_total, prune_model, rescore_count, step_counts, step_targets
+from mope.pipeline import plan_total, prune_model, removal_shares, rescore_count, step_counts, step_targets
 from mope.planning import Budget
 from mope.scoring import FastScorer, unit_table
 from mope.surgery import prune_units
@@ -33,6 +33,10 @@ def test_step_targets_even_and_geometric_end_at_keep():
     geo = step_targets(0.25, 2, "geometric")
     assert geo[0] == pytest.approx(0.5) and geo[-1] == pytest.approx(0.25)
     assert step_counts(5, 4) == [1, 1, 2, 1] and sum(step_counts(7, 3)) == 7
+    # a geometric schedule splits explicit counts as it splits the kept size: more early
+    assert removal_shares(0.25, 2) is None and removal_shares(0.25, 2, "geometric") == pytest.approx([2 / 3, 1.0])
+    assert step_counts(4, 2, removal_shares(0.25, 2, "geometric")) == [3, 1]
+    assert step_counts(7, 4, [0.5, 0.5, 0.9, 1.0]) == [4, 0, 2, 1]
 
 
 @pytest.mark.parametrize("steps, schedule, message", [(0, "even", "steps must be"), (-2, "even", "steps must be"),
@@ -72,6 +76,56 @@ def test_iterative_rescores_the_pruned_model_between_steps(tiny):
     full = plan_total(scores, "vision", "params")
     iterative_after = full - sum(scores.set_index("unit").loc[list(r["removed"]), "params"].sum() for r in record)
     assert abs(iterative_after / full - 0.5) <= abs(one_shot.sizes["vision"]["params_after"] / full - 0.5) + 0.1
+
+
+@pytest.mark.parametrize("keep, steps, schedule", [(0.4, 2, "even"), (0.6, 3, "even"), (0.6, 4, "geometric")])
+def test_uniform_iterative_ends_with_the_one_shot_layout(tiny, keep, steps, schedule):
+    """Re-scoring decides which units go, not how many of each kind: the steps share out the heads and neuron groups
+    per layer of the one-shot plan, so only the choice within each layer can differ."""
+    task = mope.load_task("shapes", n=8)
+    budget = Budget(keep=keep, towers=("vision",))
+    scores = mope.score(tiny, task, towers=["vision"], units=["head", "neurons"], metric="loss", cache=False,
+                        baselines=())
+    one_shot = mope.plan(scores, budget).removed
+    pruned = prune_model(tiny, task, budget, scores=scores, steps=steps, step_schedule=schedule, metric="loss",
+                         cache=False, baselines=())
+    record = pruned.info["iterative"]["record"]
+    removed = [Unit.parse(u) for r in record for u in r.get("removed", {})]
+
+    def per_layer(units, kind):
+        return sorted(sum(u.layer == layer and u.kind == kind for u in units) for layer in (0, 1))
+
+    layout = pruned.info["iterative"]["layout"]["vision"]
+    for kind, name in (("head", "heads"), ("neurons", "neurons")):
+        assert per_layer(removed, kind) == per_layer(one_shot, kind) == [layout[name]] * 2
+    assert layout["heads"] and layout["neurons"]  # (each step choosing its own split: 3 heads, no group at 0.6)
+    assert pruned.info["iterative"]["targets"]["vision"][-1] == pytest.approx(keep)
+
+
+def test_a_model_unchanged_since_its_scores_is_not_rescored(tiny):
+    """keep 0.6 in 3 steps: 1 head and 1 neuron group per layer go at step 2; steps 1 and 3 round to nothing. Step 2
+    ranks by the first table (the model did not change), step 3 re-scores the model step 2 pruned."""
+    task = mope.load_task("shapes", n=8)
+    scores = mope.score(tiny, task, towers=["vision"], units=["head", "neurons"], metric="loss", cache=False,
+                        baselines=())
+    calls, real = [], pipeline.score
+
+    def spy(clip, *a, **kw):
+        calls.append(clip)
+        return real(clip, *a, **kw)
+
+    pipeline.score = spy
+    try:
+        pruned = prune_model(tiny, task, Budget(keep=0.6, towers=("vision",)), scores=scores, steps=3, metric="loss",
+                             cache=False, baselines=())
+    finally:
+        pipeline.score = real
+    record = pruned.info["iterative"]["record"]
+    assert ["removed" in r for r in record] == [False, True, False]
+    assert record[1]["scored_on"] == {"images": "all", "units": len(scores)}
+    assert len(calls) == 1 and calls[0] is not tiny
+    first = scores.set_index("unit")["mope"]
+    assert record[1]["removed"] and all(v == first[u] for u, v in record[1]["removed"].items())
 
 
 def test_iterative_matches_the_ablated_source_model(tiny):
@@ -185,8 +239,33 @@ def test_the_images_follow_anytime_scorings_order_for_the_metric(tiny):
     for metric in ("loss", "acc1"):
         order = FastScorer(tiny, task, metric, {}, "fp32").image_order("vision", FastScorer(
             tiny, task, "loss", {}, "fp32").image_losses("vision"))
-        assert pipeline.rescore_sample(tiny, task, 5, {"metric": metric}).tolist() == sorted(order[:5].tolist())
-    assert pipeline.rescore_sample(tiny, task, 16, {"metric": "loss"}) is None  # every image: no subset
+        assert pipeline.rescore_sample(tiny, task, 5, {"metric": metric})[0].tolist() == sorted(order[:5].tolist())
+    assert pipeline.rescore_sample(tiny, task, 16, {"metric": "loss"}) == (None, None)  # every image: no subset
+
+
+def _embedding_prompts(tiny, monkeypatch, share: bool):
+    """An iterative run on 6 of 16 images (3 steps), counting the passes of the class prompts through the text tower;
+    share=False: each re-scoring embeds them itself (score() without classifier=), as before they were shared."""
+    task = mope.load_task("shapes", n=16)
+    scores = mope.score(tiny, task, towers=["vision"], units=["head", "neurons"], metric="loss", cache=False,
+                        baselines=())
+    calls, real = [], scoring.task_text_embeddings
+    monkeypatch.setattr(scoring, "task_text_embeddings", lambda *a: calls.append(a[0]) or real(*a))
+    if not share:
+        monkeypatch.setattr(scoring.FastScorer, "classifier", lambda self: None)
+    pruned = prune_model(tiny, task, Budget(keep=0.5, towers=("vision",), strategy="global"), scores=scores, steps=3,
+                         rescore_images=6, metric="loss", cache=False, baselines=())
+    monkeypatch.undo()
+    return pruned.info["iterative"]["record"], calls
+
+
+def test_the_class_prompts_are_embedded_once_and_the_scores_are_the_same_bit_for_bit(tiny, monkeypatch):
+    """The text tower is not pruned: its class embeddings from the first image choice serve every re-scoring."""
+    shared, once = _embedding_prompts(tiny, monkeypatch, share=True)
+    alone, each = _embedding_prompts(tiny, monkeypatch, share=False)
+    assert len(once) == 1 and len(each) == 4  # 2 re-scorings x (image choice + sweep)
+    assert [r["removed"] for r in shared] == [r["removed"] for r in alone] and all(r["removed"] for r in shared)
+    assert [r["scored_on"] for r in shared] == [r["scored_on"] for r in alone]
 
 
 @pytest.mark.parametrize("images, total, count", [(None, 16, 16), (16, 16, 16), (99, 16, 16), (3, 16, 3), (1.0, 16, 16),
