@@ -4,10 +4,12 @@ magnitude, Taylor and random, over several calibration seeds, paired by seed.
 Demo model, vision heads + neuron groups scored on `--calibration` images of each calibration seed
 (2000 + s; metric `--metric`, the continuous zero-shot loss by default), then 25 / 50 / 75% of the
 vision head+FFN parameters removed (uniform per layer) by each ranking, and colour×shape acc1 measured
-on `--eval` held-out images (seed 1000). Iterative MoPE reaches the same budget in K steps, re-scoring
-the pruned model on the same calibration images before each step. With `--distill-steps N`, the
-pruned models of the levels in `--distill-removed` are also distilled for N steps (the same N, data
-and seed for every ranking) and evaluated again.
+on `--eval` held-out images (seed 1000). Iterative MoPE reaches the same budget in K steps (the one-shot
+plan's heads and neuron groups per layer, shared out over the steps), re-scoring the pruned model before each
+step on prune_model's default share of the calibration images (rescore_images). The CSV's `heads` / `groups`
+columns count what each pruned model lost. With `--distill-steps N`, the pruned models of the levels in
+`--distill-removed` are also distilled for N steps (the same N, data and seed for every ranking, every
+calibration seed) and evaluated again.
 
     python bench/fidelity.py [--seeds 5] [--iterative 2,4,8] [--distill-steps 0] [--out bench/results]
         → fidelity.csv, fidelity.png, the paired-difference table and the cost of iterative scoring
