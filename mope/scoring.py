@@ -421,7 +421,8 @@ class _Anytime:
 def per_image(scores: pd.DataFrame) -> pd.DataFrame | None:
     """The per-image MoPE behind a cached (fast) scores table: one row per unit, one column per calibration image
     (task order); a row's mean is its mope (for every zero-shot metric and for retrieval; to float rounding).
-    None when the cache does not hold them (impl='naive', cache=False, or another machine's table)."""
+    None when the cache does not hold them (impl='naive', or cache=False with no cached run of the same
+    fingerprint — the same model, task and settings, hence the same numbers — or another machine's table)."""
     record = cache_get("scores", f"{scores.attrs.get('fingerprint')}/None/per_image")
     if record is None:
         return None
