@@ -441,13 +441,13 @@ def pass_tokens(clip: Clip, towers: Sequence[str] = TOWERS, batch_tokens: int | 
     """The tokens per batched ablation pass: what max_memory (GiB) allows, else batch_tokens, else the default:
     TOKEN_BUDGET on a GPU; on a CPU no more than CPU_PASS_GIB allows (ViT-B-16's default pass would hold 6.4 GB,
     the demo model's is unchanged). The tower with the widest blocks decides."""
-    if max_memory is None and batch_tokens is not None:
+    if max_memory is not None:
+        return min(memory_tokens(clip.model, t, max_memory) for t in towers)
+    if batch_tokens is not None:
         return batch_tokens
-    if max_memory is None and clip.device.type != "cpu":
+    if clip.device.type != "cpu":
         return TOKEN_BUDGET
-    cap = CPU_PASS_GIB if max_memory is None else max_memory
-    fit = min(memory_tokens(clip.model, t, cap) for t in towers)
-    return fit if max_memory is not None else min(TOKEN_BUDGET, fit)
+    return min(TOKEN_BUDGET, *(memory_tokens(clip.model, t, CPU_PASS_GIB) for t in towers))
 
 
 def memory_tokens(model: torch.nn.Module, tower: str, max_memory: float) -> int:
