@@ -102,7 +102,7 @@ def test_uniform_iterative_ends_with_the_one_shot_layout(tiny, keep, steps, sche
     assert pruned.info["iterative"]["targets"]["vision"][-1] == pytest.approx(keep)
 
 
-def test_a_model_unchanged_since_its_scores_is_not_rescored(tiny):
+def test_a_model_unchanged_since_its_scores_is_not_rescored(tiny, monkeypatch):
     """keep 0.6 in 3 steps: 1 head and 1 neuron group per layer go at step 2; steps 1 and 3 round to nothing. Step 2
     ranks by the first table (the model did not change), step 3 re-scores the model step 2 pruned."""
     task = mope.load_task("shapes", n=8)
@@ -114,12 +114,9 @@ def test_a_model_unchanged_since_its_scores_is_not_rescored(tiny):
         calls.append(clip)
         return real(clip, *a, **kw)
 
-    pipeline.score = spy
-    try:
-        pruned = prune_model(tiny, task, Budget(keep=0.6, towers=("vision",)), scores=scores, steps=3, metric="loss",
-                             cache=False, baselines=())
-    finally:
-        pipeline.score = real
+    monkeypatch.setattr(pipeline, "score", spy)
+    pruned = prune_model(tiny, task, Budget(keep=0.6, towers=("vision",)), scores=scores, steps=3, metric="loss",
+                         cache=False, baselines=())
     record = pruned.info["iterative"]["record"]
     assert ["removed" in r for r in record] == [False, True, False]
     assert record[1]["scored_on"] == {"images": "all", "units": len(scores)}

@@ -187,8 +187,8 @@ def test_per_image_means_are_the_scores(tiny):
     assert scoring.per_image(score(tiny, task, metric="loss", baselines=(), cache=False, impl="naive")) is None
 
 
-def test_memory_does_not_grow_with_the_calibration_set(tiny, monkeypatch):
-    """Every forward pass holds at most one chunk × the ablations one pass batches, whatever N."""
+def _recorded_pass_rows(monkeypatch) -> list[int]:
+    """The rows (images × ablations) of every batched ablation pass score() runs from now on, as they run."""
     rows = []
 
     class Recording(scoring.MaskedBlock):
@@ -197,6 +197,12 @@ def test_memory_does_not_grow_with_the_calibration_set(tiny, monkeypatch):
             super().__init__(block, x, *masks)
 
     monkeypatch.setattr(scoring, "MaskedBlock", Recording)
+    return rows
+
+
+def test_memory_does_not_grow_with_the_calibration_set(tiny, monkeypatch):
+    """Every forward pass holds at most one chunk × the ablations one pass batches, whatever N."""
+    rows = _recorded_pass_rows(monkeypatch)
     for n in (20, 60):
         score(tiny, mope.load_task("shapes", n=n), towers=["vision"], metric="acc1",
               baselines=(), cache=False, chunk=16, batch_tokens=16 * 17 * 2)
@@ -228,14 +234,7 @@ def test_a_cpu_caps_the_default_pass_without_changing_results(tiny, monkeypatch)
     task = mope.load_task("shapes", n=40)
     kw = dict(towers=["vision"], metric="loss", baselines=(), cache=False)
     uncapped = score(tiny, task, batch_tokens=10**6, **kw)
-    rows = []
-
-    class Recording(scoring.MaskedBlock):
-        def __init__(self, block, x, *masks):
-            rows.append(len(x))
-            super().__init__(block, x, *masks)
-
-    monkeypatch.setattr(scoring, "MaskedBlock", Recording)
+    rows = _recorded_pass_rows(monkeypatch)
     monkeypatch.setattr(scoring, "CPU_PASS_GIB", 16 * 17 * scoring.pass_bytes_per_token(tiny.model, "vision") / 2**30)
     capped = score(tiny, task, **kw)
     assert max(rows) == 16
