@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 import mope
+from mope.anytime import used_span
 from mope.planning import Budget, plan
 from mope.scoring import Cancelled, score
 from mope.units import enumerate_units, tower_blocks
@@ -135,7 +136,7 @@ def vit(args) -> None:
         scored[0] = len(rows)
         if len(rows) == units and not first:  # every unit has its first score
             first.append(time.perf_counter() - start)
-            used[0] = f"{min(r['images_used'] for r in rows)}–{max(r['images_used'] for r in rows)}"
+            used[0] = used_span(pd.DataFrame(rows))
 
     def stop() -> bool:
         return bool(first) or time.perf_counter() - start > args.vit_limit
@@ -151,7 +152,7 @@ def vit(args) -> None:
             f"{args.n} calibration images, {round1}, {torch.get_num_threads()} torch threads "
             f"(this process's CPU time: {time.process_time() - cpu:.0f} s):")
     if first:
-        print(f"{head} first complete table after {first[0]:.0f} s ({first[0] / 60:.1f} min), {used[0]} images per unit")
+        print(f"{head} first complete table after {first[0]:.0f} s ({first[0] / 60:.1f} min), {used[0]}")
     else:
         seconds = time.perf_counter() - start
         print(f"{head} stopped after {seconds:.0f} s with {scored[0]} of {units} units scored (no complete table)")

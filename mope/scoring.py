@@ -51,6 +51,7 @@ from .evaluation import (
 from .progress import TimeLeft
 from .ranking import rank_units
 from .rules import arguments, name_list
+from .short_text import short_length, shortened
 from .units import (
     KINDS,
     TOWERS,
@@ -223,7 +224,8 @@ class _Anytime:
 
     With a deadline for the first table (a time.perf_counter() time), round 1's images per unit are what fits
     before it at the measured speed of a block here; when that is fewer than MIN_ROWS, round 1 is a first look run
-    without padding (estimates only: its outputs are not kept, the units run those images again, padded, in round 2)."""
+    without padding (estimates only: its outputs are not kept, the units run those images again, padded, in round 2),
+    the text tower on its inputs' real length (mope.short_text: several times cheaper, estimates only)."""
 
     def __init__(self, scorer: "FastScorer", units: list[Unit], key: str | None, first_round: int | None,
                  deadline: float | None = None):
@@ -231,7 +233,8 @@ class _Anytime:
         self.first = first_round_size(len(self.task), first_round, FIRST_ROUND_MIN)
         self.deadline = None if first_round is not None else deadline  # an explicit first round wins
         self.look, self.speed = 0, {}  # images per unit of the unpadded first look (0: none); seconds per block-input
-        self.looks: dict[str, tuple[int, torch.Tensor]] = {}  # unit → (level, outputs) of its first look
+        self.looks: dict[str, tuple[int, torch.Tensor, dict]] = {}  # unit → (level, outputs, baseline) of its first look
+        self.short: dict[str, int] = {}  # tower → the tokens its first look runs (the text tower's real length)
         self.samples: dict[str, _Samples] = {}  # per tower, made in run() (they need its unablated pass)
         self.round, self.levels = 0, {u.name: 0 for u in units}
         self.outputs: dict[str, torch.Tensor] = {}  # unit → per-sample outputs of every input (zero: not run yet)
@@ -274,10 +277,16 @@ class _Anytime:
         here (every unit re-runs its layer and those after it on each input); fewer than MIN_ROWS: a first look."""
         self.speed = {t: block_seconds(self.scorer.clip, t) for t in self.samples}
         images = budgeted_first(seconds, functools.partial(self.first_seconds, self.units), self.first)
-        if images < MIN_ROWS:
-            self.look = images
-        else:
+        if images >= MIN_ROWS:
             self.first = images
+            return
+        model = self.scorer.clip.model
+        for tower in self.samples:  # a first look: the text tower on its real length, each input that much cheaper
+            length = None if tower == "vision" else short_length(model, self.scorer.tower_state(tower)["inputs"].tokens)
+            if length:
+                self.short[tower] = length
+                self.speed[tower] *= length / tokens_of(model, tower)
+        self.look = budgeted_first(seconds, functools.partial(self.first_seconds, self.units), MIN_ROWS - 1)
 
     def first_seconds(self, units: list[Unit], images: int) -> float:
         """Seconds `units` take to run a first round of `images` images each at the measured speed of a block."""
@@ -301,15 +310,37 @@ class _Anytime:
             samples = self.samples[group[0].tower]
             level = samples.first_level(images)
             if inputs is None or inputs.tower != samples.tower or len(inputs.index) != len(samples.run(level)):
-                inputs = self.scorer.tower_state(samples.tower)["inputs"].subset(samples.run(level), 1)  # unpadded
+                inputs, baseline = self.look_inputs(samples.tower, samples.run(level))
             self.scorer.check_stop()
-            for unit, out in self.scorer.sample_outputs(group, inputs).items():
-                outputs = out.new_zeros(len(self.scorer.tower_state(unit.tower)["own"]), *out.shape[1:])
+            with self.shortened(samples.tower):
+                outputs_of = self.scorer.sample_outputs(group, inputs)
+            for unit, out in outputs_of.items():
+                outputs = out.new_zeros(len(baseline["own"]), *out.shape[1:])
                 outputs[inputs.index] = out
-                self.looks[unit.name] = (level, outputs)
+                self.looks[unit.name] = (level, outputs, baseline)
                 self.rows[unit.name] = self.row(unit)
             if progress:
                 progress(*self.done(), None, [self.rows[u.name] for u in self.units if u.name in self.rows])
+
+    def look_inputs(self, tower: str, index: torch.Tensor) -> tuple["TowerInputs", dict]:
+        """The first look's inputs at `index`, unpadded (and shortened, see self.short), and the unablated outcome its
+        estimates compare with: the tower's own, with the inputs run here as run here (own, base, contributions)."""
+        state, scorer = self.scorer.tower_state(tower), self.scorer
+        full = state["inputs"]
+        tokens = full.tokens[:, :self.short[tower]] if tower in self.short else full.tokens
+        inputs = TowerInputs(full.clip, full.task, tower, full.size, 1, index, tokens)
+        if tower not in self.short:
+            return inputs, state
+        own = state["own"].clone()
+        with self.shortened(tower):
+            for span in inputs.spans:
+                emb = scorer.encode(tower, inputs.batch(*span))
+                own[inputs.index[span[0]:span[1]]] = scorer.collect(tower, state, inputs, emb, span)
+        base, contributions = scorer.finish(tower, state, [own])
+        return inputs, {"own": own, "base": base, "contributions": contributions}
+
+    def shortened(self, tower: str):
+        return shortened(self.scorer.clip.model, self.short[tower]) if tower in self.short else nullcontext()
 
     def advance(self, targets: dict[str, int], progress: Progress | None) -> None:
         """One round: every unit to its target level, the units of one tower, step and layer at a time."""
@@ -337,39 +368,40 @@ class _Anytime:
 
     def row(self, unit: Unit) -> dict:
         """The unit's row from its outputs so far: the exact sweep's (every input) or an estimate."""
-        samples, level = self.samples[unit.tower], self.levels[unit.name]
-        level, outputs = self.looks[unit.name] if unit.name in self.looks else (level, self.outputs.get(unit.name))
+        samples, state = self.samples[unit.tower], self.scorer.tower_state(unit.tower)
+        level, outputs, baseline = self.looks.get(unit.name, (self.levels[unit.name], self.outputs.get(unit.name), state))
         if level == samples.total:
-            row = self.scorer.unit_row(unit, self.scorer.tower_state(unit.tower), [outputs])
+            row = self.scorer.unit_row(unit, state, [outputs])
             used, se = (len(self.task), len(task_texts(self.task))), 0.0
         else:
-            row, se = self.estimate(unit, level, outputs)
+            row, se = self.estimate(unit, level, outputs, baseline)
             used = (len(samples.images(level)), len(samples.texts(level)))
         return {**row, **self.extra.get(unit.name, {}), "images_used": used[0], "texts_used": used[1], "se": se,
                 "estimate": level < samples.total, "round": self.round}
 
-    def estimate(self, unit: Unit, level: int, outputs: torch.Tensor) -> tuple[dict, float]:
-        """The unit's row from the inputs it ran, and its standard error. Images: the whole set's metric with the
-        outcomes of the images not run yet counted as unchanged; the zero-shot text tower: the classifier from the
-        templates run (standard error over templates)."""
+    def estimate(self, unit: Unit, level: int, outputs: torch.Tensor, baseline: dict) -> tuple[dict, float]:
+        """The unit's row from the inputs it ran, and its standard error, against `baseline` (the tower's unablated
+        own, base and contributions). Images: the whole set's metric with the outcomes of the images not run yet
+        counted as unchanged; the zero-shot text tower: the classifier from the templates run (standard error over
+        templates)."""
         samples, scorer = self.samples[unit.tower], self.scorer
         state = scorer.tower_state(unit.tower)
         if samples.templates:
-            per_template = [self.on_templates(unit, state, outputs, [j])["mope"] for j in range(level)]
-            return (self.on_templates(unit, state, outputs, range(level)),
+            per_template = [self.on_templates(unit, state, baseline, outputs, [j])["mope"] for j in range(level)]
+            return (self.on_templates(unit, state, baseline, outputs, range(level)),
                     standard_error(np.array(per_template), samples.total))
-        mixed, run = state["own"].clone(), samples.run(level)
+        mixed, run = baseline["own"].clone(), samples.run(level)
         mixed[run] = outputs[run]
         values, contributions = scorer.finish(unit.tower, state, [mixed])
-        per_image = scorer.sign * (state["contributions"] - contributions)
-        return scorer.row(unit, state["base"], values), samples.spread(per_image, level)
+        per_image = scorer.sign * (baseline["contributions"] - contributions)
+        return scorer.row(unit, baseline["base"], values), samples.spread(per_image, level)
 
-    def on_templates(self, unit: Unit, state: dict, outputs: torch.Tensor, templates) -> dict:
+    def on_templates(self, unit: Unit, state: dict, baseline: dict, outputs: torch.Tensor, templates) -> dict:
         """The zero-shot text tower's row with the classifier averaged over these templates, with and without the unit."""
         task, scorer = self.task, self.scorer
         prompts = (torch.arange(len(task.classnames))[:, None] * len(task.templates) + torch.tensor(list(templates))[None])
         values = []
-        for own in (state["own"], outputs):
+        for own in (baseline["own"], outputs):
             classifier = ensemble(own[prompts.flatten()], len(task.classnames))
             stats = torch.stack([zeroshot_stats(m, state["other"], classifier, task.labels, scorer.scale)
                                  for m in scorer.metrics], 1)

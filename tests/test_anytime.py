@@ -264,3 +264,37 @@ def test_a_stop_during_the_first_look_keeps_its_rows_and_resumes_to_exact(tiny, 
     done = score(tiny, task, schedule="anytime", first_table_seconds=1000.0 * reruns * 2.5, **kw)
     exact = score(tiny, task, cache=False, **kw)
     pd.testing.assert_frame_equal(done[COLUMNS + ["mope_loss"]], exact[COLUMNS + ["mope_loss"]])
+
+
+def test_the_first_look_runs_the_text_tower_on_its_real_length(tiny, monkeypatch):
+    """A first look on the text tower runs the prompts cut to the longest one (mope.short_text, timed as that much
+    cheaper): estimates within rounding of the full-length look's; round 2 runs them at full length, ending exact."""
+    task = mope.load_task("shapes", n=40)
+    kw = dict(towers=["text"], metric="loss", baselines=())
+    monkeypatch.setattr(scoring, "block_seconds", lambda clip, tower, samples=16: 1000.0)
+    tokens = tiny.tokenizer(task_texts(task))
+    length, context = scoring.short_length(tiny.model, tokens), tokens.shape[1]
+    assert length < context
+    reruns = int((len(scoring.tower_blocks(tiny.model, "text")) - scoring.unit_table(tiny, ["text"]).layer).sum())
+    budget = 1000.0 * reruns * len(task.classnames) * length / context * 1.5  # one template per class fits, shortened
+    widths = []
+    original = scoring.FastScorer.sample_outputs
+    monkeypatch.setattr(scoring.FastScorer, "sample_outputs",
+                        lambda self, group, inputs: widths.append(inputs.tokens.shape[1]) or original(self, group, inputs))
+
+    def first_table(**extra):
+        tables = []
+        done = score(tiny, task, schedule="anytime", first_table_seconds=budget, cache=False,
+                     progress=lambda d, t, e, rows: tables.append(pd.DataFrame(rows)), **kw, **extra)
+        return next(t for t in tables if len(t) == len(done)), done
+
+    short, done = first_table()
+    looked = len(short.layer.unique())
+    assert widths[:looked] == [length] * looked and set(widths[looked:]) == {context}
+    assert short.estimate.all() and (short.texts_used == len(task.classnames)).all()  # one template per class
+    pd.testing.assert_frame_equal(done[COLUMNS], score(tiny, task, cache=False, **kw)[COLUMNS])
+    monkeypatch.setattr(scoring, "short_length", lambda model, tokens: None)  # the same look at full length
+    full, _ = first_table()
+    assert (full.texts_used == len(task.classnames)).all()
+    np.testing.assert_allclose(short.mope, full.mope, atol=1e-5)
+    assert short.mope.abs().max() > 1e-3  # the units' estimates are far larger than the rounding
