@@ -274,7 +274,8 @@ class _Anytime:
 
     def fit_first(self, seconds: float) -> None:
         """Round 1's images per unit: the most (up to the default) that fit `seconds` at a block's measured speed
-        here (every unit re-runs its layer and those after it on each input); fewer than MIN_ROWS: a first look."""
+        here (every unit re-runs its layer and those after it on each input); fewer than MIN_ROWS: a first look, sized
+        again with the text tower's inputs as cheap as their real length makes them (see look_inputs)."""
         self.speed = {t: block_seconds(self.scorer.clip, t) for t in self.samples}
         images = budgeted_first(seconds, functools.partial(self.first_seconds, self.units), self.first)
         if images >= MIN_ROWS:
@@ -286,7 +287,7 @@ class _Anytime:
             if length:
                 self.short[tower] = length
                 self.speed[tower] *= length / tokens_of(model, tower)
-        self.look = budgeted_first(seconds, functools.partial(self.first_seconds, self.units), MIN_ROWS - 1)
+        self.look = budgeted_first(seconds, functools.partial(self.first_seconds, self.units), min(self.first, MIN_ROWS - 1))
 
     def first_seconds(self, units: list[Unit], images: int) -> float:
         """Seconds `units` take to run a first round of `images` images each at the measured speed of a block."""
