@@ -58,7 +58,7 @@ class AttributeHeads(torch.nn.Module):
 
 
 # One stage from scratch on the free world (every 5th batch on the grid, so both placements are seen).
-RECIPE = {"steps": 5500, "batch_size": 128, "lr": 1e-3, "seed": 0, "placement": "free", "grid_every": 5}
+RECIPE = {"steps": 8500, "batch_size": 128, "lr": 1e-3, "seed": 0, "placement": "free", "grid_every": 5}
 STATE_FILE = "train-state.pt"  # the resumable checkpoint: weights, probes, optimizer, step, RNG
 
 
