@@ -249,7 +249,8 @@ class _Anytime:
         if not self.restore():
             self.extra = {u.name: extra for u, extra in zip(self.units, extras())}
             if self.deadline is not None:
-                self.fit_first(self.deadline - time.perf_counter())
+                with torch.inference_mode():  # it may run a tower's unablated pass
+                    self.fit_first(self.deadline - time.perf_counter())
         for samples in self.samples.values():
             samples.climb(self.first)
         while True:

@@ -298,3 +298,17 @@ def test_the_first_look_runs_the_text_tower_on_its_real_length(tiny, monkeypatch
     assert (full.texts_used == len(task.classnames)).all()
     np.testing.assert_allclose(short.mope, full.mope, atol=1e-5)
     assert short.mope.abs().max() > 1e-3  # the units' estimates are far larger than the rounding
+
+
+def test_a_first_look_over_both_towers_ends_exact(tiny, monkeypatch):
+    task = mope.load_task("shapes", n=40)
+    kw = dict(metric="acc1", baselines=())
+    monkeypatch.setattr(scoring, "block_seconds", lambda clip, tower, samples=16: 1000.0)
+    tables = []
+    done = score(tiny, task, schedule="anytime", first_table_seconds=1e6, cache=False,
+                 progress=lambda d, t, e, rows: tables.append(pd.DataFrame(rows)), **kw)
+    first = next(t for t in tables if len(t) == len(done))
+    assert set(first.tower) == {"vision", "text"} and first.estimate.all()
+    assert (first.images_used[first.tower == "vision"] < 16).all()  # a first look
+    cols = COLUMNS + ["mope_loss"]
+    pd.testing.assert_frame_equal(done[cols], score(tiny, task, cache=False, **kw)[cols])
