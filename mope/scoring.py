@@ -328,9 +328,7 @@ class _Anytime:
         """The first look's inputs at `index`, unpadded (and shortened, see self.short), and the unablated outcome its
         estimates compare with: the tower's own, with the inputs run here as run here (own, base, contributions)."""
         state, scorer = self.scorer.tower_state(tower), self.scorer
-        full = state["inputs"]
-        tokens = full.tokens[:, :self.short[tower]] if tower in self.short else full.tokens
-        inputs = TowerInputs(full.clip, full.task, tower, full.size, 1, index, tokens)
+        inputs = state["inputs"].subset(index, 1, self.short.get(tower))
         if tower not in self.short:
             return inputs, state
         own = state["own"].clone()
@@ -866,9 +864,11 @@ class TowerInputs:
         self.spans = [(s, min(s + size, len(self.index))) for s in range(0, len(self.index), size)]
         self.hidden: list[torch.Tensor] | None = None
 
-    def subset(self, index: torch.Tensor, rows: int | None = None) -> "TowerInputs":
-        """The inputs at `index` (task positions), chunked alike, padded alike or to `rows` (1: unpadded)."""
-        return TowerInputs(self.clip, self.task, self.tower, self.size, rows or self.rows, index, self.tokens)
+    def subset(self, index: torch.Tensor, rows: int | None = None, length: int | None = None) -> "TowerInputs":
+        """The inputs at `index` (task positions), chunked alike, padded alike or to `rows` (1: unpadded); text
+        tokens cut to their first `length` columns when given (mope.short_text)."""
+        tokens = self.tokens if length is None else self.tokens[:, :length]
+        return TowerInputs(self.clip, self.task, self.tower, self.size, rows or self.rows, index, tokens)
 
     def batch(self, start: int, stop: int) -> torch.Tensor:
         at = self.index[start:stop]
