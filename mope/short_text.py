@@ -2,7 +2,7 @@
 
 Under a causal mask the pooled (end-of-text) token attends only to the tokens before it, so the padding after
 the longest input changes nothing in exact arithmetic, and dropping it makes a text forward several times
-cheaper (the shapes prompts: at most 12 of 77 tokens). Matrix products over fewer rows round differently
+cheaper (the shapes prompts: at most 10 of 77 tokens, start and end included). Matrix products over fewer rows round differently
 (embeddings differ by ~1e-6), so only estimates use it: anytime scoring's first look.
 """
 from __future__ import annotations
