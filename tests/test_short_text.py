@@ -3,7 +3,7 @@ import pytest
 import torch
 from conftest import TINY
 
-from mope.short_text import short_length, shortened
+from mope.short_text import _text, short_length, shortened
 
 TEXTS = ["a red star", "a photo of a small blue circle in the top left corner", "a ring"]
 
@@ -17,10 +17,6 @@ def model(request):
 @pytest.fixture(scope="module")
 def tokens():
     return open_clip.SimpleTokenizer(context_length=TINY["text_cfg"]["context_length"])(TEXTS)
-
-
-def _text(model):
-    return model.text if hasattr(model, "text") else model
 
 
 def test_a_shortened_text_tower_embeds_its_inputs_as_the_full_context_does(model, tokens):
