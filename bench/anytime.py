@@ -47,6 +47,8 @@ def snapshots(clip, task, metric: str, first: int | None) -> tuple[list[tuple[fl
 
     final = score(clip, task, towers=["vision"], units=["head", "neurons"], metric=metric, baselines=(), cache=False,
                   schedule="anytime", first_round=first, progress=progress)
+    for _, table in seen.values():  # progress rows carry no attrs: the neuron-group size comes from the table
+        table.attrs.update(final.attrs)
     return [seen[k] for k in sorted(seen)], final
 
 

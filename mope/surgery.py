@@ -20,6 +20,11 @@ from .units import TOWERS, Unit, tower_blocks
 def kept_structure(model: nn.Module, removed: Iterable[Unit], group_sizes: dict[str, int]) -> dict:
     """Per tower: kept layers (original indices) and, per kept layer, kept head and neuron indices."""
     removed = set(removed)
+    unsized = sorted({u.tower for u in removed if u.kind == "neurons" and u.tower not in group_sizes})
+    if unsized:  # guessing would remove other neurons than the plan counted (a group of 1 instead of 64)
+        raise MopeError(f"the plan removes {' and '.join(unsized)} neuron groups but does not say their size: plan "
+                        "from the table mope.score returns or mope.load_scores reads (a table built from progress "
+                        "rows has no attrs['group_sizes'])")
     out = {}
     for tower in TOWERS:
         blocks = tower_blocks(model, tower)
@@ -29,7 +34,7 @@ def kept_structure(model: nn.Module, removed: Iterable[Unit], group_sizes: dict[
                 continue
             layers.append(i)
             heads[i] = [h for h in range(block.attn.num_heads) if Unit(tower, "head", i, h) not in removed]
-            g = group_sizes.get(tower, 1)
+            g = group_sizes.get(tower, 1)  # only heads or layers go from a tower without a size
             gone = {u.index for u in removed if u.tower == tower and u.kind == "neurons" and u.layer == i}
             neurons[i] = [n for n in range(block.mlp.c_fc.out_features) if n // g not in gone]
         out[tower] = {"layers": layers, "heads": heads, "neurons": neurons}

@@ -2,6 +2,7 @@ import json
 import random
 
 import open_clip
+import pandas as pd
 import pytest
 import torch
 from conftest import DEVICE
@@ -130,3 +131,23 @@ def test_not_a_model_folder(tmp_path):
     with pytest.raises(mope.MopeError, match="not a pruned model"):
         mope.load_model(str(tmp_path), device=DEVICE)
 
+
+
+def test_a_plan_that_does_not_say_its_group_size_is_refused_not_guessed(tiny):
+    """A table built from score()'s progress rows has no attrs: pruning its plan used to take each neuron group
+    as one neuron (removing 1/64 of what the plan counted); now it is a clear error, and the returned table works."""
+    task = mope.load_task("shapes", n=4)
+    seen = []
+    scores = mope.score(tiny, task, towers=["vision"], units=["head", "neurons"], metric="loss", cache=False,
+                        baselines=(), progress=lambda done, total, eta, rows: seen.append(list(rows)))
+    budget = Budget(keep=0.5, towers=("vision",), strategy="global")
+    bare = plan(pd.DataFrame(seen[-1]), budget)
+    assert any(u.kind == "neurons" for u in bare.removed) and bare.group_sizes == {}
+    with pytest.raises(mope.MopeError, match="does not say their size"):
+        prune(tiny, bare)
+    good = plan(scores, budget)
+    assert {u.name for u in good.removed} == {u.name for u in bare.removed}
+    kept = prune(tiny, good).model.visual.transformer.resblocks
+    assert sum(b.mlp.c_fc.out_features for b in kept) == sum(
+        b.mlp.c_fc.out_features for b in tiny.model.visual.transformer.resblocks) - 64 * sum(
+        u.kind == "neurons" for u in good.removed)
