@@ -34,7 +34,7 @@ import pandas as pd
 import mope
 from mope import defaults
 from mope.distill import DistillConfig, distill
-from mope.pipeline import prune_model, rescore_count
+from mope.pipeline import prune_model
 from mope.planning import Budget
 from mope.scoring import score
 from mope.study import compression_curve, curve_model, iterative_name
@@ -138,7 +138,7 @@ def paired_table(df: pd.DataFrame, ours: str) -> pd.DataFrame:
 
 def cost_line(clip, args) -> str:
     """Iterative (K=4) scoring cost over one one-shot sweep, both from scratch, on seed 0's data: every unit
-    re-scored on the default share of the calibration images (the hardest), even and geometric schedules (and,
+    re-scored on the default choice of calibration images (rescore_images="auto"), even and geometric schedules (and,
     with --cost-every-image, on every image). Run in an empty MOPE_HOME: nothing cached is read, so no plan
     gets a stability bootstrap (that needs cached per-image results) and only scoring is timed."""
     with tempfile.TemporaryDirectory() as home, mock.patch.dict(os.environ, {"MOPE_HOME": home}):
@@ -153,10 +153,13 @@ def cost_line(clip, args) -> str:
         for fraction in args.removed:
             for schedule, images in variants:
                 start = time.perf_counter()
-                prune_model(clip, calibration, Budget(keep=1 - fraction), scores=scores, steps=4,
-                            step_schedule=schedule, rescore_images=images, metric=args.metric, baselines=(), cache=False)
+                pruned = prune_model(clip, calibration, Budget(keep=1 - fraction), scores=scores, steps=4,
+                                     step_schedule=schedule, rescore_images=images, metric=args.metric, baselines=(),
+                                     cache=False)
                 rescoring = time.perf_counter() - start
-                used = "every image" if images is None else f"rescore images {images}: {rescore_count(images, len(calibration))}"
+                counts = "/".join(str(len(calibration) if r["scored_on"]["images"] == "all" else len(r["scored_on"]["images"]))
+                                  for r in pruned.info["iterative"]["record"][1:] if "skipped" not in r)
+                used = f"rescore images {'all' if images is None else images}: {counts}"
                 lines.append(f"iterative x4 ({schedule}, {used}) at {fraction:.0%} removed: one-shot sweep + re-scoring "
                              f"{rescoring:.1f} s = {(one_shot + rescoring) / one_shot:.2f}x one sweep")
     return "\n".join(lines)

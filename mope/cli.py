@@ -411,8 +411,8 @@ def _margin(text: str) -> float | None:
     return value
 
 
-def _images(text: str) -> int | float | None:
-    """--rescore-images: a count (whole number >= 1), a fraction in (0, 1], or 'all'."""
+def _images(text: str) -> int | float | str | None:
+    """--rescore-images: 'auto', a count (whole number >= 1), a fraction in (0, 1], or 'all'."""
     try:
         value = rescore_images(text, "--rescore-images")
     except MopeError as e:
@@ -438,9 +438,10 @@ def _add_prune(sub) -> None:
     p.add_argument("--rescore-margin", type=_margin, default=pruning["rescore_margin"], metavar="M|all",
                    help="before steps 2..K re-score only the units a plan of M x the removal still to come would take "
                         "(cheaper, less accurate; default 'all': every remaining unit)")
-    p.add_argument("--rescore-images", type=_images, default=pruning["rescore_images"], metavar="N|F|all",
+    p.add_argument("--rescore-images", type=_images, default=pruning["rescore_images"], metavar="auto|N|F|all",
                    help="re-score before steps 2..K on N calibration images (or the fraction F of them), the first in "
-                        "anytime scoring's order on the model being re-scored (highest loss; acc1: nearest the decision) "
+                        "anytime scoring's order on the model being re-scored (highest loss; acc1: nearest the decision); "
+                        "'auto': as many as keep all re-scorings within one full sweep's work (smaller models get more) "
                         f"(default {pruning['rescore_images']}; 'all': every image)")
     p.add_argument("--towers", default=",".join(pruning["towers"]))
     p.add_argument("--strategy", choices=["uniform", "global"], default=pruning["strategy"])

@@ -15,14 +15,15 @@ from .rules import NUMBERS, arguments, count_or_fraction
 from .scoring import MIN_ROWS, FastScorer, pass_tokens, score, unit_table
 from .stability import measured_stability
 from .surgery import prune
-from .units import Unit
+from .units import Unit, check_group_size, heads_of, tower_blocks, unit_flops
 
 STEP_SCHEDULES = ("even", "geometric")
+RESCORE_WORK = 1.0  # rescore_images="auto": re-scoring costs at most one full sweep in all, so K steps cost ≤ 2×
 
 
 def prune_model(clip: Clip, task, budget, schedule: str = "width-then-depth", scores=None, by: str = "mope",
                 progress=None, should_stop=None, steps: int = 1, step_schedule: str = "even",
-                rescore_margin: float | None = None, rescore_images: int | float | None = 0.25, **score_kw) -> Clip:
+                rescore_margin: float | None = None, rescore_images: int | float | str | None = "auto", **score_kw) -> Clip:
     """Width first (heads and neuron groups ranked by MoPE), then depth: the layers are re-scored on the
     width-pruned model and the lowest removed — the paper's order. schedule="joint" plans both at once
     from the original scores.
@@ -35,7 +36,9 @@ def prune_model(clip: Clip, task, budget, schedule: str = "width-then-depth", sc
     units a plan of M × the removal still to come would take by their latest scores (cheaper; only they can go
     at that step; on the demo model it cost accuracy, see README).
     rescore_images: the calibration images those re-scorings run, the first in anytime scoring's order on the
-    model being re-scored (rescore_sample): a count, a fraction of the calibration set (at least 16 images), or None (all).
+    model being re-scored (rescore_sample): "auto" (as many as an equal share of one full sweep's work buys on the
+    model being re-scored, auto_rescore_count: smaller models get more), a count, a fraction of the calibration set
+    (at least 16 images), or None (all).
     Each re-scoring is an exact sweep on its images; the first table is the given or full one.
     """
     check_budget(budget)
@@ -81,9 +84,9 @@ def check_rescore_margin(margin) -> None:
 
 
 def check_rescore_images(images) -> None:
-    """None (every image), a count >= 1 or a fraction in (0, 1] (mope.rules)."""
-    if images is not None:
-        count_or_fraction(images, "mope.prune_model: rescore_images", strict=True)
+    """None (every image), "auto", a count >= 1 or a fraction in (0, 1] (mope.rules)."""
+    if images is not None and images != "auto":
+        count_or_fraction(images, "mope.prune_model: rescore_images", strict=True, also=", 'auto' or None")
 
 
 def rescore_count(images: int | float | None, total: int) -> int:
@@ -93,6 +96,30 @@ def rescore_count(images: int | float | None, total: int) -> int:
     if isinstance(images, float):
         return min(total, max(MIN_ROWS, math.ceil(images * total)))
     return min(total, images)
+
+
+def sweep_flops(clip: Clip, group_sizes: dict[str, int]) -> int:
+    """Forward FLOPs per calibration image of an exact sweep of the heads and neuron groups of the towers in
+    `group_sizes`: each unit re-runs the blocks from its layer on (the fast path's cost; the unablated pass and
+    the metric left out)."""
+    total = 0
+    for tower, group_size in group_sizes.items():
+        blocks = tower_blocks(clip.model, tower)
+        tail = 0
+        for layer in reversed(range(len(blocks))):
+            tail += unit_flops(clip.model, Unit(tower, "layer", layer), group_size)
+            block = blocks[layer]
+            total += (heads_of(block) + block.mlp.c_fc.out_features // group_size) * tail
+    return total
+
+
+def auto_rescore_count(original: Clip, pruned: Clip, towers, group_size: int | None, total: int, steps: int) -> int:
+    """rescore_images="auto": the images one re-scoring of `pruned` runs so that the K − 1 re-scorings together
+    cost at most RESCORE_WORK full sweeps of the original model (each an equal share; at least MIN_ROWS). The
+    pruned models are smaller, so later steps, where the model has changed most, get more images."""
+    sizes = check_group_size(original.model, towers, group_size)  # the original's: a pruned FFN is narrower
+    share = RESCORE_WORK * sweep_flops(original, sizes) * total / max(steps - 1, 1)
+    return min(total, max(MIN_ROWS, math.floor(share / sweep_flops(pruned, sizes))))
 
 
 def step_targets(keep: float, steps: int, step_schedule: str = "even") -> list[float]:
@@ -183,7 +210,9 @@ def _iterative_width(clip, task, width: Budget, scores, by, steps, step_schedule
                 to_come = _step_budget(width, k, steps, step_schedule, _left(carried, start, gone, fractions, measure),
                                        to_come=True, shares=shares)
                 only = _pool(carried, to_come, margin, by)
-            sample, classes = rescore_sample(pruned, task, rescore_count(images, len(task)), rescore_kw,
+            count = (auto_rescore_count(clip, pruned, towers, rescore_kw.get("group_size"), len(task), steps)
+                     if images == "auto" else rescore_count(images, len(task)))
+            sample, classes = rescore_sample(pruned, task, count, rescore_kw,
                                              classes if "text" not in towers else None)  # text unpruned: unchanged
             fresh = score(pruned, task if sample is None else task.at(sample), towers=towers, units=["head", "neurons"],
                           progress=progress, should_stop=should_stop, only=only, classifier=classes, **rescore_kw)

@@ -195,11 +195,11 @@ def name(value, label: str) -> str:
 
 
 def rescore_images(value, label: str) -> int | float | str:
-    """Iterative pruning's re-scoring images: a count, a fraction (mope.rules.count_or_fraction) or 'all' (kept as
-    'all': in a job None means the default)."""
-    if isinstance(value, str) and value.strip().lower() == "all":
-        return "all"
-    return count_or_fraction(value, label, also=" or 'all'")
+    """Iterative pruning's re-scoring images: 'auto', a count, a fraction (mope.rules.count_or_fraction) or 'all'
+    (kept as 'all': in a job None means the default)."""
+    if isinstance(value, str) and value.strip().lower() in ("all", "auto"):
+        return value.strip().lower()
+    return count_or_fraction(value, label, also=", 'auto' or 'all'")
 
 
 def budget(value, label: str) -> dict:
@@ -231,7 +231,7 @@ OUT_FOLDER, OUT_FILE = Check(lambda v, label: output_path(v, label, folder=True)
 
 RULES: dict[str, Number | Names | Numbers | Choice | Check] = {
     **NUMBERS,  # counts, sizes, fractions, rates, weights, times: mope.rules, which the library's calls obey too
-    "rescore_images": Check(rescore_images),  # a count, a fraction or "all"
+    "rescore_images": Check(rescore_images),  # "auto", a count, a fraction or "all"
     # lists
     "towers": Names("towers"), "units": Names("units", (("heads", "head"), ("layers", "layer"))),
     "baselines": Names("baselines", empty_ok=True), "rankings": Names("criteria"),

@@ -90,6 +90,11 @@ def test_prune_iterative_records_its_steps(tiny_dir, tmp_path):
     assert out.stdout.count("bootstrap resamples of the 8 calibration images") == 2
 
 
+def test_rescore_images_takes_auto_a_count_a_fraction_or_all():
+    from mope.cli import _images
+    assert [_images(v) for v in ("auto", "AUTO", "32", "0.25", "all")] == ["auto", "auto", 32, 0.25, None]
+
+
 def test_prune_iterative_rescores_on_the_hardest_images(tiny_dir, tmp_path):
     out = run("prune", "--model", str(tiny_dir), "--keep", "0.5", "--iterative", "2", "--rescore-images", "4",
               "--n", "8", "--towers", "vision", "--quiet", "--out", str(tmp_path / "p"), home=tmp_path)

@@ -10,7 +10,7 @@ from mope.pipeline import plan_total, prune_model, removal_shares, rescore_count
 from mope.planning import Budget
 from mope.scoring import FastScorer, unit_table
 from mope.surgery import prune_units
-from mope.units import Unit, tower_blocks
+from mope.units import Unit, enumerate_units, tower_blocks, unit_flops
 
 
 @pytest.fixture(scope="module")
@@ -280,7 +280,35 @@ def test_every_image_is_the_full_rescoring(tiny):
         [r["removed"] for r in counted.info["iterative"]["record"]]
 
 
-@pytest.mark.parametrize("images", [0, -1, 1.5, 0.0, -0.5, True, "8", float("nan"), float("inf")])
+def test_sweep_flops_count_each_unit_and_the_blocks_it_re_runs(tiny):
+    sizes = {"vision": 8, "text": 16}
+    blocks = {t: len(tower_blocks(tiny.model, t)) for t in sizes}
+    expected = sum(sum(unit_flops(tiny.model, Unit(u.tower, "layer", b), sizes[u.tower])
+                       for b in range(u.layer, blocks[u.tower]))
+                   for u in enumerate_units(tiny.model, list(sizes), ["head", "neurons"], group_sizes=sizes))
+    assert pipeline.sweep_flops(tiny, sizes) == expected > 0
+
+
+def test_auto_rescore_images_keep_the_rescorings_within_one_sweep_and_give_smaller_models_more(tiny):
+    """The default: each re-scoring runs what an equal share of one full sweep's FLOPs buys on its model."""
+    task = mope.load_task("shapes", n=96)
+    pruned = prune_model(tiny, task, Budget(keep=0.25, towers=("vision",), strategy="global"), steps=4, metric="loss",
+                         cache=False, baselines=())
+    record, sizes = pruned.info["iterative"]["record"], pruned.info["plan"][0]["group_sizes"]
+    assert pruned.info["iterative"]["rescore_images"] == "auto"
+    before, counts, work = [Unit.parse(u) for u in record[0]["removed"]], [], 0
+    for step in record[1:]:
+        model = prune_units(tiny, before, sizes)  # the model this step re-scored
+        images = step["scored_on"]["images"]
+        counts.append(len(task) if images == "all" else len(images))
+        assert counts[-1] == pipeline.auto_rescore_count(tiny, model, ["vision"], sizes["vision"], len(task), 4)
+        work += counts[-1] * pipeline.sweep_flops(model, {"vision": sizes["vision"]})
+        before += [Unit.parse(u) for u in step["removed"]]
+    assert counts == sorted(counts) and counts[0] < counts[-1] and counts[0] < len(task)
+    assert work <= pipeline.RESCORE_WORK * pipeline.sweep_flops(tiny, {"vision": sizes["vision"]}) * len(task)
+
+
+@pytest.mark.parametrize("images", [0, -1, 1.5, 0.0, -0.5, True, "8", "some", float("nan"), float("inf")])
 def test_bad_rescore_images_are_a_clear_error(tiny, images):
     with pytest.raises(MopeError, match="rescore_images must be a count >= 1 or a fraction in"):
         prune_model(tiny, mope.load_task("shapes", n=4), Budget(keep=0.5), steps=2, rescore_images=images)

@@ -304,10 +304,12 @@ def test_output_paths(tmp_path):
             validate.output_path(tmp_path / "ro" / "s.csv")
 
 
-def test_rescore_images_is_a_count_a_fraction_or_all(sandbox):
+def test_rescore_images_is_auto_a_count_a_fraction_or_all(sandbox):
     store = Store()
-    for value, kept in {"all": "all", " ALL ": "all", "32": 32, 0.25: 0.25, "0.5": 0.5, 8: 8, None: None}.items():
+    for value, kept in {"all": "all", " ALL ": "all", "auto": "auto", " Auto": "auto", "32": 32, 0.25: 0.25, "0.5": 0.5,
+                        8: 8, None: None}.items():
         job = store.get(store.submit("prune", {"model": "demo", "out": "p", "rescore_images": value}))
         assert job["params"]["rescore_images"] == kept and type(job["params"]["rescore_images"]) is type(kept)
     assert runners._rescore_images("all") == {"rescore_images": None}  # every image
     assert runners._rescore_images(None) == {} and runners._rescore_images(8) == {"rescore_images": 8}
+    assert runners._rescore_images("auto") == {"rescore_images": "auto"}
