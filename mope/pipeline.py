@@ -119,7 +119,7 @@ def auto_rescore_count(original: Clip, pruned: Clip, towers, group_size: int | N
     pruned models are smaller, so later steps, where the model has changed most, get more images."""
     sizes = check_group_size(original.model, towers, group_size)  # the original's: a pruned FFN is narrower
     share = RESCORE_WORK * sweep_flops(original, sizes) * total / max(steps - 1, 1)
-    return min(total, max(MIN_ROWS, math.floor(share / sweep_flops(pruned, sizes))))
+    return min(total, max(MIN_ROWS, math.floor(share / max(sweep_flops(pruned, sizes), 1))))
 
 
 def step_targets(keep: float, steps: int, step_schedule: str = "even") -> list[float]:
