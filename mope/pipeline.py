@@ -1,6 +1,7 @@
 """The pruning pipeline: scores → plan → surgery, in the paper's order (width, re-score, depth)."""
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import replace
 
@@ -15,7 +16,7 @@ from .rules import NUMBERS, arguments, count_or_fraction
 from .scoring import MIN_ROWS, FastScorer, pass_tokens, score, unit_table
 from .stability import measured_stability
 from .surgery import prune
-from .units import Unit, check_group_size, heads_of, tower_blocks, unit_flops
+from .units import Unit, check_group_size, enumerate_units, tower_blocks, unit_flops
 
 STEP_SCHEDULES = ("even", "geometric")
 # rescore_images="auto": all re-scorings together cost at most this share of one full sweep, so K steps cost under
@@ -106,12 +107,11 @@ def sweep_flops(clip: Clip, group_sizes: dict[str, int]) -> int:
     the metric left out)."""
     total = 0
     for tower, group_size in group_sizes.items():
-        blocks = tower_blocks(clip.model, tower)
-        tail = 0
-        for layer in reversed(range(len(blocks))):
-            tail += unit_flops(clip.model, Unit(tower, "layer", layer), group_size)
-            block = blocks[layer]
-            total += (heads_of(block) + block.mlp.c_fc.out_features // group_size) * tail
+        layers = range(len(tower_blocks(clip.model, tower)))
+        block = [unit_flops(clip.model, Unit(tower, "layer", layer), group_size) for layer in layers]
+        tail = list(itertools.accumulate(reversed(block)))[::-1]  # tail[l]: the blocks from layer l on
+        units = enumerate_units(clip.model, [tower], ["head", "neurons"], {tower: group_size})
+        total += sum(tail[u.layer] for u in units)
     return total
 
 

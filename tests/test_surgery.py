@@ -132,7 +132,6 @@ def test_not_a_model_folder(tmp_path):
         mope.load_model(str(tmp_path), device=DEVICE)
 
 
-
 def test_a_plan_that_does_not_say_its_group_size_is_refused_not_guessed(tiny):
     """A table built from score()'s progress rows has no attrs: pruning its plan used to take each neuron group
     as one neuron (removing 1/64 of what the plan counted); now it is a clear error, and the returned table works."""
@@ -148,6 +147,7 @@ def test_a_plan_that_does_not_say_its_group_size_is_refused_not_guessed(tiny):
     good = plan(scores, budget)
     assert {u.name for u in good.removed} == {u.name for u in bare.removed}
     kept = prune(tiny, good).model.visual.transformer.resblocks
+    assert good.group_sizes["vision"] == 64  # a group is 64 neurons, not the 1 that was guessed
     assert sum(b.mlp.c_fc.out_features for b in kept) == sum(
         b.mlp.c_fc.out_features for b in tiny.model.visual.transformer.resblocks) - 64 * sum(
         u.kind == "neurons" for u in good.removed)
