@@ -4,12 +4,14 @@ Demo model (vision heads + neuron groups): the exact table, then the anytime rou
 the keep-0.5 plans (uniform and global) from the anytime table against the exact plans — Jaccard of the
 removed sets, Spearman ρ of the scores, zero-shot acc1 of the two pruned models — as a function of the
 compute spent (blocks re-run × images, as a fraction of the exact sweep's; each unit runs each image once,
-so the last row is 100%) and of the wall time. Then, with --vit, a random-init ViT-B-32 (both towers unless
---vit-towers says otherwise): the time until every unit has its first score (round 1, sized to fit
---vit-seconds at the measured speed of a block, or --vit-first images per unit), stopped at --vit-limit seconds.
+so the last row is 100%) and of the wall time. With --seeds, the same for several calibration draws, then
+how many met the target and how far the exact plans of two draws agree with each other. Then, with --vit, a
+random-init ViT-B-32 (both towers unless --vit-towers says otherwise): the time until every unit has its
+first score (round 1, sized to fit --vit-seconds at the measured speed of a block, or --vit-first images
+per unit), stopped at --vit-limit seconds.
 
-    python bench/anytime.py [--n 256] [--metric acc1] [--eval-n 500] [--vit] [--vit-seconds 480 | --vit-first 16]
-                            [--vit-limit 900] [--vit-towers vision,text]
+    python bench/anytime.py [--n 256] [--metric acc1] [--eval-n 500] [--seeds 1000,1001,1002] [--vit]
+                            [--vit-seconds 480 | --vit-first 16] [--vit-limit 900] [--vit-towers vision,text]
 """
 from __future__ import annotations
 
@@ -19,9 +21,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: python bench/...
 
 import argparse
+import itertools
 import tempfile
 import time
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -79,9 +83,18 @@ def acc1(clip, p, eval_task, cache: dict) -> float:
 
 
 def demo(args) -> None:
+    """The table and target line of each calibration draw, then how often the target was met and how far the
+    exact plans of different draws agree with each other (what "the exact plan" is worth on this many images)."""
     clip = mope.load_model("demo", device="cpu")
-    task = mope.load_task("shapes", n=args.n)
     eval_task = mope.load_task("shapes", n=args.eval_n, seed=EVAL_SEED)
+    draws = [draw(clip, seed, args, eval_task) for seed in args.seeds]
+    if len(draws) > 1:
+        print(summary(draws))
+
+
+def draw(clip, seed: int | None, args, eval_task) -> dict:
+    """One calibration draw: the exact table, the anytime rounds against it, the target at <= 25% of the work."""
+    task = mope.load_task("shapes", n=args.n, seed=seed)
     start = time.perf_counter()
     exact = score(clip, task, towers=["vision"], units=["head", "neurons"], metric=args.metric, baselines=(),
                   cache=False)
@@ -90,8 +103,8 @@ def demo(args) -> None:
     spent = work([t for _, t in rounds], len(tower_blocks(clip.model, "vision")))
     same = (final["mope"].values == exact["mope"].values).all() and (final["base"].values == exact["base"].values).all()
     default = " (the app's default for zero-shot data: ties broken by the loss)" if args.metric == "acc1" else ""
-    print(f"demo, vision heads + neuron groups ({len(exact)} units), {args.n} calibration images, metric "
-          f"{args.metric}{default}; acc1 on {args.eval_n} held-out images. Exact sweep {exact_s:.1f} s.")
+    print(f"demo, vision heads + neuron groups ({len(exact)} units), {args.n} calibration images ({task.name}), "
+          f"metric {args.metric}{default}; acc1 on {args.eval_n} held-out images. Exact sweep {exact_s:.1f} s.")
     cache: dict = {}
     lines = []
     for (seconds, table), fraction in zip(rounds, spent):
@@ -100,23 +113,41 @@ def demo(args) -> None:
                       "estimates": int(table["estimate"].sum()), "work": f"{fraction:.0%}",
                       "wall": f"{seconds / exact_s:.0%}", **compare(clip, exact, table, eval_task, cache)})
     print(pd.DataFrame(lines).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(target(lines, spent))
+    verdict = target(lines, spent)
+    print(verdict["line"])
     print(f"final anytime table == exact table, bit for bit: {same}; anytime wall {rounds[-1][0]:.1f} s = "
-          f"{rounds[-1][0] / exact_s:.2f}x the exact sweep's (estimates and snapshots included)")
+          f"{rounds[-1][0] / exact_s:.2f}x the exact sweep's (estimates and snapshots included)\n")
+    return {"exact": exact, **verdict}
 
 
-def target(lines: list[dict], spent: list[float]) -> str:
-    """The issue's target at the last round within 25% of the exact sweep's work: Jaccard ≥ 0.90 (uniform and
-    global) and the pruned models' acc1 within 0.01 of the exact plans'."""
+def summary(draws: list[dict]) -> str:
+    """How many draws met the target (each plan, both), and the exact plans' pairwise Jaccard across draws."""
+    met = {s: sum(d["met"][s] for d in draws) for s in ("uniform", "global")}
+    both = sum(all(d["met"].values()) for d in draws)
+    lines = [f"{len(draws)} calibration draws: target met on {both} (uniform plan: {met['uniform']}, "
+             f"global plan: {met['global']})"]
+    for strategy in ("uniform", "global"):
+        removed = [{u.name for u in plan(d["exact"], Budget(keep=0.5, strategy=strategy, towers=("vision",))).removed}
+                   for d in draws]
+        pairs = [len(a & b) / len(a | b) for a, b in itertools.combinations(removed, 2)]
+        lines.append(f"exact {strategy} keep-0.5 plans of two different draws: Jaccard mean {np.mean(pairs):.3f} "
+                     f"(min {min(pairs):.3f}, max {max(pairs):.3f}) over {len(pairs)} pairs")
+    return "\n".join(lines)
+
+
+def target(lines: list[dict], spent: list[float]) -> dict:
+    """The issue's target at the last round within 25% of the exact sweep's work, per plan: Jaccard >= 0.90 and
+    the pruned model's acc1 within 0.01 of the exact plan's; {"line": what to print, "met": {plan: bool}}."""
     within = [(line, f) for line, f in zip(lines, spent) if f <= 0.25]
     if not within:
-        return "no round ended within 25% of the exact sweep's work"
+        return {"line": "no round ended within 25% of the exact sweep's work", "met": {"uniform": False, "global": False}}
     line, fraction = within[-1]
     gaps = {s: abs(line[f"acc1 {s}"] - line[f"acc1 {s} exact"]) for s in ("uniform", "global")}
-    met = all(line[f"jaccard {s}"] >= 0.9 and gaps[s] <= 0.01 for s in gaps)
-    return (f"target at <= 25% work (round {line['round']}, {fraction:.0%}): Jaccard uniform "
+    met = {s: bool(line[f"jaccard {s}"] >= 0.9 and gaps[s] <= 0.01) for s in gaps}
+    text = (f"target at <= 25% work (round {line['round']}, {fraction:.0%}): Jaccard uniform "
             f"{line['jaccard uniform']:.3f} / global {line['jaccard global']:.3f} (>= 0.90), pruned acc1 off by "
-            f"{gaps['uniform']:.3f} / {gaps['global']:.3f} (<= 0.01): {'met' if met else 'MISSED'}")
+            f"{gaps['uniform']:.3f} / {gaps['global']:.3f} (<= 0.01): {'met' if all(met.values()) else 'MISSED'}")
+    return {"line": text, "met": met}
 
 
 def vit(args) -> None:
@@ -165,6 +196,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--metric", default="acc1")
     ap.add_argument("--eval-n", type=int, default=500)
+    ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[None],
+                    help="demo: calibration draws (shapes seeds; default: the task's own, 1000), e.g. 1000,1001,1002")
     ap.add_argument("--first", type=int, default=None, help="demo: images per unit in round 1 (default: n/16)")
     ap.add_argument("--vit", action="store_true", help="also time the first complete table of a random ViT-B-32")
     ap.add_argument("--vit-only", action="store_true")

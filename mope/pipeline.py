@@ -351,6 +351,9 @@ def source_unit(unit: Unit, structure: dict | None, group_sizes: dict[str, int])
     if unit.kind == "head":
         return Unit(unit.tower, "head", layer, by_layer(spec["heads"], layer)[unit.index])
     if unit.kind == "neurons":
-        g = group_sizes.get(unit.tower, 1)
+        if unit.tower not in group_sizes:  # a guess (1) would name other neurons than the group held
+            raise MopeError(f"cannot name the {unit.tower} neuron group {unit.name} in the source model's indices "
+                            "without its group size: pass the scores' attrs['group_sizes']")
+        g = group_sizes[unit.tower]
         return Unit(unit.tower, "neurons", layer, by_layer(spec["neurons"], layer)[unit.index * g] // g)
     return Unit(unit.tower, unit.kind, layer, unit.index)

@@ -74,11 +74,13 @@ Progress = Callable[[int, int, float | None, list[dict]], None]
 
 
 class Cancelled(MopeError):
-    """Raised when should_stop() says so; `rows` holds the units scored so far (anytime: the last table)."""
+    """Raised when should_stop() says so; `rows` holds the units scored so far (anytime: the last table) and, when
+    mope.score raised it, `table` those rows as a table with the scores' attrs (group sizes: a plan can be made)."""
 
     def __init__(self, rows: list[dict], message: str | None = None):
         super().__init__(message or f"cancelled after {len(rows)} units")
         self.rows = rows
+        self.table: pd.DataFrame | None = None
 
 
 def score(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequence[str] = KINDS,
@@ -127,12 +129,17 @@ def score(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequenc
         scorer = NaiveScorer(clip, task, metric, group_sizes, precision)
     else:
         scorer = FastScorer(clip, task, metric, group_sizes, precision, batch_tokens, chunk, classifier)
-    if schedule == "anytime":
-        deadline = None if first_table_seconds is None else started + first_table_seconds
-        rows = _Anytime(scorer, todo, key if cache else None, first_round, deadline).run(extras, progress, should_stop)
-        info = {"anytime": {"done": True, "images": len(task), "round": max((r["round"] for r in rows), default=0)}}
-    else:
-        rows, info = _exact_rows(scorer.run(todo, progress, should_stop), task, extras()), {}
+    try:
+        if schedule == "anytime":
+            deadline = None if first_table_seconds is None else started + first_table_seconds
+            rows = _Anytime(scorer, todo, key if cache else None, first_round, deadline).run(extras, progress,
+                                                                                            should_stop)
+            info = {"anytime": {"done": True, "images": len(task), "round": max((r["round"] for r in rows), default=0)}}
+        else:
+            rows, info = _exact_rows(scorer.run(todo, progress, should_stop), task, extras()), {}
+    except Cancelled as stop:
+        stop.table = frame(stop.rows)  # what a plan needs from the rows so far: the group sizes
+        raise
     per_image_rows = scorer.per_image if impl == "fast" else None
     if cache:
         _store(key, [{k: v for k, v in r.items() if k != "round"} for r in rows], per_image_rows)

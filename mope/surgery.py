@@ -23,8 +23,8 @@ def kept_structure(model: nn.Module, removed: Iterable[Unit], group_sizes: dict[
     unsized = sorted({u.tower for u in removed if u.kind == "neurons" and u.tower not in group_sizes})
     if unsized:  # guessing would remove other neurons than the plan counted (a group of 1 instead of 64)
         raise MopeError(f"the plan removes {' and '.join(unsized)} neuron groups but does not say their size: plan "
-                        "from the table mope.score returns or mope.load_scores reads; a table built from rows "
-                        "(progress, Cancelled.rows) needs the scores' attrs['group_sizes'], e.g. those of "
+                        "from the table mope.score returns, mope.load_scores reads or a stop's Cancelled.table; a table "
+                        "built from progress rows needs the scores' attrs['group_sizes'], e.g. those of "
                         "mope.scoring.unit_table(clip, towers, units) with the same group size")
     out = {}
     for tower in TOWERS:

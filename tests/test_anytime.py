@@ -125,6 +125,26 @@ def test_a_stopped_anytime_run_resumes_and_ends_equal_to_exact(tiny, runs):
     assert matrix.shape == (units, 40) and np.allclose(matrix.mean(axis=1).values, exact.mope.values, atol=1e-5)
 
 
+def test_a_stopped_runs_table_plans_and_prunes_neuron_groups_of_their_size(tiny):
+    task = mope.load_task("shapes", n=40)
+    units, rounds = len(scoring.unit_table(tiny, ["vision"], baselines=())), []
+    with pytest.raises(Cancelled, match="stopped in round 2") as info:
+        score(tiny, task, towers=["vision"], schedule="anytime", first_round=10, cache=False, baselines=(),
+              metric="loss", should_stop=lambda: len(rounds) > 0,
+              progress=lambda done, total, eta, rows: rounds.append(1) if len(rows) == units else None)
+    table = info.value.table
+    assert table is not None and len(table) == units and table.estimate.all()
+    group = table.attrs["group_sizes"]["vision"]
+    assert group > 1 and table["rank"].notna().all()
+    p = plan(table, Budget(keep=0.5, towers=("vision",), strategy="global"))
+    groups = [u for u in p.removed if u.kind == "neurons"]
+    assert groups and any("ranked on 10 images per unit, round 1" in n for n in p.notes)
+    pruned = mope.prune(tiny, p)
+    width = {i: b.mlp.c_fc.out_features for i, b in enumerate(tiny.model.visual.transformer.resblocks)}
+    for i, b in enumerate(pruned.model.visual.transformer.resblocks):  # each group takes its whole size
+        assert b.mlp.c_fc.out_features == width[i] - group * sum(u.layer == i for u in groups)
+
+
 def test_a_cached_table_of_the_earlier_anytime_version_is_not_resumed(tiny):
     task = mope.load_task("shapes", n=20)
     key = scoring._settle(tiny, task, ["vision"], KINDS, "loss", "fast", None, (), 0, "fp32", None)[-1]

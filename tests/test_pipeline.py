@@ -312,3 +312,16 @@ def test_auto_rescore_images_keep_the_rescorings_within_one_sweep_and_give_small
 def test_bad_rescore_images_are_a_clear_error(tiny, images):
     with pytest.raises(MopeError, match="rescore_images must be a count >= 1 or a fraction in"):
         prune_model(tiny, mope.load_task("shapes", n=4), Budget(keep=0.5), steps=2, rescore_images=images)
+
+
+def test_a_pruned_models_neuron_group_is_named_by_its_size_or_refused(tiny):
+    width = tower_blocks(tiny.model, "vision")[0].mlp.c_fc.out_features
+    group = width // 4
+    pruned = prune_units(tiny, [Unit("vision", "neurons", 0, 0)], {"vision": group})
+    structure = pruned.info["structure"]
+    # the pruned model's first group of layer 0 is the source's second: group 0 went
+    assert pipeline.source_unit(Unit("vision", "neurons", 0, 0), structure, {"vision": group}) == \
+        Unit("vision", "neurons", 0, 1)
+    with pytest.raises(MopeError, match="without its group size"):
+        pipeline.source_unit(Unit("vision", "neurons", 0, 0), structure, {})
+    assert pipeline.source_unit(Unit("vision", "head", 0, 0), structure, {}) == Unit("vision", "head", 0, 0)

@@ -92,6 +92,10 @@ def test_progress_partial_rows_and_cancel(tiny):
         score(tiny, task, towers=["vision"], units=["head"], metric="loss", cache=False, baselines=(),
               should_stop=lambda: polls.append(1) or len(polls) > 1)
     assert 0 < len(info.value.rows) < 8
+    table = info.value.table  # the rows so far as a table with the scores' attrs
+    assert list(table.unit) == [r["unit"] for r in info.value.rows] and table.attrs["metric"] == "loss"
+    assert table.attrs["group_sizes"] == score(tiny, task, towers=["vision"], units=["head"], metric="loss",
+                                                 baselines=(), cache=False).attrs["group_sizes"]
 
 
 def test_a_stop_waits_for_one_batched_pass_at_most(tiny):
@@ -100,7 +104,7 @@ def test_a_stop_waits_for_one_batched_pass_at_most(tiny):
     with pytest.raises(Cancelled) as info:  # 16 images × 17 tokens: one head per batched pass
         score(tiny, task, towers=["vision"], units=["head"], metric="loss", cache=False, baselines=(),
               batch_tokens=16 * 17, should_stop=lambda: polls.append(1) or len(polls) > 1)
-    assert info.value.rows == [] and len(polls) == 2  # stopped inside layer 0, after its first head's pass
+    assert info.value.rows == [] and info.value.table.empty and len(polls) == 2  # stopped inside layer 0, after its first head's pass
 
 
 @pytest.mark.parametrize("kw, message", [
