@@ -140,7 +140,7 @@ def score(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequenc
     except Cancelled as stop:
         stop.table = frame(stop.rows)  # what a plan needs from the rows so far: the group sizes
         raise
-    per_image_rows = scorer.per_image if impl == "fast" else None
+    per_image_rows = (scorer.per_image, scorer.per_image_loss) if impl == "fast" else None
     if cache:
         _store(key, [{k: v for k, v in r.items() if k != "round"} for r in rows], per_image_rows)
     return frame(rows, **info)
@@ -153,8 +153,8 @@ def _exact_rows(rows: list[dict], task: Task, extras: list[dict]) -> list[dict]:
     return rows
 
 
-def _store(key: str, rows: list[dict], per_image_rows: dict | None) -> None:
-    per_image = {} if per_image_rows is None else {f"{key}/per_image": _per_image_record(per_image_rows, rows)}
+def _store(key: str, rows: list[dict], per_image_rows: tuple[dict, dict] | None) -> None:
+    per_image = {} if per_image_rows is None else {f"{key}/per_image": _per_image_record(*per_image_rows, rows)}
     cache_set("scores", {key: rows, **per_image})
 
 
@@ -457,22 +457,29 @@ class _Anytime:
         return True
 
 
-def per_image(scores: pd.DataFrame) -> pd.DataFrame | None:
-    """The per-image MoPE behind a cached (fast) scores table: one row per unit, one column per calibration image
-    (task order); a row's mean is its mope (for every zero-shot metric and for retrieval; to float rounding).
-    None when the cache does not hold them (impl='naive', or cache=False with no cached run of the same
-    fingerprint — the same model, task and settings, hence the same numbers — or another machine's table)."""
+def per_image(scores: pd.DataFrame, column: str = "mope") -> pd.DataFrame | None:
+    """The per-image results behind a cached (fast) scores table: one row per unit, one column per calibration
+    image (task order); a row's mean is its `column`, mope or mope_loss (the tie-break's loss increase), for every
+    zero-shot metric and for retrieval, to float rounding. None when the cache does not hold them (impl='naive',
+    or cache=False with no cached run of the same fingerprint — the same model, task and settings, hence the same
+    numbers — or another machine's table, or mope_loss from a version that did not keep it)."""
     record = cache_get("scores", f"{scores.attrs.get('fingerprint')}/None/per_image")
-    if record is None:
+    field = {"mope": "matrix", "mope_loss": "loss_matrix"}[column]
+    if record is None or field not in record:
         return None
-    matrix = np.frombuffer(record["matrix"], dtype=np.float32).reshape(len(record["units"]), -1)
+    matrix = np.frombuffer(record[field], dtype=np.float32).reshape(len(record["units"]), -1)
     return pd.DataFrame(matrix, index=pd.Index(record["units"], name="unit"))
 
 
-def _per_image_record(per_image_rows: dict[str, torch.Tensor], rows: list[dict]) -> dict:
+def _per_image_record(per_image_rows: dict[str, torch.Tensor], loss_rows: dict[str, torch.Tensor],
+                      rows: list[dict]) -> dict:
     names = [r["unit"] for r in rows]
-    matrix = torch.stack([per_image_rows[n].float() for n in names]) if names else torch.zeros(0, 0)
-    return {"units": names, "matrix": matrix.numpy().tobytes()}
+    out = {"units": names}
+    for field, values in (("matrix", per_image_rows), ("loss_matrix", loss_rows)):
+        if all(n in values for n in names):  # no loss_matrix when the metric is the loss (mope is mope_loss)
+            matrix = torch.stack([values[n].float() for n in names]) if names else torch.zeros(0, 0)
+            out[field] = matrix.numpy().tobytes()
+    return out
 
 
 def pass_tokens(clip: Clip, towers: Sequence[str] = TOWERS, batch_tokens: int | None = None,
@@ -647,6 +654,7 @@ class FastScorer(_Scorer):
         self.known_classifier = classifier if task.protocol == "zeroshot" else None  # see score(classifier=)
         self.state: dict[str, dict] = {}
         self.per_image: dict[str, torch.Tensor] = {}  # unit name → per-image MoPE (mean over images ≈ mope)
+        self.per_image_loss: dict[str, torch.Tensor] = {}  # … and per-image loss increase (mean ≈ mope_loss)
         self.precision = precision
 
     def chunks(self, units):
@@ -674,6 +682,8 @@ class FastScorer(_Scorer):
             pieces.append(self.collect(tower, state, inputs, own, span))
         state["own"] = torch.cat(pieces)
         state["base"], state["contributions"] = self.finish(tower, state, [state["own"]])
+        if self.metric != "loss":  # the tie-break's per-image shares too (the stability bootstrap resamples them)
+            state["loss_contributions"] = self.finish(tower, state, [state["own"]], "loss")[1]
         self.state[tower] = state
         return state
 
@@ -725,9 +735,11 @@ class FastScorer(_Scorer):
                                 for m in self.metrics], 1)[:stop - start]
         return emb[:stop - start]
 
-    def finish(self, tower: str, state: dict, pieces: list[torch.Tensor]) -> tuple[dict[str, float], torch.Tensor]:
-        """The metric values and the chosen metric's per-image contributions (their mean is the metric)."""
-        task, own = self.task, torch.cat(pieces)
+    def finish(self, tower: str, state: dict, pieces: list[torch.Tensor],
+               metric: str | None = None) -> tuple[dict[str, float], torch.Tensor]:
+        """The metric values and the per-image contributions (their mean is the metric) of `metric`, by default the
+        chosen one."""
+        task, own, metric = self.task, torch.cat(pieces), metric or self.metric
         if task.protocol == "zeroshot":
             labels = task.labels
             if tower == "text":
@@ -735,10 +747,10 @@ class FastScorer(_Scorer):
                 own = torch.stack([zeroshot_stats(m, state["other"], classifier, labels, self.scale)
                                    for m in self.metrics], 1)
             values = {m: zeroshot_value(m, own[:, i].contiguous(), labels) for i, m in enumerate(self.metrics)}
-            return values, zeroshot_contributions(self.metric, own[:, 0].contiguous(), labels)
+            return values, zeroshot_contributions(metric, own[:, self.metrics.index(metric)].contiguous(), labels)
         image_emb, text_emb = (own, state["other"]) if tower == "vision" else (state["other"], own)
         return (self.values(image_emb, text_emb),
-                retrieval_contributions(self.metric, task, image_emb, text_emb, self.scale))
+                retrieval_contributions(metric, task, image_emb, text_emb, self.scale))
 
     def score_chunk(self, group: list[Unit]) -> list[dict]:
         state = self.tower_state(group[0].tower)
@@ -789,6 +801,8 @@ class FastScorer(_Scorer):
     def unit_row(self, unit: Unit, state: dict, pieces: list[torch.Tensor]) -> dict:
         value, contributions = self.finish(unit.tower, state, pieces)
         self.per_image[unit.name] = self.sign * (state["contributions"] - contributions)
+        if "loss_contributions" in state:
+            self.per_image_loss[unit.name] = self.finish(unit.tower, state, pieces, "loss")[1] - state["loss_contributions"]
         return self.row(unit, state["base"], value)
 
     def ablate(self, tower: str, layer: int, units: list[Unit], x: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:

@@ -107,7 +107,7 @@ def stability_text(session: dict, budget: Budget, by: str, state: AppState) -> s
     matrix = per_image(df)
     if matrix is None:
         return "Stability: no per-image results are cached for these scores (computed elsewhere): score them here."
-    p = with_stability(preview(df, budget, by)[0], df, matrix)
+    p = with_stability(preview(df, budget, by)[0], df, matrix, per_image_loss=per_image(df, "mope_loss"))
     return "**Plan stability** — " + stability_line(p.stability)
 
 
