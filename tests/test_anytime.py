@@ -123,6 +123,8 @@ def test_a_stopped_anytime_run_resumes_and_ends_equal_to_exact(tiny, runs):
     assert (again.mope.values == exact.mope.values).all()
     matrix = scoring.per_image(again)  # every unit's per-image results, gathered over the rounds
     assert matrix.shape == (units, 40) and np.allclose(matrix.mean(axis=1).values, exact.mope.values, atol=1e-5)
+    losses = scoring.per_image(again, "mope_loss")  # and the tie-break's, for the stability bootstrap
+    assert losses.shape == (units, 40) and np.allclose(losses.mean(axis=1).values, exact.mope_loss.values, atol=1e-5)
 
 
 def test_a_stopped_runs_table_plans_and_prunes_neuron_groups_of_their_size(tiny):
