@@ -50,10 +50,28 @@ def _score(p, ctx) -> dict:
 
     df = score(clip, task, towers=p["towers"], units=p["units"], metric=p["metric"], progress=progress,
                should_stop=ctx.should_stop, schedule=p.get("schedule", "exact"),
-               first_table_seconds=p.get("first_table_seconds"))
+               first_table_seconds=p.get("first_table_seconds"),
+               on_table=lambda table: save_scores(table, round_scores_path(ctx.job_id, table.attrs["anytime"]["round"])))
     path = scores_path(df.attrs["fingerprint"])
     save_scores(df, path)
     return {"scores": str(path), "units": len(df), "fingerprint": df.attrs["fingerprint"]}
+
+
+def round_scores_path(job_id: str, round_: int) -> Path:
+    """Where an anytime score job keeps the table of each round (plannable while it runs or after a stop)."""
+    from .settings import results_dir
+
+    return results_dir() / f"scores-{job_id}-round{round_}.csv"
+
+
+def latest_round_scores(job_id: str) -> Path | None:
+    """The table of an anytime score job's last finished round; None before its first round ends (or for a name
+    that is not a job id: it goes into a file pattern)."""
+    if not (isinstance(job_id, str) and job_id.isalnum()):
+        return None
+    rounds = {int(p.stem.rpartition("-round")[2]): p for p in round_scores_path(job_id, 0).parent.glob(
+        f"scores-{job_id}-round*.csv") if p.stem.rpartition("-round")[2].isdigit()}
+    return rounds[max(rounds)] if rounds else None
 
 
 def _score_status(done: int, total: int, rows: list[dict]) -> str:

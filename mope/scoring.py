@@ -90,7 +90,8 @@ def score(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequenc
           shard: tuple[int, int] | None = None, batch_tokens: int | None = None,
           chunk: int | None = None, max_memory: float | None = None, schedule: str = "exact",
           first_round: int | None = None, first_table_seconds: float | None = None,
-          only: Sequence[str] | None = None, classifier: torch.Tensor | None = None) -> pd.DataFrame:
+          only: Sequence[str] | None = None, classifier: torch.Tensor | None = None,
+          on_table: Callable[[pd.DataFrame], None] | None = None) -> pd.DataFrame:
     """One row per unit: tower, kind, layer, index, unit, mope, base, ablated, params, flops, baselines,
     images_used, se (standard error of mope over images; 0 on the whole set), mope_loss and rank.
 
@@ -101,6 +102,8 @@ def score(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequenc
     schedule="anytime" scores every unit on first_round images, then refines in rounds (see mope.anytime):
     progress gets the whole table after each round, the table's attrs["anytime"] says where it stands.
     first_table_seconds (anytime, no first_round): round 1 gets as many images per unit as fit that time here.
+    on_table (anytime): called after each round with the whole table so far, attrs included (a plan can be made
+    from it and says it was ranked on estimates): e.g. to save each round's table.
     only: the names of the units to score (the others are left out of the table), e.g. iterative pruning's pool.
     classifier: a zero-shot task's class embeddings when the caller already has them from a FastScorer of this model
     and these classes with the same precision (FastScorer.classifier; not in the cache key: they must be exactly
@@ -132,8 +135,10 @@ def score(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequenc
     try:
         if schedule == "anytime":
             deadline = None if first_table_seconds is None else started + first_table_seconds
+            rounds = None if on_table is None else lambda rows: on_table(frame(rows, anytime={
+                "done": False, "images": len(task), "round": max(r["round"] for r in rows)}))
             rows = _Anytime(scorer, todo, key if cache else None, first_round, deadline).run(extras, progress,
-                                                                                            should_stop)
+                                                                                            should_stop, rounds)
             info = {"anytime": {"done": True, "images": len(task), "round": max((r["round"] for r in rows), default=0)}}
         else:
             rows, info = _exact_rows(scorer.run(todo, progress, should_stop), task, extras()), {}
@@ -249,7 +254,8 @@ class _Anytime:
         self.extra: dict[str, dict] = {}  # params, flops, baselines per unit (a resumed run's rows have them)
         self.per_image = scorer.per_image  # finished units: their per-image MoPE
 
-    def run(self, extras, progress: Progress | None, should_stop) -> list[dict]:
+    def run(self, extras, progress: Progress | None, should_stop,
+            on_table: Callable[[list[dict]], None] | None = None) -> list[dict]:
         self.scorer.should_stop = should_stop
         with torch.inference_mode():
             self.samples = {t: _Samples(self.scorer, t) for t in dict.fromkeys(u.tower for u in self.units)}
@@ -277,8 +283,11 @@ class _Anytime:
                 self.save()
                 raise self.stopped() from None
             self.save()
+            rows = [self.rows[u.name] for u in self.units]
             if progress:
-                progress(*self.done(), None, [self.rows[u.name] for u in self.units])
+                progress(*self.done(), None, rows)
+            if on_table:
+                on_table(rows)
 
     def fit_first(self, seconds: float) -> None:
         """Round 1's images per unit: the most (up to the default) that fit `seconds` at a block's measured speed

@@ -147,6 +147,17 @@ def test_a_stopped_runs_table_plans_and_prunes_neuron_groups_of_their_size(tiny)
         assert b.mlp.c_fc.out_features == width[i] - group * sum(u.layer == i for u in groups)
 
 
+def test_each_rounds_table_comes_with_the_scores_attrs(tiny):
+    task = mope.load_task("shapes", n=40)
+    tables = []
+    final = score(tiny, task, towers=["vision"], schedule="anytime", first_round=10, cache=False, baselines=(),
+                  metric="loss", on_table=tables.append)
+    assert [t.attrs["anytime"]["round"] for t in tables] == list(range(1, len(tables) + 1)) and len(tables) > 2
+    assert all(t.attrs["group_sizes"] == final.attrs["group_sizes"] and not t.attrs["anytime"]["done"] for t in tables)
+    assert tables[0].estimate.all() and (tables[0].images_used == 10).all()
+    assert (tables[-1].mope.values == final.mope.values).all()  # the last round's table is the exact one
+
+
 def test_a_cached_table_of_the_earlier_anytime_version_is_not_resumed(tiny):
     task = mope.load_task("shapes", n=20)
     key = scoring._settle(tiny, task, ["vision"], KINDS, "loss", "fast", None, (), 0, "fp32", None)[-1]

@@ -528,3 +528,33 @@ def test_long_sweeps_start_as_anytime_and_their_estimates_show(settings, tiny_di
                                        settings)
     params = settings.store().get(session["score_job"])["params"]
     assert "min here" not in message and params["schedule"] == "exact" and params["first_table_seconds"] is None
+
+
+def test_a_stopped_anytime_job_leaves_its_last_rounds_table_to_plan_from(settings, tiny_dir, monkeypatch):
+    from mope.jobs import JobContext
+    from mope.runners import latest_round_scores
+
+    monkeypatch.setattr(hs, "projected_seconds", lambda *a: 3600.0)  # starts as anytime
+    session = {**NEW_SESSION, "spec": str(tiny_dir)}
+    session, _ = hs.start_scores(session, next(iter(CALIBRATION)), None, None, "", 64, ["vision"], settings)
+    job = session["score_job"]
+    seen = []
+
+    def should_stop(self):  # the page, while the job runs; the user presses Cancel once round 1's table is there
+        if latest_round_scores(self.job_id) is None:
+            return False
+        seen.append(hs.scores_state(session, settings))
+        return True
+
+    monkeypatch.setattr(JobContext, "should_stop", should_stop)
+    [ended] = run_queued(settings)
+    running, frame, total, _ = seen[0]  # while it ran: the heatmaps' rows, and round 1's table to plan from
+    assert running["score_job"] == job and running["scores"] == str(latest_round_scores(job)) and total == len(frame)
+    assert ended["status"] == "cancelled" and latest_round_scores(job).name == f"scores-{job}-round1.csv"
+    session, df, _, line = hs.scores_state(session, settings)
+    assert session["scores"] == str(latest_round_scores(job)) and session["score_job"] is None
+    assert "cancelled" in line and "The table of its last round is kept" in line and "round 1" in line
+    assert df["estimate"].all() and df.attrs["group_sizes"]
+    plan_, _, notes = hp.preview(df, mope.Budget(keep=0.5, towers=("vision",)), "mope")
+    assert plan_.removed and "round 1 of anytime scoring" in notes
+    assert latest_round_scores("../" + job) is None  # a forged id never reaches the file pattern

@@ -6,9 +6,10 @@ from pathlib import Path
 import pandas as pd
 
 import mope
+from mope.anytime import note
 from mope.errors import MopeError
 from mope.evaluation import metric_names
-from mope.runners import scores_path
+from mope.runners import latest_round_scores, scores_path
 from mope.scoring import (
     baseline_correlations,
     cached_scores,
@@ -128,6 +129,9 @@ def scores_state(session: dict, state: AppState) -> tuple[dict, pd.DataFrame | N
         job = job_or_none(state.store(), job_id)
         if job is None:
             return {**session, "score_job": None}, None, None, f"Job {job_id} is gone from the job store."
+        rounds = latest_round_scores(job_id) if job["kind"] == "score" else None  # anytime: plannable at once
+        if rounds is not None:
+            session = {**session, "scores": str(rounds)}
         if job["status"] in ("queued", "running"):
             params = job["params"]
             frame = partial_scores(get_model(params["model"], state), params["towers"], params["units"],
@@ -136,6 +140,9 @@ def scores_state(session: dict, state: AppState) -> tuple[dict, pd.DataFrame | N
         session = {**session, "score_job": None}
         if job["status"] == "done":
             session["scores"] = job["result"]["scores"]
+        elif rounds is not None:
+            df = scores_or_none(session, state)
+            return session, df, None, f"{ended_line(job)} {kept_round_line(df)}"
         else:
             return session, scores_or_none(session, state), None, ended_line(job)
     df = scores_or_none(session, state)
@@ -143,6 +150,14 @@ def scores_state(session: dict, state: AppState) -> tuple[dict, pd.DataFrame | N
         return session, None, None, "No scores yet: pick calibration data and press **Compute MoPE scores**."
     return session, df, None, (f"{len(df)} units scored · metric **{df.attrs.get('metric', '?')}**"
                                f"{settings_line(session)} · {Path(session['scores']).name}")
+
+
+def kept_round_line(df: pd.DataFrame | None) -> str:
+    """What a stopped anytime job left: its last round's table, now the session's scores."""
+    if df is None:
+        return ""
+    return (f"The table of its last round is kept as the scores ({note(df) or 'every unit exact'}): plans from it say "
+            "so; computing the same scores again continues from it.")
 
 
 ANYTIME_COLUMNS = ("estimate", "images_used", "se", "round")  # what anytime rows add, for the heatmaps
