@@ -69,14 +69,28 @@ def _score(args) -> None:
 
     clip = load_model(args.model, device=args.device)
     task = load_task(args.data, protocol=args.task, n=args.n, seed=args.seed, image_root=args.image_root)
-    with _progress_bar("scoring", args.quiet) as progress:
-        df = score_distributed(clip, task, towers=_csv_list(args.towers),
-                               units=_csv_list(args.units, {"heads": "head", "layers": "layer"}),
-                               metric=args.metric, impl=args.impl, group_size=args.group_size,
-                               baselines=_csv_list(args.baselines), precision=args.precision,
-                               cache=not args.no_cache, progress=progress, chunk=args.chunk,
-                               max_memory=args.max_memory, schedule=args.schedule, first_round=args.first_round,
-                               first_table_seconds=args.first_table_seconds)
+    rounds: list[int] = []
+
+    def keep_round(table) -> None:  # anytime: --out holds the table so far, so a stop leaves the last round's
+        save_scores(table, Path(args.out))
+        rounds.append(table.attrs["anytime"]["round"])
+
+    try:
+        with _progress_bar("scoring", args.quiet) as progress:
+            df = score_distributed(clip, task, towers=_csv_list(args.towers),
+                                   units=_csv_list(args.units, {"heads": "head", "layers": "layer"}),
+                                   metric=args.metric, impl=args.impl, group_size=args.group_size,
+                                   baselines=_csv_list(args.baselines), precision=args.precision,
+                                   cache=not args.no_cache, progress=progress, chunk=args.chunk,
+                                   max_memory=args.max_memory, schedule=args.schedule, first_round=args.first_round,
+                                   first_table_seconds=args.first_table_seconds,
+                                   on_table=keep_round if args.schedule == "anytime" else None)
+    except KeyboardInterrupt:
+        if not rounds:
+            raise
+        print(f"interrupted: {args.out} holds the table of round {rounds[-1]} (estimates: plans from it say so); "
+              "the same command continues from the cached work", file=sys.stderr)
+        raise SystemExit(130) from None
     if df is None:  # a torchrun rank other than 0
         return
     save_scores(df, Path(args.out))

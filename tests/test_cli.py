@@ -127,3 +127,33 @@ def test_distill_with_more_workers_than_cores_warns_and_runs(tiny_dir, tmp_path)
     assert f"warning: --workers {cores + 7} is more than the {cores} CPU cores this process may use; using {cores}" \
         in out.stderr and "Traceback" not in out.stderr
     assert (tmp_path / "d" / "final").is_dir()
+
+
+def test_an_interrupted_anytime_score_leaves_its_last_round_in_out_and_continues(tiny_dir, tmp_path, monkeypatch, capsys):
+    from mope import cli
+    from mope.scoring import load_scores
+
+    monkeypatch.setenv("MOPE_HOME", str(tmp_path / "home"))
+    out = tmp_path / "scores.csv"
+    argv = ["score", "--model", str(tiny_dir), "--n", "40", "--towers", "vision", "--metric", "loss",
+            "--baselines", "", "--schedule", "anytime", "--first-round", "10", "--quiet", "--out", str(out)]
+    ends = []
+
+    def ctrl_c_at_the_end_of_round_2(self, done, total, eta, rows):
+        if rows and rows[-1].get("round") == 2:
+            ends.append(out.is_file())
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli._progress_bar, "update", ctrl_c_at_the_end_of_round_2)
+    with pytest.raises(SystemExit) as stop:
+        cli.main(argv)
+    assert stop.value.code == 130 and ends == [True]
+    assert f"{out} holds the table of round 1" in capsys.readouterr().err
+    kept = load_scores(out)
+    assert kept.estimate.all() and (kept.images_used == 10).all() and kept.attrs["anytime"]["round"] == 1
+    monkeypatch.undo()
+    monkeypatch.setenv("MOPE_HOME", str(tmp_path / "home"))
+    assert cli.main(argv) == 0  # continues from the cache to the exact table
+    exact = mope.score(mope.load_model(str(tiny_dir), device="cpu"), mope.load_task("shapes", n=40), towers=["vision"],
+                       metric="loss", baselines=(), cache=False)
+    assert (load_scores(out).mope.values == exact.mope.values).all()
