@@ -65,7 +65,7 @@ def _csv_list(text: str, aliases: dict[str, str] | None = None) -> list[str]:
 
 def _score(args) -> None:
     from . import importance, load_model, load_task
-    from .scoring import baseline_correlations, save_scores, score_distributed
+    from .scoring import Cancelled, baseline_correlations, save_scores, score_distributed
 
     clip = load_model(args.model, device=args.device)
     task = load_task(args.data, protocol=args.task, n=args.n, seed=args.seed, image_root=args.image_root)
@@ -75,8 +75,9 @@ def _score(args) -> None:
         save_scores(table, Path(args.out))
         rounds.append(table.attrs["anytime"]["round"])
 
+    anytime = args.schedule == "anytime"
     try:
-        with _progress_bar("scoring", args.quiet) as progress:
+        with _first_ctrl_c_stops(anytime) as stop, _progress_bar("scoring", args.quiet) as progress:
             df = score_distributed(clip, task, towers=_csv_list(args.towers),
                                    units=_csv_list(args.units, {"heads": "head", "layers": "layer"}),
                                    metric=args.metric, impl=args.impl, group_size=args.group_size,
@@ -84,12 +85,11 @@ def _score(args) -> None:
                                    cache=not args.no_cache, progress=progress, chunk=args.chunk,
                                    max_memory=args.max_memory, schedule=args.schedule, first_round=args.first_round,
                                    first_table_seconds=args.first_table_seconds,
-                                   on_table=keep_round if args.schedule == "anytime" else None)
-    except KeyboardInterrupt:
-        if not rounds:
+                                   on_table=keep_round if anytime else None, should_stop=stop)
+    except (Cancelled, KeyboardInterrupt) as e:
+        if not anytime:
             raise
-        print(f"interrupted: {args.out} holds the table of round {rounds[-1]} (estimates: plans from it say so); "
-              "the same command continues from the cached work", file=sys.stderr)
+        print(_stopped_line(e, args.out, rounds), file=sys.stderr)
         raise SystemExit(130) from None
     if df is None:  # a torchrun rank other than 0
         return
@@ -99,6 +99,43 @@ def _score(args) -> None:
     if any(b in df.columns for b in importance.baselines()):
         print("Spearman rank correlation of MoPE with each baseline:")
         print(baseline_correlations(df).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+class _first_ctrl_c_stops:
+    """Anytime scoring: the first Ctrl-C asks the scoring to stop (it saves its work and raises Cancelled), a
+    second one interrupts at once; otherwise Ctrl-C interrupts as usual. Yields the should_stop callable."""
+
+    def __init__(self, active: bool):
+        self.active, self.asked, self.previous = active, False, None
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if self.active and threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self.ask)
+        return (lambda: self.asked) if self.active else None
+
+    def ask(self, signum, frame) -> None:
+        if self.asked:
+            raise KeyboardInterrupt
+        self.asked = True
+        print("\nstopping after the current pass (Ctrl-C again to interrupt at once)", file=sys.stderr)
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def _stopped_line(stop: BaseException, out: str, rounds: list[int]) -> str:
+    """What an anytime score stopped by Ctrl-C left, and how to go on."""
+    how = (str(stop) if isinstance(stop, MopeError)  # says what is cached and that a restart continues from it
+           else "interrupted: the rounds finished before are cached, and the same command continues from them")
+    kept = (f"{out} holds the table of round {rounds[-1]} (estimates: plans from it say so)" if rounds
+            else f"nothing was written to {out} (no round had finished)")
+    return f"{how}; {kept}"
 
 
 class _progress_bar:

@@ -129,7 +129,29 @@ def test_distill_with_more_workers_than_cores_warns_and_runs(tiny_dir, tmp_path)
     assert (tmp_path / "d" / "final").is_dir()
 
 
-def test_an_interrupted_anytime_score_leaves_its_last_round_in_out_and_continues(tiny_dir, tmp_path, monkeypatch, capsys):
+def _ctrl_c_when(monkeypatch, condition):
+    """Ctrl-C (a real SIGINT to this process) at the first progress call whose rows meet `condition`."""
+    import signal
+
+    from mope import cli
+
+    sent = []
+
+    def update(self, done, total, eta, rows):
+        if not sent and condition(rows):
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(cli._progress_bar, "update", update)
+    return sent
+
+
+@pytest.mark.parametrize("when, left", [
+    (lambda rows: rows and rows[-1].get("round") == 2, "holds the table of round 2"),  # after round 2's table
+    (lambda rows: 0 < len(rows), "nothing was written"),  # in round 1, after its first layer's units
+])
+def test_ctrl_c_stops_an_anytime_score_keeping_its_work_and_the_same_command_continues(
+        tiny_dir, tmp_path, monkeypatch, capsys, when, left):
     from mope import cli
     from mope.scoring import load_scores
 
@@ -137,23 +159,35 @@ def test_an_interrupted_anytime_score_leaves_its_last_round_in_out_and_continues
     out = tmp_path / "scores.csv"
     argv = ["score", "--model", str(tiny_dir), "--n", "40", "--towers", "vision", "--metric", "loss",
             "--baselines", "", "--schedule", "anytime", "--first-round", "10", "--quiet", "--out", str(out)]
-    ends = []
+    sent = _ctrl_c_when(monkeypatch, when)
+    ran = [set()]  # per run: the (unit, input) pairs run with the unit removed
+    real = mope.scoring.FastScorer.sample_outputs
 
-    def ctrl_c_at_the_end_of_round_2(self, done, total, eta, rows):
-        if rows and rows[-1].get("round") == 2:
-            ends.append(out.is_file())
-            raise KeyboardInterrupt
+    def counting(self, group, inputs):
+        ran[-1].update((u.name, i) for u in group for i in inputs.index.tolist())
+        return real(self, group, inputs)
 
-    monkeypatch.setattr(cli._progress_bar, "update", ctrl_c_at_the_end_of_round_2)
+    monkeypatch.setattr(mope.scoring.FastScorer, "sample_outputs", counting)
     with pytest.raises(SystemExit) as stop:
         cli.main(argv)
-    assert stop.value.code == 130 and ends == [True]
-    assert f"{out} holds the table of round 1" in capsys.readouterr().err
-    kept = load_scores(out)
-    assert kept.estimate.all() and (kept.images_used == 10).all() and kept.attrs["anytime"]["round"] == 1
-    monkeypatch.undo()
-    monkeypatch.setenv("MOPE_HOME", str(tmp_path / "home"))
+    err = capsys.readouterr().err
+    assert sent and stop.value.code == 130 and "stopped in round" in err and "a restart continues from it" in err and left in err
+    assert "Traceback" not in err and signal_is_default()
+    if out.is_file():
+        kept = load_scores(out)
+        assert kept.estimate.all() and kept.attrs["anytime"]["round"] == 2
+    else:
+        assert "round 1" in err
+    ran.append(set())
     assert cli.main(argv) == 0  # continues from the cache to the exact table
+    before, after = ran
+    assert before and after and not before & after  # no input a unit ran before the stop runs again
     exact = mope.score(mope.load_model(str(tiny_dir), device="cpu"), mope.load_task("shapes", n=40), towers=["vision"],
                        metric="loss", baselines=(), cache=False)
     assert (load_scores(out).mope.values == exact.mope.values).all()
+
+
+def signal_is_default() -> bool:
+    import signal
+
+    return signal.getsignal(signal.SIGINT) is signal.default_int_handler
