@@ -112,7 +112,8 @@ class _first_ctrl_c_stops:
         import signal
         import threading
 
-        if self.active and threading.current_thread() is threading.main_thread():
+        if (self.active and threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):  # not when SIGINT is ignored (&)
             self.previous = signal.signal(signal.SIGINT, self.ask)
         return (lambda: self.asked) if self.active else None
 

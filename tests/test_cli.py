@@ -146,12 +146,22 @@ def _ctrl_c_when(monkeypatch, condition):
     return sent
 
 
+@pytest.fixture
+def ctrl_c_interrupts():
+    """SIGINT as in a terminal (Python's default handler), whatever the test runner set (ignored under `&`)."""
+    import signal
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 @pytest.mark.parametrize("when, left", [
     (lambda rows: rows and rows[-1].get("round") == 2, "holds the table of round 2"),  # after round 2's table
     (lambda rows: 0 < len(rows), "nothing was written"),  # in round 1, after its first layer's units
 ])
 def test_ctrl_c_stops_an_anytime_score_keeping_its_work_and_the_same_command_continues(
-        tiny_dir, tmp_path, monkeypatch, capsys, when, left):
+        tiny_dir, tmp_path, monkeypatch, capsys, ctrl_c_interrupts, when, left):
     from mope import cli
     from mope.scoring import load_scores
 
