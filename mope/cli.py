@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -75,9 +76,9 @@ def _score(args) -> None:
         save_scores(table, Path(args.out))
         rounds.append(table.attrs["anytime"]["round"])
 
-    anytime = args.schedule == "anytime"
+    anytime, alone = args.schedule == "anytime", os.environ.get("WORLD_SIZE", "1") == "1"  # not under torchrun
     try:
-        with _first_ctrl_c_stops(anytime) as stop, _progress_bar("scoring", args.quiet) as progress:
+        with _first_ctrl_c_stops(alone) as stop, _progress_bar("scoring", args.quiet) as progress:
             df = score_distributed(clip, task, towers=_csv_list(args.towers),
                                    units=_csv_list(args.units, {"heads": "head", "layers": "layer"}),
                                    metric=args.metric, impl=args.impl, group_size=args.group_size,
@@ -87,7 +88,7 @@ def _score(args) -> None:
                                    first_table_seconds=args.first_table_seconds,
                                    on_table=keep_round if anytime else None, should_stop=stop)
     except (Cancelled, KeyboardInterrupt) as e:
-        if not anytime:
+        if not alone or (isinstance(e, KeyboardInterrupt) and not anytime):
             raise
         print(_stopped_line(e, args.out, rounds), file=sys.stderr)
         raise SystemExit(130) from None
@@ -102,8 +103,8 @@ def _score(args) -> None:
 
 
 class _first_ctrl_c_stops:
-    """Anytime scoring: the first Ctrl-C asks the scoring to stop (it saves its work and raises Cancelled), a
-    second one interrupts at once; otherwise Ctrl-C interrupts as usual. Yields the should_stop callable."""
+    """The first Ctrl-C asks the scoring to stop (it caches its work and raises Cancelled), a second one interrupts
+    at once; inactive (torchrun), Ctrl-C interrupts as usual. Yields the should_stop callable."""
 
     def __init__(self, active: bool):
         self.active, self.asked, self.previous = active, False, None
@@ -131,11 +132,11 @@ class _first_ctrl_c_stops:
 
 
 def _stopped_line(stop: BaseException, out: str, rounds: list[int]) -> str:
-    """What an anytime score stopped by Ctrl-C left, and how to go on."""
+    """What a score stopped by Ctrl-C left, and how to go on."""
     how = (str(stop) if isinstance(stop, MopeError)  # says what is cached and that a restart continues from it
            else "interrupted: the rounds finished before are cached, and the same command continues from them")
     kept = (f"{out} holds the table of round {rounds[-1]} (estimates: plans from it say so)" if rounds
-            else f"nothing was written to {out} (no round had finished)")
+            else f"nothing was written to {out}")
     return f"{how}; {kept}"
 
 

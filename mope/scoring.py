@@ -12,6 +12,7 @@ import functools
 import itertools
 import json
 import math
+import sqlite3
 import time
 from contextlib import nullcontext
 from typing import Callable, Sequence
@@ -30,7 +31,7 @@ from .anytime import (
     next_levels,
     standard_error,
 )
-from .cache import cache_get, cache_set, key_of, model_fingerprint
+from .cache import cache_get, cache_set, key_of, model_fingerprint, open_cache
 from .clip import Clip
 from .data.tasks import Task
 from .errors import MopeError
@@ -141,14 +142,70 @@ def score(clip: Clip, task: Task, towers: Sequence[str] = TOWERS, units: Sequenc
                                                                                             should_stop, rounds)
             info = {"anytime": {"done": True, "images": len(task), "round": max((r["round"] for r in rows), default=0)}}
         else:
-            rows, info = _exact_rows(scorer.run(todo, progress, should_stop), task, extras()), {}
+            rows, info = _exact_rows(_sweep(scorer, todo, key if cache else None, progress, should_stop), task,
+                                     extras()), {}
     except Cancelled as stop:
         stop.table = frame(stop.rows)  # what a plan needs from the rows so far: the group sizes
         raise
     per_image_rows = (scorer.per_image, scorer.per_image_loss) if impl == "fast" else None
     if cache:
         _store(key, [{k: v for k, v in r.items() if k != "round"} for r in rows], per_image_rows)
+        _forget_sweep(key)
     return frame(rows, **info)
+
+
+def _sweep(scorer: "_Scorer", units: list[Unit], key: str | None, progress: Progress | None,
+           should_stop) -> list[dict]:
+    """scorer.run, kept in the cache a layer (fast) or a unit (naive) at a time under `key` (None: not kept): a
+    stopped or killed sweep continues after its last finished group, and a group's numbers do not depend on the
+    groups run before it, so the table is the one an unbroken sweep gives, bit for bit."""
+    done = _restored_sweep(scorer, key) if key else []
+    finished = {r["unit"] for r in done}
+    parts = itertools.count(len(cache_get("scores", f"{key}/sweep") or ())) if key else None
+
+    def keep(rows: list[dict]) -> None:
+        part = next(parts)
+        results, losses = getattr(scorer, "per_image", {}), getattr(scorer, "per_image_loss", {})  # naive: none
+        cache_set("scores", {f"{key}/sweep/{part}": {
+            "rows": rows, "per_image": {r["unit"]: _bytes(results.get(r["unit"])) for r in rows},
+            "per_image_loss": {r["unit"]: _bytes(losses.get(r["unit"])) for r in rows}}})
+        cache_set("scores", {f"{key}/sweep": list(range(part + 1))})
+
+    return scorer.run([u for u in units if u.name not in finished], progress, should_stop, done,
+                      keep if key else None)
+
+
+def _restored_sweep(scorer: "_Scorer", key: str) -> list[dict]:
+    """The rows (and per-image results) of the groups a broken sweep under `key` finished."""
+    rows: list[dict] = []
+    for part in cache_get("scores", f"{key}/sweep") or ():
+        record = cache_get("scores", f"{key}/sweep/{part}")
+        if record is None:  # the cache lost a part: the groups after it run again
+            break
+        rows += record["rows"]
+        for field, into in (("per_image", getattr(scorer, "per_image", {})),
+                            ("per_image_loss", getattr(scorer, "per_image_loss", {}))):
+            into.update({name: torch.from_numpy(np.frombuffer(b, dtype=np.float32).copy())
+                         for name, b in record[field].items() if b is not None})
+    return rows
+
+
+def _bytes(values: torch.Tensor | None) -> bytes | None:
+    return None if values is None else values.float().numpy().tobytes()
+
+
+def _forget_sweep(key: str) -> None:
+    """Drop a finished sweep's groups: the table and its per-image results are cached whole."""
+    parts = cache_get("scores", f"{key}/sweep")
+    if parts is None:
+        return
+    try:
+        with open_cache("scores") as store:
+            for part in parts:
+                store.delete(f"{key}/sweep/{part}")
+            store.delete(f"{key}/sweep")
+    except (sqlite3.Error, OSError):
+        pass  # left behind, harmless: a finished table is found first
 
 
 def _exact_rows(rows: list[dict], task: Task, extras: list[dict]) -> list[dict]:
@@ -607,19 +664,25 @@ class _Scorer:
             row["mope_loss"] = ablated_values["loss"] - base["loss"]
         return row
 
-    def run(self, units: list[Unit], progress: Progress | None, should_stop) -> list[dict]:
-        rows: list[dict] = []
-        time_left = TimeLeft()
+    def run(self, units: list[Unit], progress: Progress | None, should_stop, done: list[dict] | None = None,
+            on_group: Callable[[list[dict]], None] | None = None) -> list[dict]:
+        """The rows of `units` after `done` (rows of a sweep's earlier groups); on_group gets each group's rows."""
+        rows: list[dict] = list(done or [])
+        time_left, total = TimeLeft(), len(rows) + len(units)
         self.should_stop = should_stop
         with torch.inference_mode(), self.autocast():
             for chunk in self.chunks(units):
                 try:
                     self.check_stop()
-                    rows += self.score_chunk(chunk)
+                    new = self.score_chunk(chunk)
                 except _Stopped:
-                    raise Cancelled(rows) from None
+                    kept = "; the finished layers' work is cached: a restart continues from it" if on_group else ""
+                    raise Cancelled(rows, f"stopped after {len(rows)} of {total} units{kept}") from None
+                rows += new
+                if on_group:
+                    on_group(new)
                 if progress:
-                    progress(len(rows), len(units), time_left(len(rows), len(units)), rows)
+                    progress(len(rows), total, time_left(len(rows) - len(done or []), len(units)), rows)
         return rows
 
     def check_stop(self) -> None:

@@ -11,7 +11,9 @@ from conftest import DEVICE, TORCHRUN_DEVICE, subprocess_env
 
 import mope
 from mope import scoring
+from mope.cache import open_cache
 from mope.scoring import Cancelled, baseline_correlations, load_scores, save_scores, score
+from mope.units import KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,6 +98,34 @@ def test_progress_partial_rows_and_cancel(tiny):
     assert list(table.unit) == [r["unit"] for r in info.value.rows] and table.attrs["metric"] == "loss"
     assert table.attrs["group_sizes"] == score(tiny, task, towers=["vision"], units=["head"], metric="loss",
                                                  baselines=(), cache=False).attrs["group_sizes"]
+
+
+@pytest.mark.parametrize("impl", ["fast", "naive"])
+def test_a_stopped_exact_sweep_continues_after_its_last_finished_layer_bit_for_bit(tiny, monkeypatch, tmp_path, impl):
+    monkeypatch.setenv("MOPE_HOME", str(tmp_path))  # a cache of its own: no earlier test's table is found
+    task = mope.load_task("shapes", n=20)
+    kw = dict(towers=["vision"], metric="acc1", baselines=(), impl=impl)
+    ran = [[]]  # per call: the units scored
+    for cls in (scoring.FastScorer, scoring.NaiveScorer):
+        real = cls.score_chunk
+        monkeypatch.setattr(cls, "score_chunk", lambda self, chunk, real=real: ran[-1].extend(
+            u.name for u in chunk) or real(self, chunk))
+    with pytest.raises(Cancelled, match="the finished layers' work is cached") as info:
+        score(tiny, task, should_stop=lambda: len(ran[-1]) >= 3, **kw)  # stops after a group of >= 3 units
+    before = [r["unit"] for r in info.value.rows]
+    assert before == ran[0] and 0 < len(before) < 14
+    ran.append([])
+    done = score(tiny, task, **kw)
+    assert set(ran[1]).isdisjoint(before) and sorted(before + ran[1]) == sorted(done.unit)  # nothing twice
+    exact = score(tiny, task, cache=False, **kw)
+    pd.testing.assert_frame_equal(done, exact)
+    if impl == "fast":  # the per-image results too, restored for the units before the stop
+        for column in ("mope", "mope_loss"):
+            matrix = scoring.per_image(done, column)
+            assert np.allclose(matrix.loc[done.unit].mean(axis=1).values, exact[column].values, atol=1e-6)
+    key = scoring._settle(tiny, task, ["vision"], KINDS, "acc1", impl, None, (), 0, "fp32", None)[-1]
+    with open_cache("scores") as store:  # a finished sweep's groups are dropped: the table is cached whole
+        assert f"{key}/sweep" not in store and not any(k.startswith(f"{key}/sweep/") for k in store.iterkeys())
 
 
 def test_a_stop_waits_for_one_batched_pass_at_most(tiny):
