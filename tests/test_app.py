@@ -558,3 +558,33 @@ def test_a_stopped_anytime_job_leaves_its_last_rounds_table_to_plan_from(setting
     plan_, _, notes = hp.preview(df, mope.Budget(keep=0.5, towers=("vision",)), "mope")
     assert plan_.removed and "round 1 of anytime scoring" in notes
     assert latest_round_scores("../" + job) is None  # a forged id never reaches the file pattern
+
+
+def test_a_cancelled_exact_score_job_says_its_finished_layers_are_kept_and_they_are(settings, tiny_dir, monkeypatch):
+    from mope.jobs import JobContext
+
+    monkeypatch.setattr(hs, "projected_seconds", lambda *a: 10.0)  # starts as exact
+    def start() -> dict:
+        return hs.start_scores({**NEW_SESSION, "spec": str(tiny_dir)}, next(iter(CALIBRATION)), None, None, "", 24,
+                               ["vision"], settings)[0]
+
+    scored = []
+    real = mope.scoring.FastScorer.score_chunk
+    def counting(self, chunk):  # the units of each finished layer
+        rows = real(self, chunk)
+        scored.extend(u.name for u in chunk)
+        return rows
+
+    monkeypatch.setattr(mope.scoring.FastScorer, "score_chunk", counting)
+    monkeypatch.setattr(JobContext, "should_stop", lambda self: bool(scored))  # after layer 0
+    session = start()
+    [ended] = run_queued(settings)
+    _, _, _, line = hs.scores_state(session, settings)
+    assert ended["status"] == "cancelled" and "was cancelled. Any layers it finished are cached" in line
+    before = set(scored)
+    scored.clear()
+    monkeypatch.setattr(JobContext, "should_stop", lambda self: False)
+    session = start()
+    [done] = run_queued(settings)
+    session, df, _, _ = hs.scores_state(session, settings)
+    assert done["status"] == "done" and before and before.isdisjoint(scored) and set(df.unit) == before | set(scored)

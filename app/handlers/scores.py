@@ -144,7 +144,9 @@ def scores_state(session: dict, state: AppState) -> tuple[dict, pd.DataFrame | N
             df = scores_or_none(session, state)
             return session, df, None, f"{ended_line(job)} {kept_round_line(df)}"
         else:
-            return session, scores_or_none(session, state), None, ended_line(job)
+            kept = " Any layers it finished are cached: computing the same scores again continues after them."
+            return session, scores_or_none(session, state), None, ended_line(job) + (kept if job["kind"] == "score"
+                                                                                      else "")
     df = scores_or_none(session, state)
     if df is None:
         return session, None, None, "No scores yet: pick calibration data and press **Compute MoPE scores**."
