@@ -67,10 +67,15 @@ def round_scores_path(job_id: str, round_: int) -> Path:
 def latest_round_scores(job_id: str) -> Path | None:
     """The table of an anytime score job's last finished round; None before its first round ends (or for a name
     that is not a job id: it goes into a file pattern)."""
+    from .settings import results_dir
+
     if not (isinstance(job_id, str) and job_id.isalnum()):
         return None
-    rounds = {int(p.stem.rpartition("-round")[2]): p for p in round_scores_path(job_id, 0).parent.glob(
-        f"scores-{job_id}-round*.csv") if p.stem.rpartition("-round")[2].isdigit()}
+    rounds = {}
+    for path in results_dir().glob(f"scores-{job_id}-round*.csv"):
+        number = path.stem.rpartition("-round")[2]
+        if number.isdigit():
+            rounds[int(number)] = path
     return rounds[max(rounds)] if rounds else None
 
 

@@ -161,15 +161,14 @@ def _sweep(scorer: "_Scorer", units: list[Unit], key: str | None, progress: Prog
     groups run before it, so the table is the one an unbroken sweep gives, bit for bit."""
     done = _restored_sweep(scorer, key) if key else []
     finished = {r["unit"] for r in done}
-    parts = itertools.count(len(cache_get("scores", f"{key}/sweep") or ())) if key else None
+    parts = itertools.count(cache_get("scores", f"{key}/sweep") or 0) if key else None
 
     def keep(rows: list[dict]) -> None:
         part = next(parts)
-        results, losses = getattr(scorer, "per_image", {}), getattr(scorer, "per_image_loss", {})  # naive: none
         cache_set("scores", {f"{key}/sweep/{part}": {
-            "rows": rows, "per_image": {r["unit"]: _bytes(results.get(r["unit"])) for r in rows},
-            "per_image_loss": {r["unit"]: _bytes(losses.get(r["unit"])) for r in rows}}})
-        cache_set("scores", {f"{key}/sweep": list(range(part + 1))})
+            "rows": rows, "per_image": {r["unit"]: _bytes(scorer.per_image.get(r["unit"])) for r in rows},
+            "per_image_loss": {r["unit"]: _bytes(scorer.per_image_loss.get(r["unit"])) for r in rows}},
+            f"{key}/sweep": part + 1})  # the parts written so far
 
     return scorer.run([u for u in units if u.name not in finished], progress, should_stop, done,
                       keep if key else None)
@@ -178,13 +177,12 @@ def _sweep(scorer: "_Scorer", units: list[Unit], key: str | None, progress: Prog
 def _restored_sweep(scorer: "_Scorer", key: str) -> list[dict]:
     """The rows (and per-image results) of the groups a broken sweep under `key` finished."""
     rows: list[dict] = []
-    for part in cache_get("scores", f"{key}/sweep") or ():
+    for part in range(cache_get("scores", f"{key}/sweep") or 0):
         record = cache_get("scores", f"{key}/sweep/{part}")
         if record is None:  # the cache lost a part: the groups after it run again
             break
         rows += record["rows"]
-        for field, into in (("per_image", getattr(scorer, "per_image", {})),
-                            ("per_image_loss", getattr(scorer, "per_image_loss", {}))):
+        for field, into in (("per_image", scorer.per_image), ("per_image_loss", scorer.per_image_loss)):
             into.update({name: torch.from_numpy(np.frombuffer(b, dtype=np.float32).copy())
                          for name, b in record[field].items() if b is not None})
     return rows
@@ -201,7 +199,7 @@ def _forget_sweep(key: str) -> None:
         return
     try:
         with open_cache("scores") as store:
-            for part in parts:
+            for part in range(parts):
                 store.delete(f"{key}/sweep/{part}")
             store.delete(f"{key}/sweep")
     except (sqlite3.Error, OSError):
@@ -409,8 +407,8 @@ class _Anytime:
             for span in inputs.spans:
                 emb = scorer.encode(tower, inputs.batch(*span))
                 own[inputs.index[span[0]:span[1]]] = scorer.collect(tower, state, inputs, emb, span)
-        base, contributions = scorer.finish(tower, state, [own])
-        return inputs, {"own": own, "base": base, "contributions": contributions}
+        base, shares = scorer.finish(tower, state, [own])
+        return inputs, {"own": own, "base": base, "contributions": shares[scorer.metric]}
 
     def shortened(self, tower: str):
         return shortened(self.scorer.clip.model, self.short[tower]) if tower in self.short else nullcontext()
@@ -465,8 +463,8 @@ class _Anytime:
                     standard_error(np.array(per_template), samples.total))
         mixed, run = baseline["own"].clone(), samples.run(level)
         mixed[run] = outputs[run]
-        values, contributions = scorer.finish(unit.tower, state, [mixed])
-        per_image = scorer.sign * (baseline["contributions"] - contributions)
+        values, shares = scorer.finish(unit.tower, state, [mixed])
+        per_image = scorer.sign * (baseline["contributions"] - shares[scorer.metric])
         return scorer.row(unit, baseline["base"], values), samples.spread(per_image, level)
 
     def on_templates(self, unit: Unit, state: dict, baseline: dict, outputs: torch.Tensor, templates) -> dict:
@@ -647,6 +645,8 @@ class _Scorer:
         self.scale = clip.model.logit_scale.exp().item()
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.autocast = (lambda: torch.autocast("cuda", dtype=dtype)) if dtype else nullcontext
+        self.per_image: dict[str, torch.Tensor] = {}  # unit name → per-image MoPE (mean over images ≈ mope; fast only)
+        self.per_image_loss: dict[str, torch.Tensor] = {}  # … and per-image loss increase (mean ≈ mope_loss)
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -668,7 +668,7 @@ class _Scorer:
             on_group: Callable[[list[dict]], None] | None = None) -> list[dict]:
         """The rows of `units` after `done` (rows of a sweep's earlier groups); on_group gets each group's rows."""
         rows: list[dict] = list(done or [])
-        time_left, total = TimeLeft(), len(rows) + len(units)
+        time_left, before, total = TimeLeft(), len(rows), len(rows) + len(units)
         self.should_stop = should_stop
         with torch.inference_mode(), self.autocast():
             for chunk in self.chunks(units):
@@ -682,7 +682,7 @@ class _Scorer:
                 if on_group:
                     on_group(new)
                 if progress:
-                    progress(len(rows), total, time_left(len(rows) - len(done or []), len(units)), rows)
+                    progress(len(rows), total, time_left(len(rows) - before, len(units)), rows)
         return rows
 
     def check_stop(self) -> None:
@@ -725,8 +725,6 @@ class FastScorer(_Scorer):
         self.batch_tokens, self.chunk = pass_tokens(clip, batch_tokens=batch_tokens), chunk
         self.known_classifier = classifier if task.protocol == "zeroshot" else None  # see score(classifier=)
         self.state: dict[str, dict] = {}
-        self.per_image: dict[str, torch.Tensor] = {}  # unit name → per-image MoPE (mean over images ≈ mope)
-        self.per_image_loss: dict[str, torch.Tensor] = {}  # … and per-image loss increase (mean ≈ mope_loss)
         self.precision = precision
 
     def chunks(self, units):
@@ -753,9 +751,9 @@ class FastScorer(_Scorer):
                 own = self.encode(tower, batch)
             pieces.append(self.collect(tower, state, inputs, own, span))
         state["own"] = torch.cat(pieces)
-        state["base"], state["contributions"] = self.finish(tower, state, [state["own"]])
-        if self.metric != "loss":  # the tie-break's per-image shares too (the stability bootstrap resamples them)
-            state["loss_contributions"] = self.finish(tower, state, [state["own"]], "loss")[1]
+        # the tie-break's (loss) per-image shares too: the stability bootstrap resamples them (see unit_row)
+        state["base"], state["shares"] = self.finish(tower, state, [state["own"]], self.metrics)
+        state["contributions"] = state["shares"][self.metric]
         self.state[tower] = state
         return state
 
@@ -808,10 +806,10 @@ class FastScorer(_Scorer):
         return emb[:stop - start]
 
     def finish(self, tower: str, state: dict, pieces: list[torch.Tensor],
-               metric: str | None = None) -> tuple[dict[str, float], torch.Tensor]:
-        """The metric values and the per-image contributions (their mean is the metric) of `metric`, by default the
-        chosen one."""
-        task, own, metric = self.task, torch.cat(pieces), metric or self.metric
+               shares: Sequence[str] | None = None) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        """The metric values and, per metric in `shares` (by default the chosen one), the per-image contributions
+        (their mean is the metric)."""
+        task, own, shares = self.task, torch.cat(pieces), shares or (self.metric,)
         if task.protocol == "zeroshot":
             labels = task.labels
             if tower == "text":
@@ -819,10 +817,11 @@ class FastScorer(_Scorer):
                 own = torch.stack([zeroshot_stats(m, state["other"], classifier, labels, self.scale)
                                    for m in self.metrics], 1)
             values = {m: zeroshot_value(m, own[:, i].contiguous(), labels) for i, m in enumerate(self.metrics)}
-            return values, zeroshot_contributions(metric, own[:, self.metrics.index(metric)].contiguous(), labels)
+            return values, {m: zeroshot_contributions(m, own[:, self.metrics.index(m)].contiguous(), labels)
+                            for m in shares}
         image_emb, text_emb = (own, state["other"]) if tower == "vision" else (state["other"], own)
         return (self.values(image_emb, text_emb),
-                retrieval_contributions(metric, task, image_emb, text_emb, self.scale))
+                {m: retrieval_contributions(m, task, image_emb, text_emb, self.scale) for m in shares})
 
     def score_chunk(self, group: list[Unit]) -> list[dict]:
         state = self.tower_state(group[0].tower)
@@ -871,10 +870,10 @@ class FastScorer(_Scorer):
         return {unit: torch.cat(p) for unit, p in pieces.items()}
 
     def unit_row(self, unit: Unit, state: dict, pieces: list[torch.Tensor]) -> dict:
-        value, contributions = self.finish(unit.tower, state, pieces)
-        self.per_image[unit.name] = self.sign * (state["contributions"] - contributions)
-        if "loss_contributions" in state:
-            self.per_image_loss[unit.name] = self.finish(unit.tower, state, pieces, "loss")[1] - state["loss_contributions"]
+        value, shares = self.finish(unit.tower, state, pieces, self.metrics)
+        self.per_image[unit.name] = self.sign * (state["contributions"] - shares[self.metric])
+        if self.metric != "loss":
+            self.per_image_loss[unit.name] = shares["loss"] - state["shares"]["loss"]
         return self.row(unit, state["base"], value)
 
     def ablate(self, tower: str, layer: int, units: list[Unit], x: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:

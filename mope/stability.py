@@ -42,15 +42,13 @@ def plan_stability(scores: pd.DataFrame, budget: Budget, per_image: pd.DataFrame
     counts = dict.fromkeys((u.name for u in base.removed), 0)
     overlaps = []
     resampled = scores.copy()
+    columns = [(by, matrix)] + ([("mope_loss", losses)] if losses is not None else [])  # one draw of images for both
     for _ in range(resamples):
         images = rng.integers(0, matrix.shape[1], matrix.shape[1])
-        column = resampled[by].to_numpy(dtype=float, copy=True)
-        column[rows] = matrix[:, images].mean(axis=1)
-        resampled[by] = column
-        if losses is not None:
-            tie = resampled["mope_loss"].to_numpy(dtype=float, copy=True)
-            tie[rows] = losses[:, images].mean(axis=1)
-            resampled["mope_loss"] = tie
+        for name, values in columns:
+            column = resampled[name].to_numpy(dtype=float, copy=True)
+            column[rows] = values[:, images].mean(axis=1)
+            resampled[name] = column
         removed = {u.name for u in plan(resampled, budget, by=by).removed}
         for name in counts.keys() & removed:
             counts[name] += 1
@@ -76,11 +74,11 @@ def measured_stability(plan_: Plan, scores: pd.DataFrame, **kw) -> Plan:
     return with_stability(plan_, scores, matrix, per_image_loss=per_image(scores, "mope_loss"), **kw)
 
 
-def _aligned(scores: pd.DataFrame, per_image: pd.DataFrame | None) -> tuple[np.ndarray, np.ndarray]:
+def _aligned(scores: pd.DataFrame, per_image: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """The per-image matrix in the order of the scores' rows it covers, and those rows' positions."""
     names = scores["unit"].to_numpy()
     covered = np.flatnonzero(np.isin(names, per_image.index.to_numpy()))
-    if per_image is None or not len(covered) or per_image.shape[1] < 2:
+    if not len(covered) or per_image.shape[1] < 2:
         raise MopeError("no per-image results for these scores: score them again with the cache on")
     return per_image.loc[names[covered]].to_numpy(dtype=float), covered
 

@@ -129,7 +129,8 @@ def scores_state(session: dict, state: AppState) -> tuple[dict, pd.DataFrame | N
         job = job_or_none(state.store(), job_id)
         if job is None:
             return {**session, "score_job": None}, None, None, f"Job {job_id} is gone from the job store."
-        rounds = latest_round_scores(job_id) if job["kind"] == "score" else None  # anytime: plannable at once
+        anytime = job["kind"] == "score" and job["params"].get("schedule") == "anytime"
+        rounds = latest_round_scores(job_id) if anytime else None  # each round's table: plannable at once
         if rounds is not None:
             session = {**session, "scores": str(rounds)}
         if job["status"] in ("queued", "running"):
