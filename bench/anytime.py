@@ -50,9 +50,14 @@ def snapshots(clip, task, metric: str, first: int | None) -> tuple[list[tuple[fl
 
 def work(tables: list[pd.DataFrame], layers: int) -> list[float]:
     """Blocks re-run × images after each round, as a fraction of the exact sweep's: every unit runs each image
-    once, so a table's work is its images_used × the blocks its units re-run."""
-    exact = (tables[-1]["images_used"].max() * (layers - tables[-1]["layer"])).sum()
-    return [float((t["images_used"] * (layers - t["layer"])).sum() / exact) for t in tables]
+    once, so a table's work is its images_used × the blocks its units re-run; from the round whose estimates
+    first use the first-order pass on, plus that pass: every block on every image, forward and backward, counted
+    as 3 forward passes (the backward computes no weight gradients: it costs about one forward here)."""
+    images = tables[-1]["images_used"].max()
+    exact = (images * (layers - tables[-1]["layer"])).sum()
+    passes = np.cumsum([bool(t.get("first_order", pd.Series(dtype=bool)).fillna(False).any()) for t in tables]) > 0
+    return [float(((t["images_used"] * (layers - t["layer"])).sum() + 3 * layers * images * p) / exact)
+            for t, p in zip(tables, passes)]
 
 
 def compare(clip, exact: pd.DataFrame, table: pd.DataFrame, eval_task, cache: dict) -> dict:

@@ -149,9 +149,12 @@ def used_span(table: pd.DataFrame) -> str:
 
 def note(table: pd.DataFrame) -> str | None:
     """What a plan from a table that still holds estimates must say, e.g. 'ranked on 32–48 images per unit,
-    round 2 of anytime scoring: 87 of 148 units are estimates'; None for a final table."""
+    round 2 of anytime scoring: 87 of 148 units are estimates (the loss on the images they did not run: first-order
+    estimates)'; None for a final table."""
     if "estimate" not in table.columns or not table["estimate"].fillna(False).astype(bool).any():
         return None
     rounds = f", round {int(table['round'].max())} of anytime scoring" if "round" in table.columns else ""
     estimates = int(table["estimate"].fillna(False).astype(bool).sum())
-    return f"ranked on {used_span(table)}{rounds}: {estimates} of {len(table)} units are estimates"
+    first = "first_order" in table.columns and table["first_order"].fillna(False).astype(bool).any()
+    guessed = " (the loss on the images they did not run: first-order estimates)" if first else ""
+    return f"ranked on {used_span(table)}{rounds}: {estimates} of {len(table)} units are estimates{guessed}"

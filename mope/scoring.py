@@ -14,7 +14,7 @@ import json
 import math
 import sqlite3
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Callable, Sequence
 
 import numpy as np
@@ -49,6 +49,7 @@ from .evaluation import (
     zeroshot_stats,
     zeroshot_value,
 )
+from .first_order import loss_increases
 from .progress import TimeLeft
 from .ranking import rank_units
 from .rules import arguments, name_list
@@ -289,6 +290,10 @@ class _Anytime:
     finished by the exact sweep's own code on the same numbers, so the final table equals it bit for bit.
     Every unit's work is cached after each round and at a stop: a restart continues from it.
 
+    From round 2 on, a zero-shot vision unit's estimate counts the images it has not run yet at their first-order
+    loss increase (mope.first_order, one backward pass after round 1) instead of unchanged: the loss (the acc1
+    tie-break) then misses only the first-order estimate's error on them (row field first_order: True).
+
     With a deadline for the first table (a time.perf_counter() time), round 1's images per unit are what fits
     before it at the measured speed of a block here; when that is fewer than MIN_ROWS, round 1 is a first look run
     without padding (estimates only: its outputs are not kept, the units run those images again, padded, in round 2),
@@ -308,6 +313,7 @@ class _Anytime:
         self.rows: dict[str, dict] = {}
         self.extra: dict[str, dict] = {}  # params, flops, baselines per unit (a resumed run's rows have them)
         self.per_image = scorer.per_image  # finished units: their per-image MoPE
+        self.fill: dict[str, torch.Tensor] | None = None  # unit → first-order loss increase per image (None: not yet)
 
     def run(self, extras, progress: Progress | None, should_stop,
             on_table: Callable[[list[dict]], None] | None = None) -> list[dict]:
@@ -322,27 +328,62 @@ class _Anytime:
         for samples in self.samples.values():
             samples.climb(self.first)
         while True:
-            table = self.table()
             look = self.look > 0 and self.round == 0
-            targets = None if look else next_levels(table, {t: s.ladder for t, s in self.samples.items()})
-            if not look and (targets == table["level"].to_numpy()).all():
+            targets = None if look else self.targets()
+            if not look and (targets == self.table()["level"].to_numpy()).all():
                 return [self.rows[u.name] for u in self.units]
             self.round += 1
-            try:
-                with torch.inference_mode(), self.scorer.autocast():
-                    if look:
-                        self.first_look(progress)
-                    else:
-                        self.advance(dict(zip((u.name for u in self.units), targets)), progress)
-            except _Stopped:
-                self.save()
-                raise self.stopped() from None
+            if self.round > 1 and self.fill is None:  # round 2 starts with the first-order pass, estimates redone
+                with self.saved_on_stop():
+                    self.fill_in()
+                targets = self.targets()
+            with self.saved_on_stop(), torch.inference_mode(), self.scorer.autocast():
+                if look:
+                    self.first_look(progress)
+                else:
+                    self.advance(dict(zip((u.name for u in self.units), targets)), progress)
             self.save()
             rows = [self.rows[u.name] for u in self.units]
             if progress:
                 progress(*self.done(), None, rows)
             if on_table:
                 on_table(rows)
+
+    def targets(self) -> np.ndarray:
+        return next_levels(self.table(), {t: s.ladder for t, s in self.samples.items()})
+
+    @contextmanager
+    def saved_on_stop(self):
+        try:
+            yield
+        except _Stopped:
+            self.save()
+            raise self.stopped() from None
+
+    def fill_in(self) -> None:
+        """The first-order loss increase of every zero-shot vision unit on every image (one backward pass in chunks),
+        then every estimate again with it; nothing for other towers, retrieval, or a metric list without the loss."""
+        scorer, self.fill = self.scorer, {}
+        units = [u for u in self.units if u.tower == "vision" and self.levels[u.name] < self.samples["vision"].total]
+        if not units or scorer.task.protocol != "zeroshot" or "loss" not in scorer.metrics:
+            return
+        state = scorer.tower_state("vision")
+        inputs, classifier = state["inputs"], state["other"].clone()  # clones: inference-mode tensors can't be saved
+
+        def chunk(span: tuple[int, int]) -> tuple[int, Callable[[], torch.Tensor]]:
+            batch, labels = inputs.batch(*span).clone(), inputs.labels(*span)[:span[1] - span[0]]
+            return len(batch), lambda: zeroshot_stats("loss", scorer.encode("vision", batch)[:len(labels)], classifier,
+                                                      labels, scorer.scale)
+
+        with scorer.autocast():
+            found = loss_increases(scorer.clip.model, "vision", units, scorer.group_sizes.get("vision", 1),
+                                   map(chunk, inputs.spans), scorer.check_stop)
+        by_task = torch.zeros_like(found)
+        by_task[:, inputs.index] = found
+        self.fill = {u.name: by_task[i] for i, u in enumerate(units)}
+        with torch.inference_mode():
+            for u in (u for u in units if u.name in self.outputs or u.name in self.looks):  # what a row comes from
+                self.rows[u.name] = self.row(u)
 
     def fit_first(self, seconds: float) -> None:
         """Round 1's images per unit: the most (up to the default) that fit `seconds` at a block's measured speed
@@ -448,7 +489,8 @@ class _Anytime:
             row, se = self.estimate(unit, level, outputs, baseline)
             used = (len(samples.images(level)), len(samples.texts(level)))
         return {**row, **self.extra.get(unit.name, {}), "images_used": used[0], "texts_used": used[1], "se": se,
-                "estimate": level < samples.total, "round": self.round}
+                "estimate": level < samples.total, "round": self.round,
+                "first_order": level < samples.total and unit.name in (self.fill or {})}
 
     def estimate(self, unit: Unit, level: int, outputs: torch.Tensor, baseline: dict) -> tuple[dict, float]:
         """The unit's row from the inputs it ran, and its standard error, against `baseline` (the tower's unablated
@@ -463,6 +505,10 @@ class _Anytime:
                     standard_error(np.array(per_template), samples.total))
         mixed, run = baseline["own"].clone(), samples.run(level)
         mixed[run] = outputs[run]
+        if unit.name in (self.fill or {}):  # the images not run: their loss at its first-order increase
+            rest = torch.ones(len(mixed), dtype=torch.bool)
+            rest[run] = False
+            mixed[rest, scorer.metrics.index("loss")] += self.fill[unit.name][rest]
         values, shares = scorer.finish(unit.tower, state, [mixed])
         per_image = scorer.sign * (baseline["contributions"] - shares[scorer.metric])
         return scorer.row(unit, baseline["base"], values), samples.spread(per_image, level)
@@ -503,8 +549,11 @@ class _Anytime:
     def save(self) -> None:
         if not self.key:
             return
+        def stored(tensors: dict[str, torch.Tensor]) -> dict:
+            return {k: (list(v.shape), v.float().numpy().tobytes()) for k, v in tensors.items()}
+
         state = {"round": self.round, "first": self.first, "levels": self.levels, "rows": self.rows, "extra": self.extra,
-                 "outputs": {k: (list(v.shape), v.float().numpy().tobytes()) for k, v in self.outputs.items()}}
+                 "outputs": stored(self.outputs), "fill": None if self.fill is None else stored(self.fill)}
         cache_set("scores", {f"{self.key}/anytime": state})
 
     def restore(self) -> bool:
@@ -516,8 +565,13 @@ class _Anytime:
             return False
         self.round, self.levels, self.rows, self.extra = state["round"], state["levels"], state["rows"], state["extra"]
         self.first = state.get("first", self.first)
-        self.outputs = {k: torch.from_numpy(np.frombuffer(b, dtype=np.float32).copy()).view(*shape)
-                        for k, (shape, b) in state["outputs"].items()}
+
+        def loaded(stored: dict) -> dict[str, torch.Tensor]:
+            return {k: torch.from_numpy(np.frombuffer(b, dtype=np.float32).copy()).view(*shape)
+                    for k, (shape, b) in stored.items()}
+
+        self.outputs = loaded(state["outputs"])
+        self.fill = None if state.get("fill") is None else loaded(state["fill"])
         return True
 
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import mope
-from mope import scoring
+from mope import first_order, scoring
 from mope.anytime import budgeted_first, contested, effective_se, ladder, next_levels, note, standard_error
 from mope.cache import open_cache
-from mope.evaluation import image_embeddings, task_text_embeddings, task_texts
+from mope.evaluation import image_embeddings, task_text_embeddings, task_texts, zeroshot_stats
 from mope.planning import Budget, plan
 from mope.scoring import Cancelled, score
 from mope.units import KINDS
@@ -345,3 +345,63 @@ def test_a_first_look_over_both_towers_ends_exact(tiny, monkeypatch):
     assert (first.images_used[first.tower == "vision"] < 16).all()  # a first look
     cols = COLUMNS + ["mope_loss"]
     pd.testing.assert_frame_equal(done[cols], score(tiny, task, cache=False, **kw)[cols])
+
+
+def test_from_round_2_the_loss_counts_the_images_not_run_at_their_first_order_increase(tiny, monkeypatch):
+    """acc1 (ties broken by the loss): after round 1 one backward pass gives every vision unit its first-order loss
+    increase per image; from round 2 an estimate's mope_loss is the exact increase on the images it ran plus that
+    on the others (acc1 still counts them unchanged), the rows say first_order and the plan's note says so."""
+    task = mope.load_task("shapes", n=40)
+    kw = dict(towers=["vision"], metric="acc1", baselines=())
+    passes = []
+    monkeypatch.setattr(scoring, "loss_increases", lambda *a, **k: passes.append(1) or first_order.loss_increases(*a, **k))
+    tables = []
+    score(tiny, task, schedule="anytime", first_round=10, cache=False, on_table=tables.append, **kw)
+    exact = score(tiny, task, **kw)
+    assert len(passes) == 1 and len(tables) >= 3
+    assert not tables[0]["first_order"].any()  # round 1: before the pass
+    second = tables[1].set_index("unit")
+    rough = second[second.estimate]
+    assert len(rough) and rough.first_order.all() and not second[~second.estimate].first_order.any()
+    scorer = scoring.FastScorer(tiny, task, "acc1", exact.attrs["group_sizes"], "fp32")
+    with torch.inference_mode():
+        order = scorer.image_order("vision", scorer.image_losses("vision")).tolist()
+    state, units = scorer.tower_state("vision"), [u for u in scoring.enumerate_units(tiny.model, ["vision"]) if u.name in rough.index]
+    fill = first_order.loss_increases(tiny.model, "vision", units, exact.attrs["group_sizes"]["vision"], [(
+        len(task), lambda: zeroshot_stats("loss", scorer.encode("vision", state["inputs"].batch(0, len(task)).clone())[:len(task)],
+                                          state["other"].clone(), task.labels, scorer.scale))])
+    hit, loss = scoring.per_image(exact).loc[rough.index], scoring.per_image(exact, "mope_loss").loc[rough.index]
+    moved = [abs(row[order[int(rough.images_used[u.name]):]].sum().item()) / len(task) for u, row in zip(units, fill)]
+    assert max(moved) > 1e-3  # the fill changes the estimates: the comparison below tells the two apart
+    for unit, row in zip(units, fill):
+        ran, rest = order[:int(rough.images_used[unit.name])], order[int(rough.images_used[unit.name]):]
+        assert rough.mope[unit.name] == pytest.approx(hit.loc[unit.name, ran].sum() / len(task), abs=1e-6)
+        expected = (loss.loc[unit.name, ran].sum() + row[rest].sum().item()) / len(task)
+        assert rough.mope_loss[unit.name] == pytest.approx(expected, abs=1e-5), unit
+    assert "first-order estimates" in note(tables[1]) and "first-order" not in note(tables[0])
+
+
+def test_retrieval_and_the_text_tower_count_the_inputs_not_run_as_unchanged(tiny, monkeypatch):
+    monkeypatch.setattr(scoring, "loss_increases", lambda *a, **k: pytest.fail("no first-order pass here"))
+    tables = []
+    score(tiny, mope.load_task("shapes", protocol="retrieval", n=37), schedule="anytime", first_round=9, cache=False,
+          metric="loss", baselines=(), on_table=tables.append)
+    score(tiny, mope.load_task("shapes", n=40), towers=["text"], schedule="anytime", first_round=10, cache=False,
+          metric="acc1", baselines=(), on_table=tables.append)
+    assert len(tables) > 2 and not any(t["first_order"].any() for t in tables)
+
+
+def test_a_restart_after_the_first_order_pass_keeps_it(tiny, monkeypatch):
+    """The pass is cached with the rounds: a run stopped in round 3 continues without a second backward pass, its
+    next estimates still count the images not run at their first-order increase, and it ends at the exact table."""
+    task = mope.load_task("shapes", n=80)
+    kw = dict(towers=["vision"], metric="acc1", baselines=(), schedule="anytime", first_round=10)
+    passes, tables = [], []
+    monkeypatch.setattr(scoring, "loss_increases", lambda *a, **k: passes.append(1) or first_order.loss_increases(*a, **k))
+    with pytest.raises(Cancelled, match="stopped in round 3"):
+        score(tiny, task, on_table=tables.append, should_stop=lambda: len(tables) >= 2, **kw)
+    done = score(tiny, task, on_table=tables.append, **kw)
+    resumed = tables[2]
+    assert len(passes) == 1 and resumed.estimate.any() and resumed[resumed.estimate].first_order.all()
+    exact = score(tiny, task, towers=["vision"], metric="acc1", baselines=(), cache=False)
+    pd.testing.assert_frame_equal(done[COLUMNS + ["mope_loss"]], exact[COLUMNS + ["mope_loss"]])
