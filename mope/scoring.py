@@ -361,8 +361,9 @@ class _Anytime:
             raise self.stopped() from None
 
     def fill_in(self) -> None:
-        """The first-order loss increase of every zero-shot vision unit on every image (one backward pass in chunks),
-        then every estimate again with it; nothing for other towers, retrieval, or a metric list without the loss."""
+        """The first-order loss increase of every zero-shot vision unit on every image (one backward pass, in chunks
+        whose activations over all blocks hold about what one batched ablation pass holds), then every estimate again
+        with it; nothing for other towers, retrieval, or a metric list without the loss."""
         scorer, self.fill = self.scorer, {}
         units = [u for u in self.units if u.tower == "vision" and self.levels[u.name] < self.samples["vision"].total]
         if not units or scorer.task.protocol != "zeroshot" or "loss" not in scorer.metrics:
@@ -375,9 +376,12 @@ class _Anytime:
             return len(batch), lambda: zeroshot_stats("loss", scorer.encode("vision", batch)[:len(labels)], classifier,
                                                       labels, scorer.scale)
 
+        model = scorer.clip.model  # a backward pass keeps every block's activations: a pass's tokens over all blocks
+        rows = max(1, scorer.batch_tokens // (len(tower_blocks(model, "vision")) * tokens_of(model, "vision")))
+        spans = [(i, min(i + rows, stop)) for start, stop in inputs.spans for i in range(start, stop, rows)]
         with scorer.autocast():
-            found = loss_increases(scorer.clip.model, "vision", units, scorer.group_sizes.get("vision", 1),
-                                   map(chunk, inputs.spans), scorer.check_stop)
+            found = loss_increases(model, "vision", units, scorer.group_sizes.get("vision", 1), map(chunk, spans),
+                                   scorer.check_stop)
         by_task = torch.zeros_like(found)
         by_task[:, inputs.index] = found
         self.fill = {u.name: by_task[i] for i, u in enumerate(units)}
