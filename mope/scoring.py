@@ -361,12 +361,14 @@ class _Anytime:
             raise self.stopped() from None
 
     def fill_in(self) -> None:
-        """The first-order loss increase of every zero-shot vision unit on every image (one backward pass, in chunks
-        whose activations over all blocks hold about what one batched ablation pass holds), then every estimate again
-        with it; nothing for other towers, retrieval, or a metric list without the loss."""
-        scorer, self.fill = self.scorer, {}
+        """The first-order loss increase of every unfinished zero-shot vision unit on every image (one backward pass,
+        in chunks whose activations over all blocks hold about what one batched ablation pass holds), with their
+        estimates redone with it; none ({}) for other towers, retrieval, or a metric list without the loss. A stop
+        during the pass leaves self.fill None, so a restart runs it again."""
+        scorer = self.scorer
         units = [u for u in self.units if u.tower == "vision" and self.levels[u.name] < self.samples["vision"].total]
         if not units or scorer.task.protocol != "zeroshot" or "loss" not in scorer.metrics:
+            self.fill = {}
             return
         state = scorer.tower_state("vision")
         inputs, classifier = state["inputs"], state["other"].clone()  # clones: inference-mode tensors can't be saved
@@ -499,7 +501,8 @@ class _Anytime:
     def estimate(self, unit: Unit, level: int, outputs: torch.Tensor, baseline: dict) -> tuple[dict, float]:
         """The unit's row from the inputs it ran, and its standard error, against `baseline` (the tower's unablated
         own, base and contributions). Images: the whole set's metric with the outcomes of the images not run yet
-        counted as unchanged; the zero-shot text tower: the classifier from the templates run (standard error over
+        counted as unchanged, but for their loss once the first-order pass has run (see fill_in); the
+        zero-shot text tower: the classifier from the templates run (standard error over
         templates)."""
         samples, scorer = self.samples[unit.tower], self.scorer
         state = scorer.tower_state(unit.tower)

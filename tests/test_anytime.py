@@ -405,3 +405,15 @@ def test_a_restart_after_the_first_order_pass_keeps_it(tiny, monkeypatch):
     assert len(passes) == 1 and resumed.estimate.any() and resumed[resumed.estimate].first_order.all()
     exact = score(tiny, task, towers=["vision"], metric="acc1", baselines=(), cache=False)
     pd.testing.assert_frame_equal(done[COLUMNS + ["mope_loss"]], exact[COLUMNS + ["mope_loss"]])
+
+
+def test_a_stop_during_the_first_order_pass_runs_it_again_on_restart(tiny, monkeypatch):
+    task = mope.load_task("shapes", n=72)  # not the cached table of the test above
+    kw = dict(towers=["vision"], metric="acc1", baselines=(), schedule="anytime", first_round=10)
+    passes, tables = [], []
+    monkeypatch.setattr(scoring, "loss_increases", lambda *a, **k: passes.append(1) or first_order.loss_increases(*a, **k))
+    with pytest.raises(Cancelled, match="stopped in round 2"):  # the pass asks should_stop before its first chunk
+        score(tiny, task, on_table=tables.append, should_stop=lambda: bool(passes), **kw)
+    assert len(tables) == 1
+    score(tiny, task, on_table=tables.append, **kw)
+    assert len(passes) == 2 and tables[1].estimate.any() and tables[1][tables[1].estimate].first_order.all()
