@@ -186,6 +186,9 @@ def _hover(row, column: str) -> str:
         ran = (f"{int(row.texts_used)} texts" if getattr(row, "tower", "") == "text" and hasattr(row, "texts_used")
                else f"{int(row.images_used)} images")
         lines.append(f"estimate from {ran} (± {row.se:.2g} standard error)")
+        first = getattr(row, "first_order", False)
+        if first == first and bool(first):
+            lines.append("the loss on the other images: first-order estimates")
     return "<br>".join(lines)
 
 

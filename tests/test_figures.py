@@ -124,5 +124,8 @@ def test_anytime_estimates_are_hatched_and_named():
     assert [(sorted(t.x), set(t.y)) for t in hatched] == [([0, 1, 2, 3], {2}), ([0, 1, 2, 3, 4, 5], {2})]
     assert "hatched = estimate (round 2, 16–256 images per unit)" in fig.layout.title.text
     assert "estimate from 16 images" in heatmap_traces(fig)[0].customdata[2][0]
+    assert "first-order" not in heatmap_traces(fig)[0].customdata[2][0]
+    filled = heatmap_traces(figures.heatmaps(df.assign(first_order=df["estimate"])))[0].customdata
+    assert "the loss on the other images: first-order estimates" in filled[2][0] and "first-order" not in filled[1][0]
     final = figures.heatmaps(df.assign(estimate=False))
     assert not [t for t in final.data if t.name == "estimates"] and "estimate" not in final.layout.title.text
