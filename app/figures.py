@@ -13,7 +13,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from mope.anytime import used_span
+from mope.anytime import flagged, used_span
 
 KIND_TITLES = {"head": "attention heads", "neurons": "FFN neuron groups"}
 
@@ -105,7 +105,7 @@ def _draw_heatmaps(df: pd.DataFrame, column: str) -> tuple[go.Figure, Panels] | 
 
 def estimates_line(df: pd.DataFrame) -> str:
     """' · hatched = estimate (round 2, 16–32 images per unit)' while an anytime table holds estimates."""
-    if "estimate" not in df.columns or not df["estimate"].fillna(False).astype(bool).any():
+    if not flagged(df, "estimate").any():
         return ""
     where = f"round {int(df['round'].max())}, " if "round" in df.columns and df["round"].notna().any() else ""
     return f" · hatched = estimate ({where}{used_span(df)})"
@@ -113,9 +113,7 @@ def estimates_line(df: pd.DataFrame) -> str:
 
 def _mark_estimates(fig: go.Figure, part: pd.DataFrame, r: int, c: int) -> None:
     """Diagonal hatching over the cells whose score is still an anytime estimate."""
-    if "estimate" not in part.columns:
-        return
-    rough = part[part["estimate"].fillna(False).astype(bool)]
+    rough = part[flagged(part, "estimate")]
     if len(rough):
         fig.add_trace(go.Scatter(x=rough["index"], y=rough["layer"], mode="markers", hoverinfo="skip", name="estimates",
                                  marker={"symbol": "line-ne", "size": 14, "line": {"width": 1.5, "color": "rgba(255,255,255,0.8)"}},

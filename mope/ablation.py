@@ -12,7 +12,7 @@ Two forms:
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -111,9 +111,17 @@ class _Scaled(nn.Module):
 @contextmanager
 def starting_at(model: nn.Module, tower: str, first: nn.Module, layer: int) -> Iterator[None]:
     """Run the tower's transformer as [first] + blocks[layer+1:], skipping the blocks before `layer`."""
+    with blocks_replaced(model, tower, lambda blocks: [first, *blocks[layer + 1:]]):
+        yield
+
+
+@contextmanager
+def blocks_replaced(model: nn.Module, tower: str, make: Callable[[nn.ModuleList], list[nn.Module]]) -> Iterator[None]:
+    """Run the tower's transformer on make(its blocks) (a list of modules called like blocks); the blocks are put
+    back after. The shared model's blocks themselves are not changed."""
     transformer = tower_transformer(model, tower)
     original = transformer.resblocks
-    transformer.resblocks = nn.ModuleList([first, *original[layer + 1:]])
+    transformer.resblocks = nn.ModuleList(make(original))
     try:
         yield
     finally:

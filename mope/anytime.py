@@ -147,14 +147,21 @@ def used_span(table: pd.DataFrame) -> str:
     return ", ".join(parts)
 
 
+def flagged(table: pd.DataFrame, column: str) -> pd.Series:
+    """A yes/no column of an anytime table (estimate, first_order) as bools: False where empty (a row of an exact
+    table, or one read back from a file) and everywhere when the table lacks the column."""
+    if column not in table.columns:
+        return pd.Series(False, index=table.index)
+    return table[column].fillna(False).astype(bool)
+
+
 def note(table: pd.DataFrame) -> str | None:
     """What a plan from a table that still holds estimates must say, e.g. 'ranked on 32–48 images per unit,
     round 2 of anytime scoring: 87 of 148 units are estimates (the loss on the images they did not run: first-order
     estimates)'; None for a final table."""
-    if "estimate" not in table.columns or not table["estimate"].fillna(False).astype(bool).any():
+    estimates = int(flagged(table, "estimate").sum())
+    if not estimates:
         return None
     rounds = f", round {int(table['round'].max())} of anytime scoring" if "round" in table.columns else ""
-    estimates = int(table["estimate"].fillna(False).astype(bool).sum())
-    first = "first_order" in table.columns and table["first_order"].fillna(False).astype(bool).any()
-    guessed = " (the loss on the images they did not run: first-order estimates)" if first else ""
+    guessed = " (the loss on the images they did not run: first-order estimates)" if flagged(table, "first_order").any() else ""
     return f"ranked on {used_span(table)}{rounds}: {estimates} of {len(table)} units are estimates{guessed}"

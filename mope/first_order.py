@@ -16,8 +16,8 @@ from typing import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
-from .ablation import masked_block_forward
-from .units import Unit, tower_blocks, tower_transformer
+from .ablation import blocks_replaced, masked_block_forward
+from .units import Unit, tower_blocks
 
 KINDS = ("head", "neurons", "layer")  # the gates of a block
 
@@ -39,16 +39,12 @@ class _Gated(nn.Module):
 def gated(model: nn.Module, tower: str, rows: int, device) -> Iterator[list[dict[str, torch.Tensor]]]:
     """The tower's blocks run with fresh per-sample gates (ones, requiring grad) for `rows` samples; yields them,
     per layer {"head": (rows, heads), "neurons": (rows, ffn), "layer": (rows,)}. The blocks are put back after."""
-    transformer = tower_transformer(model, tower)
-    original = transformer.resblocks
+    blocks = tower_blocks(model, tower)
     gates = [{"head": torch.ones(rows, b.attn.num_heads, device=device, requires_grad=True),
               "neurons": torch.ones(rows, b.mlp.c_fc.out_features, device=device, requires_grad=True),
-              "layer": torch.ones(rows, device=device, requires_grad=True)} for b in tower_blocks(model, tower)]
-    transformer.resblocks = nn.ModuleList([_Gated(b, g["head"], g["neurons"], g["layer"]) for b, g in zip(original, gates)])
-    try:
+              "layer": torch.ones(rows, device=device, requires_grad=True)} for b in blocks]
+    with blocks_replaced(model, tower, lambda _: [_Gated(b, g["head"], g["neurons"], g["layer"]) for b, g in zip(blocks, gates)]):
         yield gates
-    finally:
-        transformer.resblocks = original
 
 
 def unit_gradient(unit: Unit, grads: list[dict[str, torch.Tensor]], group_size: int) -> torch.Tensor:

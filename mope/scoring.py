@@ -328,15 +328,16 @@ class _Anytime:
         for samples in self.samples.values():
             samples.climb(self.first)
         while True:
+            table = self.table()
             look = self.look > 0 and self.round == 0
-            targets = None if look else self.targets()
-            if not look and (targets == self.table()["level"].to_numpy()).all():
+            targets = None if look else self.targets(table)
+            if not look and (targets == table["level"].to_numpy()).all():
                 return [self.rows[u.name] for u in self.units]
             self.round += 1
             if self.round > 1 and self.fill is None:  # round 2 starts with the first-order pass, estimates redone
                 with self.saved_on_stop():
                     self.fill_in()
-                targets = self.targets()
+                targets = self.targets(self.table())
             with self.saved_on_stop(), torch.inference_mode(), self.scorer.autocast():
                 if look:
                     self.first_look(progress)
@@ -349,8 +350,8 @@ class _Anytime:
             if on_table:
                 on_table(rows)
 
-    def targets(self) -> np.ndarray:
-        return next_levels(self.table(), {t: s.ladder for t, s in self.samples.items()})
+    def targets(self, table: pd.DataFrame) -> np.ndarray:
+        return next_levels(table, {t: s.ladder for t, s in self.samples.items()})
 
     @contextmanager
     def saved_on_stop(self):
